@@ -1,0 +1,1 @@
+"""RLlib glue and the command line of commformer: the only package that imports ray."""

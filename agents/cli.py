@@ -1,0 +1,221 @@
+"""`commformer` command line: train, evaluate, rollout, envs.
+
+    commformer train [CONFIG] [key=value ...] [--resume RUN_DIR]
+    commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--json FILE] [--render FILE.gif]
+    commformer rollout ENV [--checkpoint C] [--episodes N] [--seed S] [--render FILE.gif] [option=value ...]
+    commformer envs
+
+Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "configs/mpe_spread.yaml"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _gif_path(text: str) -> str:
+    if not text.lower().endswith(".gif"):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .gif, got '{text}'")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="commformer", description="CommFormer multi-agent RL on Ray RLlib.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a team (embedded local Ray unless RAY_ADDRESS is set)")
+    train.add_argument("config", nargs="?", help=f"experiment YAML (default: {DEFAULT_CONFIG})")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. run.seed=3")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+
+    evaluate = sub.add_parser("evaluate", help="play greedy episodes with a trained policy (no Ray needed)")
+    evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
+    evaluate.add_argument("--episodes", type=_positive_int, default=20)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    evaluate.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record the first episode")
+
+    rollout = sub.add_parser("rollout", help="step an env with a random or trained policy")
+    rollout.add_argument("env", help="env name (see `commformer envs`)")
+    rollout.add_argument("options", nargs="*", metavar="option=value", help="env options, e.g. n_agents=5")
+    rollout.add_argument("--checkpoint", metavar="C", help="act with this run's / checkpoint's policy")
+    rollout.add_argument("--episodes", type=_positive_int, default=3)
+    rollout.add_argument("--seed", type=int, default=0)
+    rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
+
+    sub.add_parser("envs", help="list the environments and their options")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agents.train import prepare_run, train
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path and not Path(config_path).exists():
+        overrides.insert(0, config_path)  # `commformer train run.seed=3` - an override, not a file
+        config_path = None
+    if config_path is None and args.resume is None:
+        config_path = DEFAULT_CONFIG
+    config, run_dir = prepare_run(config_path, overrides, args.resume)
+    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
+    train(config, run_dir, resume=args.resume is not None)
+    return 0
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        text = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        print(f"  {key:<{width}}  {text}")
+
+
+def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
+    from agents import checkpoints as ckpt
+    from commformer.export import load_policy
+
+    checkpoint = ckpt.resolve_checkpoint(path)
+    policy, metadata = load_policy(checkpoint / ckpt.POLICY)
+    return policy, metadata, checkpoint
+
+
+def _make_env(env_section: dict[str, Any], render: bool) -> Any:
+    from envs.registry import make_team_env
+
+    return make_team_env(
+        env_section["name"],
+        env_section.get("options"),
+        team_reward=env_section.get("team_reward", "mean"),
+        use_state=env_section.get("use_state", False),
+        render_mode="rgb_array" if render else None,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agents.play import greedy_actor, play, write_gif
+
+    policy, metadata, checkpoint = _load_trained(args.path)
+    env_section = metadata["env"]
+    env = _make_env(env_section, render=args.render is not None)
+    frames: list[Any] | None = [] if args.render else None
+    try:
+        # Record only the first episode: a GIF of twenty episodes is too long to watch.
+        actor = greedy_actor(policy, use_state=bool(env_section.get("use_state")))
+        stats = play(env, actor, 1, seed=args.seed, frames=frames)
+        rest = play(env, actor, args.episodes - 1, seed=args.seed + 1)
+    finally:
+        env.close()
+    for key in ("returns", "lengths", "wins"):
+        getattr(stats, key).extend(getattr(rest, key))
+    for key, values in rest.step_stats.items():
+        stats.step_stats.setdefault(key, []).extend(values)
+    summary = {"checkpoint": str(checkpoint), "env": env_section["name"], **stats.summary()}
+    print(f"evaluated {checkpoint} on {env_section['name']} ({args.episodes} greedy episodes)")
+    _print_table({k: v for k, v in summary.items() if k not in ("checkpoint", "env")})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    if frames is not None:
+        print(f"wrote {write_gif(frames, args.render)}")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from agents.config import parse_override
+    from agents.play import greedy_actor, play, random_actor, write_gif
+    from envs.registry import ENVS
+
+    if args.env not in ENVS:
+        raise ValueError(f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}")
+    options: dict[str, Any] = {}
+    for text in args.options:
+        keys, value = parse_override(text)
+        options[".".join(keys)] = value
+    use_state = False
+    if args.checkpoint:
+        policy, metadata, checkpoint = _load_trained(args.checkpoint)
+        if metadata["env"]["name"] != args.env:
+            raise ValueError(
+                f"--checkpoint {checkpoint} was trained on '{metadata['env']['name']}', not on '{args.env}'"
+            )
+        options = {**(metadata["env"].get("options") or {}), **options}
+        use_state = bool(metadata["env"].get("use_state"))
+        actor = greedy_actor(policy, use_state=use_state)
+        who = f"policy of {checkpoint}"
+    else:
+        actor = random_actor(args.seed)
+        who = "random policy"
+    env = _make_env({"name": args.env, "options": options, "use_state": use_state}, render=args.render is not None)
+    frames: list[Any] | None = [] if args.render else None
+    print(f"{args.env}: {env.n_agents if hasattr(env, 'n_agents') else '?'} agents, {who}")
+    try:
+        stats = play(
+            env,
+            actor,
+            args.episodes,
+            seed=args.seed,
+            frames=frames,
+            on_episode=lambda i, ret, n: print(f"  episode {i + 1}: return {ret:.3f}, length {n}"),
+        )
+    finally:
+        env.close()
+    _print_table(stats.summary())
+    if frames is not None:
+        print(f"wrote {write_gif(frames, args.render)}")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from envs.registry import ENVS
+
+    for name, entry in ENVS.items():
+        print(f"{name}: {entry.description}")
+        for f in dataclasses.fields(entry.options_cls):
+            print(f"    {f.name} = {f.default!r}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "rollout": cmd_rollout, "envs": cmd_envs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display needed
+    args = build_parser().parse_args(argv)
+    from agents.checkpoints import CheckpointError
+    from commformer.export import PolicyFileError
+    from commformer.typed import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CheckpointError, PolicyFileError, ValueError) as err:
+        print(f"commformer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"commformer {args.command}: interrupted; the last complete checkpoint is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

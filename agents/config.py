@@ -1,0 +1,262 @@
+"""The experiment configuration: one typed tree, loaded from YAML plus dotted overrides.
+
+Every YAML file in `configs/` maps onto `ExperimentConfig`. Keys are the dataclass field names, and the same
+names are used on the command line (`model.graph.sparsity=0.4`). Loading is strict: an unknown key, a value of
+the wrong type or a value out of range raises `ConfigError` naming the dotted key and what was expected,
+before Ray starts (ARCHITECTURE section 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from commformer.config import ModelConfig
+from commformer.typed import ConfigError, from_mapping, to_dict
+from envs.registry import ENVS
+
+__all__ = ["ConfigError", "ExperimentConfig", "from_mapping", "load_config", "save_config", "to_dict"]
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment the team plays, and how its rewards are combined."""
+
+    name: str = "mpe_spread"
+    """An entry of `envs.registry.ENVS` (see `commformer envs`)."""
+    options: Any = None
+    """The env's own typed options (a dataclass from `ENVS[name].options_cls`); YAML gives a mapping."""
+    team_reward: Literal["mean", "sum"] = "mean"
+    """How the agents' rewards become the one team reward."""
+    use_state: bool = True
+    """Expose the env's global state (when it has one) to the centralised value head."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """PPO and bi-level optimisation settings."""
+
+    train_batch_size: int = 4000
+    """Env steps collected per training iteration (over all env runners)."""
+    minibatch_size: int = 1000
+    """Env steps per gradient step."""
+    num_epochs: int = 5
+    """Passes over each train batch."""
+    lr: float = 5e-4
+    """Adam learning rate of the lower level (every parameter except the graph logits)."""
+    graph_lr: float = 1e-3
+    """Adam learning rate of the upper level (the communication-graph logits)."""
+    adam_eps: float = 1e-5
+    grad_clip: float = 10.0
+    """Global-norm gradient clip, per optimizer."""
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_param: float = 0.2
+    """PPO ratio clip, applied to each agent's own ratio."""
+    entropy_coeff: float = 0.01
+    vf_loss_coeff: float = 1.0
+    huber_delta: float = 10.0
+    """Huber threshold of the value loss (in normalised units when value_norm is on)."""
+    value_norm: bool = True
+    """Regress values onto running-normalised returns (MAPPO/CommFormer ValueNorm)."""
+    graph_every: int = 5
+    """Every graph_every-th gradient step updates only the graph logits; the others only the rest."""
+    graph_freeze_fraction: float = 1.0
+    """Stop updating the graph after this fraction of stop.env_steps (1.0: never freeze)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "training", ("train_batch_size", "minibatch_size", "num_epochs", "graph_every"))
+        _positive(self, "training", ("lr", "graph_lr", "adam_eps", "grad_clip", "clip_param", "huber_delta"))
+        _in_range(self, "training", "gamma", 0.0, 1.0)
+        _in_range(self, "training", "gae_lambda", 0.0, 1.0)
+        _in_range(self, "training", "graph_freeze_fraction", 0.0, 1.0)
+        if self.entropy_coeff < 0 or self.vf_loss_coeff < 0:
+            raise ConfigError("training.entropy_coeff and training.vf_loss_coeff must be >= 0")
+        if self.minibatch_size > self.train_batch_size:
+            raise ConfigError(
+                f"training.minibatch_size={self.minibatch_size} is larger than "
+                f"training.train_batch_size={self.train_batch_size}; expected minibatch_size <= train_batch_size"
+            )
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """How the work is spread over processes and devices."""
+
+    num_env_runners: int = 0
+    """Remote EnvRunner actors; 0 samples in the driver process (fastest on a 2-core machine)."""
+    num_envs_per_env_runner: int = 8
+    """Vectorised env copies per runner; inference is batched across them."""
+    num_cpus_per_env_runner: float = 1.0
+    num_learners: int = 0
+    """Remote Learner actors; 0 updates in the driver. With >= 2 the update is data-parallel (DDP)."""
+    num_gpus_per_learner: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "resources", ("num_envs_per_env_runner",))
+        for name in ("num_env_runners", "num_learners", "num_gpus_per_learner", "num_cpus_per_env_runner"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"resources.{name}={getattr(self, name)}; expected a value >= 0")
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    env_steps: int = 1_000_000
+    """Train until this many env steps have been sampled."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "stop", ("env_steps",))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = "runs"
+    """Runs are written to output_dir/name/."""
+    name: str | None = None
+    """Run directory name; default: the config file's stem plus a timestamp."""
+    seed: int = 0
+    checkpoint_every: int = 10
+    """Save a checkpoint every this many iterations (and always at the end)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
+    graph_image_every: int = 5
+    """Write the communication graph heatmap to TensorBoard every this many iterations."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "run", ("checkpoint_every", "keep_checkpoints", "graph_image_every"))
+        if self.seed < 0:
+            raise ConfigError(f"run.seed={self.seed}; expected a value >= 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Strict conversion from plain data (YAML) to the typed tree.
+
+
+def _positive(obj: object, section: str, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name}={value}; expected a value > 0")
+
+
+def _in_range(obj: object, section: str, name: str, lo: float, hi: float) -> None:
+    value = getattr(obj, name)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{section}.{name}={value}; expected a value in [{lo}, {hi}]")
+
+
+def _env_from_mapping(data: Any, path: str) -> EnvConfig:
+    """The env section: its `options` are typed by the options class of the env that `name` selects."""
+    if isinstance(data, EnvConfig):
+        return data
+    data = dict(data or {}) if isinstance(data, Mapping) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values, got {data!r}")
+    options = data.pop("options", None)
+    env = from_mapping(EnvConfig, data, path)
+    if env.name not in ENVS:
+        raise ConfigError(f"{path}.name='{env.name}' is not a known env; expected one of: {', '.join(ENVS)}")
+    typed_options = from_mapping(ENVS[env.name].options_cls, options, f"{path}.options")
+    return dataclasses.replace(env, options=typed_options)
+
+
+CONVERTERS = {EnvConfig: _env_from_mapping}
+
+
+def experiment_from_mapping(data: Any) -> ExperimentConfig:
+    """Validates a whole experiment given as plain data (a parsed YAML file)."""
+    if isinstance(data, Mapping):
+        data = {"env": {}, **data}  # the env section is always converted, so its options are always typed
+    config: ExperimentConfig = from_mapping(ExperimentConfig, data, "", CONVERTERS)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files and overrides.
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`model.graph.sparsity=0.4` -> (["model", "graph", "sparsity"], 0.4); values are parsed as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' is not of the form dotted.key=value (e.g. run.seed=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({err})") from err
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Returns a copy of `data` with each `dotted.key=value` applied; unknown keys are caught by validation."""
+    result = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                section = ".".join(keys[: i + 1])
+                raise ConfigError(f"override '{text}': '{section}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Loads a YAML experiment (or the defaults when `path` is None), applies overrides, validates everything.
+
+    The run name defaults to the config file's stem plus a timestamp, fixed here so that the resolved
+    config saved in the run directory names the run it belongs to.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    config = experiment_from_mapping(data)
+    if config.run.name is None:
+        stem = Path(path).stem if path is not None else "default"
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=f"{stem}-{stamp}"))
+    return config
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

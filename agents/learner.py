@@ -1,0 +1,218 @@
+"""Bi-level PPO for CommFormer: per-agent clipped ratios, ValueNorm + Huber critic, two optimizers.
+
+Lower level: every parameter except the graph logits (optimizer "model", lr `training.lr`).
+Upper level: the graph logits (optimizer "graph", lr `training.graph_lr`).
+
+Schedule (decided): every `graph_every`-th gradient step updates only the graph, all other steps update only
+the lower level, both on the same PPO loss and the same rollout - CommFormer's own alternation, which is "graph
+on every 5th PPO epoch" when one epoch is one minibatch. We count gradient steps rather than epochs because
+RLlib's cyclic minibatch iterator does not expose epoch boundaries. A held-out split (the DARTS reading of
+bi-level) would halve the data of both levels; with PPO's clipped surrogate already bounding each step, the
+shared batch keeps the sample efficiency. After `graph_freeze_fraction` of the run the graph stops moving.
+
+Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ratio whose clip range shrinks
+per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents and
+RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ray.rllib.algorithms.ppo.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.typing import ModuleID, ParamDict
+from torch import Tensor
+
+from agents.rl_module import POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
+from commformer.policy import PolicyOutput
+
+MODEL_OPTIMIZER = "model"
+GRAPH_OPTIMIZER = "graph"
+
+
+def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
+    """Mean of `x` over entries with weight 1 (weights are 0/1 masks broadcast to x's shape)."""
+    return (x * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def ppo_team_loss(
+    logits: Tensor,
+    old_logits: Tensor,
+    actions: Tensor,
+    advantages: Tensor,
+    weight: Tensor,
+    clip_param: float,
+) -> dict[str, Tensor]:
+    """Per-agent clipped PPO surrogate.
+
+    Args:
+        logits: (B, N, A) current masked logits.  old_logits: (B, N, A) the rollout's masked logits.
+        actions: (B, N) int.  advantages: (B,) team advantages (shared by all agents).
+        weight: (B, N) 0/1 - alive agents at valid (non-bootstrap) steps.
+    Returns policy_loss, entropy, approx_kl and clip_fraction (scalars).
+    """
+    logp_all = F.log_softmax(logits, dim=-1)  # (B, N, A)
+    logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)  # (B, N)
+    with torch.no_grad():
+        old_logp = F.log_softmax(old_logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    adv = advantages.unsqueeze(-1)  # (B, 1): every agent shares the team advantage
+    surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - clip_param, 1.0 + clip_param) * adv)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, N); masked actions contribute 0 * finite
+    with torch.no_grad():
+        approx_kl = masked_mean(ratio - 1.0 - log_ratio, weight)  # Schulman's k3 estimator
+        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_param).to(ratio.dtype), weight)
+    return {
+        "policy_loss": -masked_mean(surrogate, weight),
+        "entropy": masked_mean(entropy, weight),
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, delta: float) -> Tensor:
+    """Huber loss of per-agent normalised values (B, N) against the team's normalised targets (B,)."""
+    err = F.huber_loss(values_norm, targets_norm.unsqueeze(-1).expand_as(values_norm), reduction="none", delta=delta)
+    return masked_mean(err, weight)
+
+
+class CommFormerPPOLearner(PPOTorchLearner):
+    """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
+
+    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, huber_delta, value_norm.
+    """
+
+    def build(self) -> None:
+        super().build()
+        settings = self.config.learner_config_dict
+        self._graph_every = int(settings["graph_every"])
+        self._graph_freeze_env_steps = int(settings["graph_freeze_env_steps"])
+        self._huber_delta = float(settings["huber_delta"])
+        self._use_value_norm = bool(settings["value_norm"])
+        self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
+        self._graph_frozen = False
+
+    # -- optimizers ---------------------------------------------------------------------------------------------
+
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: PPOConfig | None = None) -> None:
+        module = self.module[module_id].unwrapped()
+        assert isinstance(module, CommFormerRLModule)
+        settings = self.config.learner_config_dict
+        model_params = module.policy.model_parameters()
+        graph_params = module.policy.graph_parameters()
+        lr = config.lr if config is not None else self.config.lr
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name=MODEL_OPTIMIZER,
+            optimizer=torch.optim.Adam(model_params, eps=float(settings["adam_eps"])),
+            params=model_params,
+            lr_or_lr_schedule=lr,
+        )
+        if graph_params:
+            self.register_optimizer(
+                module_id=module_id,
+                optimizer_name=GRAPH_OPTIMIZER,
+                optimizer=torch.optim.Adam(graph_params, eps=float(settings["adam_eps"])),
+                params=graph_params,
+                lr_or_lr_schedule=float(settings["graph_lr"]),
+            )
+
+    def is_graph_step(self) -> bool:
+        """Whether the next gradient step belongs to the upper level (graph logits only)."""
+        return not self._graph_frozen and (self._grad_steps + 1) % self._graph_every == 0
+
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
+
+    def compute_gradients(self, loss_per_module: dict[ModuleID, Tensor], **kwargs: Any) -> ParamDict:
+        """Backward once, then keep only the active level's gradients (the other level's are set to None, so
+        its Adam skips them: no step, no moment update)."""
+        graph_step = self.is_graph_step()
+        grads = super().compute_gradients(loss_per_module, **kwargs)
+        active = GRAPH_OPTIMIZER if graph_step else MODEL_OPTIMIZER
+        keep = set()
+        for module_id in self.module.keys():
+            for name, optimizer in self.get_optimizers_for_module(module_id):
+                if name == active:
+                    keep.update(self._optimizer_parameters[optimizer])
+        kept = {}
+        for ref, grad in grads.items():
+            if ref in keep and grad is not None:
+                kept[ref] = grad
+            else:
+                self._params[ref].grad = None
+        self._grad_steps += 1
+        self.metrics.log_value("graph_steps", float(graph_step), reduce="sum")
+        return kept
+
+    # -- loss -----------------------------------------------------------------------------------------------------
+
+    def compute_loss_for_module(
+        self, *, module_id: ModuleID, config: PPOConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> Tensor:
+        module = self.module[module_id].unwrapped()
+        assert isinstance(module, CommFormerRLModule)
+        n, a = module.n_agents, module.n_actions
+        out: PolicyOutput = fwd_out[POLICY_OUTPUT]
+        logits = fwd_out[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
+        old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
+        alive = batch[Columns.OBS]["alive"].to(logits.dtype)  # (B, N)
+        valid = batch.get(Columns.LOSS_MASK)
+        weight = alive if valid is None else alive * valid.to(logits.dtype).unsqueeze(-1)  # (B, N)
+
+        terms = ppo_team_loss(
+            logits, old_logits, batch[Columns.ACTIONS], batch[Postprocessing.ADVANTAGES], weight, config.clip_param
+        )
+        targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
+        if self._use_value_norm:
+            module.value_norm.update(targets if valid is None else targets[valid.bool()])
+        targets_norm = module.value_norm.normalize(targets)
+        vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
+
+        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        total = (
+            terms["policy_loss"]
+            + config.vf_loss_coeff * vf_loss
+            - entropy_coeff * terms["entropy"]
+            + out.comm_cost
+        )
+        with torch.no_grad():
+            receivers = alive.sum().clamp(min=1.0)
+            self.metrics.log_dict(
+                {
+                    POLICY_LOSS_KEY: terms["policy_loss"],
+                    VF_LOSS_KEY: vf_loss,
+                    ENTROPY_KEY: terms["entropy"],
+                    "approx_kl": terms["approx_kl"],
+                    "clip_fraction": terms["clip_fraction"],
+                    "comm_cost": out.comm_cost,
+                    "gate_open_rate": (out.gate_open * alive).sum() / receivers,
+                    "messages_per_step": out.messages.mean(),
+                    "value_norm_mean": module.value_norm.mean_var()[0],
+                    "value_norm_std": module.value_norm.mean_var()[1].sqrt(),
+                },
+                key=module_id,
+                window=1,
+            )
+        return total
+
+    # -- state ----------------------------------------------------------------------------------------------------
+
+    def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().get_state(*args, **kwargs)
+        state["commformer_grad_steps"] = self._grad_steps
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._grad_steps = int(state.pop("commformer_grad_steps", self._grad_steps))
+        super().set_state(state)

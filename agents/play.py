@@ -1,0 +1,124 @@
+"""Playing episodes outside training: the loop behind `commformer evaluate` and `commformer rollout`.
+
+Needs no Ray: the policy is the exported `CommFormerPolicy` (safetensors + JSON), or a uniform random policy
+over each agent's available actions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from commformer.policy import CommFormerPolicy
+from envs.team import TeamEnv
+
+Actor = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, dict[str, float]]]
+"""obs dict of one team -> (actions (N,), per-step stats such as messages and gate_open_rate)."""
+
+
+def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
+    """Argmax of the masked logits of an exported policy (batch of one team)."""
+
+    @torch.no_grad()
+    def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+        state = torch.as_tensor(obs["state"]) if use_state and "state" in obs else None
+        alive = torch.as_tensor(obs["alive"])
+        out = policy(
+            torch.as_tensor(obs["obs"]), action_mask=torch.as_tensor(obs["action_mask"]), alive=alive, state=state
+        )
+        receivers = float(alive.sum().clamp(min=1.0))
+        stats = {"messages": float(out.messages), "gate_open_rate": float((out.gate_open * alive).sum()) / receivers}
+        return out.logits.argmax(-1).numpy(), stats
+
+    return act
+
+
+def random_actor(seed: int | None) -> Actor:
+    """Uniform over each agent's available actions."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+        mask = obs["action_mask"] > 0  # (N, A)
+        scores = rng.random(mask.shape) * mask  # available actions get a score in [0, 1), others 0
+        scores[~mask] = -1.0
+        return scores.argmax(-1), {}
+
+    return act
+
+
+@dataclass
+class EpisodeStats:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    wins: list[bool] = field(default_factory=list)
+    step_stats: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures `evaluate` reports (JSON-ready; win_rate is None where the env has no win signal)."""
+        n = len(self.returns)
+        returns = np.asarray(self.returns, dtype=np.float64)
+        std = float(returns.std(ddof=1)) if n > 1 else 0.0
+        means = {k: float(np.mean(v)) if v else None for k, v in self.step_stats.items()}
+        return {
+            "episodes": n,
+            "return_mean": float(returns.mean()) if n else math.nan,
+            "return_std": std,
+            "return_ci95": 1.96 * std / math.sqrt(n) if n > 1 else None,
+            "episode_len_mean": float(np.mean(self.lengths)) if n else math.nan,
+            "win_rate": float(np.mean(self.wins)) if len(self.wins) == n and n else None,
+            "messages_per_step": means.get("messages"),
+            "gate_open_rate": means.get("gate_open_rate"),
+        }
+
+
+def play(
+    env: TeamEnv,
+    actor: Actor,
+    episodes: int,
+    seed: int | None = None,
+    frames: list[np.ndarray] | None = None,
+    on_episode: Callable[[int, float, int], None] | None = None,
+) -> EpisodeStats:
+    """Plays `episodes` full episodes; appends rendered frames of every step to `frames` when given."""
+    stats = EpisodeStats()
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=None if seed is None else seed + episode)
+        total, length, done, info = 0.0, 0, False, {}
+        if frames is not None:
+            frames.append(np.asarray(env.render()))
+        while not done:
+            actions, step = actor(obs)
+            for key, value in step.items():
+                stats.step_stats.setdefault(key, []).append(value)
+            obs, reward, terminated, truncated, info = env.step(actions)
+            total += float(reward)
+            length += 1
+            done = bool(terminated or truncated)
+            if frames is not None:
+                frames.append(np.asarray(env.render()))
+        stats.returns.append(total)
+        stats.lengths.append(length)
+        if "won" in info:
+            stats.wins.append(bool(info["won"]))
+        if on_episode is not None:
+            on_episode(episode, total, length)
+    return stats
+
+
+def write_gif(frames: list[np.ndarray], path: str | Path, fps: int = 10) -> Path:
+    """Writes RGB frames (H, W, 3) as an animated GIF with Pillow (no browser, no display)."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to write; the env rendered nothing")
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path

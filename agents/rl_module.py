@@ -1,0 +1,110 @@
+"""The RLlib face of `CommFormerPolicy`: one RLModule drives the whole team (ARCHITECTURE section 2).
+
+Observations arrive as the team env's Dict (`obs` (B, N, D), `action_mask` (B, N, A), `alive` (B, N) and, where
+the env has one, `state` (B, S)); actions leave as one MultiDiscrete vector of N entries. The action
+distribution inputs are the masked per-agent logits flattened to (B, N * A), so RLlib's MultiCategorical
+samples every agent's action and stores the joint log-prob; the learner views them back as (B, N, A) for
+per-agent PPO ratios.
+
+Everything that shapes pi(a|s) here (the top-k graph, the temporal gates) is a deterministic function of the
+observation and the parameters, so the EnvRunner's forward and the Learner's recomputation agree exactly (the
+PPO consistency rule, ARCHITECTURE section 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from torch import Tensor
+
+from commformer.config import ModelConfig
+from commformer.policy import CommFormerPolicy, PolicyOutput
+from commformer.typed import from_mapping
+from commformer.value_norm import ValueNorm
+
+# Keys of `_forward_train`'s output read by the learner.
+VALUES_NORMALIZED = "values_normalized"
+POLICY_OUTPUT = "commformer_policy_output"
+
+
+def team_dims(observation_space: gym.Space, action_space: gym.Space) -> dict[str, int | None]:
+    """Reads N, D, A and S off the team env's spaces, refusing spaces that are not a team env's."""
+    if not isinstance(observation_space, gym.spaces.Dict) or "obs" not in observation_space.spaces:
+        raise ValueError(
+            f"CommFormerRLModule expects the team env's Dict observation space with an 'obs' entry, "
+            f"got {observation_space}"
+        )
+    if not isinstance(action_space, gym.spaces.MultiDiscrete) or len(set(action_space.nvec.tolist())) != 1:
+        raise ValueError(f"CommFormerRLModule expects MultiDiscrete([A] * N) actions, got {action_space}")
+    n_agents, obs_dim = observation_space["obs"].shape
+    state_space = observation_space.spaces.get("state")
+    return {
+        "n_agents": int(n_agents),
+        "obs_dim": int(obs_dim),
+        "n_actions": int(action_space.nvec[0]),
+        "state_dim": int(state_space.shape[0]) if state_space is not None else None,
+    }
+
+
+class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
+    """CommFormer team policy + per-agent critic, with value targets normalised by a running `ValueNorm`.
+
+    `model_config` holds `{"model": <ModelConfig as plain data>}`; it is converted back to the typed config here
+    (the only untyped dict allowed past the config boundary, ARCHITECTURE section 6).
+    """
+
+    def setup(self) -> None:
+        dims = team_dims(self.observation_space, self.action_space)
+        self.n_agents = int(dims["n_agents"] or 0)
+        self.n_actions = int(dims["n_actions"] or 0)
+        self.model_cfg: ModelConfig = from_mapping(ModelConfig, self.model_config.get("model"), "model")
+        self.policy = CommFormerPolicy(
+            self.model_cfg,
+            n_agents=self.n_agents,
+            obs_dim=int(dims["obs_dim"] or 0),
+            n_actions=self.n_actions,
+            state_dim=dims["state_dim"] if self.model_cfg.use_state else None,
+        )
+        self.value_norm = ValueNorm()
+        self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
+            input_lens=[self.n_actions] * self.n_agents
+        )
+
+    def policy_output(self, batch: dict[str, Any]) -> PolicyOutput:
+        obs = batch[Columns.OBS]
+        state = obs.get("state") if self.model_cfg.use_state else None
+        return self.policy(obs["obs"], action_mask=obs["action_mask"], alive=obs["alive"], state=state)
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        out = self.policy_output(batch)
+        return {Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        out = self.policy_output(batch)
+        return {
+            Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A)
+            VALUES_NORMALIZED: out.values,  # (B, N), in ValueNorm units
+            POLICY_OUTPUT: out,
+        }
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Tensor:
+        """Team value in raw return units, (B,): the mean of the alive agents' value estimates.
+
+        All agents share the team reward, so each agent's value head regresses the same target; RLlib's GAE
+        connector needs one value per time step, and the mean over alive agents is the lower-variance estimate.
+        """
+        out = self.policy_output(batch)
+        alive = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N)
+        team = (out.values * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)  # (B,)
+        return self.value_norm.denormalize(team)
+
+    @torch.no_grad()
+    def graph_snapshot(self) -> dict[str, Tensor]:
+        """The learned graph for logging: hard adjacency (N, N) and sender probabilities (N, N)."""
+        return {"adjacency": self.policy.graph.hard().cpu(), "probs": self.policy.graph.probs().cpu()}

@@ -1,0 +1,101 @@
+"""TensorBoard output of a run: the training scalars and the learned communication graph as an image.
+
+A plain `algo.train()` loop writes no event files (ARCHITECTURE pitfall 2), so the driver writes them itself with
+torch's SummaryWriter. The x axis of every scalar is env steps, so runs of different batch sizes line up.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from commformer.graph import CommGraph
+
+# (result path, TensorBoard tag): the scalars a user reads first.
+SCALARS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("env_runners", "episode_return_mean"), "return/episode_return_mean"),
+    (("env_runners", "episode_return_max"), "return/episode_return_max"),
+    (("env_runners", "episode_return_min"), "return/episode_return_min"),
+    (("env_runners", "episode_len_mean"), "return/episode_len_mean"),
+)
+# Per-module learner metrics written by CommFormerPPOLearner (under learners/default_policy/...).
+LEARNER_KEYS = (
+    "policy_loss", "vf_loss", "entropy", "approx_kl", "clip_fraction", "comm_cost", "gate_open_rate",
+    "messages_per_step", "value_norm_mean", "value_norm_std", "graph_steps",
+)
+
+
+def heatmap(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
+    """A (3, H, W) uint8 image of a matrix with values in [0, 1]: dark = 0, bright yellow = 1 (viridis-like)."""
+    m = np.clip(np.nan_to_num(matrix.astype(np.float64)), 0.0, 1.0)
+    # Three anchor colours of viridis, interpolated: readable without matplotlib.
+    anchors = np.array([[68, 1, 84], [33, 145, 140], [253, 231, 37]], dtype=np.float64)
+    pos = m * 2.0
+    lo = np.floor(pos).clip(0, 1).astype(int)
+    frac = (pos - lo)[..., None]
+    rgb = anchors[lo] * (1.0 - frac) + anchors[lo + 1] * frac  # (N, N, 3)
+    img = np.kron(rgb, np.ones((cell, cell, 1)))  # (N*cell, N*cell, 3)
+    return img.astype(np.uint8).transpose(2, 0, 1)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def log_result(self, result: dict[str, Any], env_steps: int, fps: float) -> None:
+        for path, tag in SCALARS:
+            value = _lookup(result, path)
+            if value is not None:
+                self.writer.add_scalar(tag, value, env_steps)
+        learner = _lookup_dict(result, ("learners", "default_policy"))
+        for key in LEARNER_KEYS:
+            value = _as_float(learner.get(key))
+            if value is not None:
+                group = "comm" if key in ("comm_cost", "gate_open_rate", "messages_per_step", "graph_steps") else "loss"
+                self.writer.add_scalar(f"{group}/{key}", value, env_steps)
+        self.writer.add_scalar("perf/env_steps_per_s", fps, env_steps)
+        self.writer.flush()
+
+    def log_graph(self, graph: CommGraph, env_steps: int) -> None:
+        """The hard graph (who listens to whom: row = receiver, column = sender) and the sender probabilities."""
+        with torch.no_grad():
+            self.writer.add_image("graph/adjacency", heatmap(graph.hard().cpu().numpy()), env_steps)
+            self.writer.add_image("graph/sender_probs", heatmap(graph.probs().cpu().numpy()), env_steps)
+        self.writer.flush()
+
+    def summary(self, result: dict[str, Any]) -> str:
+        learner = _lookup_dict(result, ("learners", "default_policy"))
+        gate, msgs = _as_float(learner.get("gate_open_rate")), _as_float(learner.get("messages_per_step"))
+        parts = []
+        if gate is not None:
+            parts.append(f"gates {gate:.2f}")
+        if msgs is not None:
+            parts.append(f"msgs {msgs:.1f}")
+        return (" | " + " ".join(parts)) if parts else ""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _lookup_dict(result: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    node: Any = result
+    for key in path:
+        node = node.get(key, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+def _lookup(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    return _as_float(_lookup_dict(result, path[:-1]).get(path[-1]))
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

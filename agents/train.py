@@ -1,0 +1,199 @@
+"""The training driver: local embedded Ray (or a cluster), PPO iterations, progress, TensorBoard, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from agents import checkpoints as ckpt
+from agents.config import ConfigError, ExperimentConfig, load_config, read_yaml, save_config
+from agents.tensorboard import RunLogger
+from commformer.export import save_policy
+from commformer.policy import CommFormerPolicy
+
+
+def limit_threads() -> None:
+    """One intra-op thread in this process (workers get the same through their env vars)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+def init_ray() -> None:
+    """Starts an embedded local Ray, or joins the cluster named by RAY_ADDRESS (e.g. under `ray submit`)."""
+    import ray
+
+    from agents.build import worker_env_vars
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env_vars()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
+
+
+@dataclass
+class Progress:
+    """One line per iteration: where the run is, how well it does, how fast it goes."""
+
+    total_steps: int
+    start_steps: int
+    out: TextIO = sys.stdout
+
+    def __post_init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def line(self, iteration: int, env_steps: int, ret: float, fps: float, extra: str = "") -> str:
+        elapsed = time.monotonic() - self.t0
+        done = env_steps - self.start_steps
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total_steps - env_steps) / rate if rate > 0 else math.inf
+        pct = 100.0 * env_steps / self.total_steps
+        ret_text = "   n/a" if math.isnan(ret) else f"{ret:8.2f}"
+        return (
+            f"iter {iteration:4d} | steps {env_steps:>10,}/{self.total_steps:,} ({pct:5.1f}%) | return {ret_text} "
+            f"| {fps:7,.0f} steps/s | ETA {_duration(eta)}{extra}"
+        )
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        print(self.line(*args, **kwargs), file=self.out, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _get(result: dict[str, Any], *keys: str, default: float = math.nan) -> float:
+    node: Any = result
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    try:
+        return float(node)
+    except (TypeError, ValueError):
+        return default
+
+
+def policy_from_weights(config: ExperimentConfig, weights: dict[str, Any], dims: dict[str, Any]) -> CommFormerPolicy:
+    """A driver-side copy of the learner's policy (for export and graph images), from RLlib module weights."""
+    policy = CommFormerPolicy(
+        config.model,
+        n_agents=dims["n_agents"],
+        obs_dim=dims["obs_dim"],
+        n_actions=dims["n_actions"],
+        state_dim=dims["state_dim"] if config.model.use_state else None,
+    )
+    prefix = "policy."
+    state = {k[len(prefix) :]: torch.as_tensor(np.asarray(v)) for k, v in weights.items() if k.startswith(prefix)}
+    policy.load_state_dict(state)
+    return policy.eval()
+
+
+def prepare_run(config_path: str | None, overrides: list[str], resume: str | None) -> tuple[ExperimentConfig, Path]:
+    """Validates everything (config, env, model vs env) before Ray starts; returns the config and run dir."""
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / ckpt.CONFIG
+        if not saved.is_file():
+            raise ckpt.CheckpointError(f"cannot resume: '{saved}' does not exist; expected a run directory")
+        ckpt.latest_checkpoint(run_dir)  # fails early, naming the problem, if there is nothing to resume from
+        # The saved config is the base; overrides (e.g. a longer stop.env_steps) apply on top.
+        config = load_config(saved, overrides)
+        if config_path is not None:
+            raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both")
+    else:
+        config = load_config(config_path, overrides)
+        assert config.run.name is not None
+        run_dir = Path(config.run.output_dir) / config.run.name
+        if (run_dir / ckpt.CHECKPOINTS).exists():
+            raise ConfigError(
+                f"run directory '{run_dir}' already has checkpoints; use --resume {run_dir} or another run.name"
+            )
+    from agents.build import probe_env
+
+    probe_env(config)
+    return config, run_dir
+
+
+def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: TextIO = sys.stdout) -> Path:
+    """Trains until `stop.env_steps`; returns the final checkpoint directory."""
+    limit_threads()
+    from agents.build import build_ppo_config, probe_env
+
+    spaces = probe_env(config)
+    from agents.rl_module import team_dims
+
+    dims = team_dims(spaces.observation_space, spaces.action_space)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / ckpt.CONFIG)
+
+    init_ray()
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    algo = build_ppo_config(config).build_algo()
+    try:
+        start_steps = 0
+        if resume:
+            latest = ckpt.latest_checkpoint(run_dir)
+            algo.restore_from_path(str((latest / ckpt.ALGORITHM).resolve()))
+            start_steps = ckpt.read_meta(latest)["env_steps"]
+            print(f"resumed from {latest} at {start_steps:,} env steps", file=out, flush=True)
+
+        def snapshot() -> CommFormerPolicy:
+            weights = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
+            return policy_from_weights(config, weights, dims)
+
+        def save(iteration: int, env_steps: int) -> Path:
+            def fill(tmp: Path) -> None:
+                algo.save_to_path(str((tmp / ckpt.ALGORITHM).resolve()))
+                metadata = {"env": read_yaml(run_dir / ckpt.CONFIG)["env"], "iteration": iteration,
+                            "env_steps": env_steps}
+                save_policy(snapshot(), tmp / ckpt.POLICY, dims, metadata)
+                shutil.copy(run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
+
+            return ckpt.write_checkpoint(run_dir, iteration, env_steps, fill, config.run.keep_checkpoints)
+
+        logger = RunLogger(run_dir)
+        progress = Progress(total_steps=config.stop.env_steps, start_steps=start_steps, out=out)
+        env_steps, iteration, last = start_steps, algo.iteration, None
+        try:
+            while env_steps < config.stop.env_steps:
+                t0 = time.monotonic()
+                result = algo.train()
+                iteration = algo.iteration
+                before, env_steps = env_steps, int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+                fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
+                logger.log_result(result, env_steps, fps)
+                if iteration % config.run.graph_image_every == 0 or iteration == 1:
+                    logger.log_graph(snapshot().graph, env_steps)
+                extra = logger.summary(result)
+                progress.print(iteration, env_steps, _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN), fps,
+                               extra)
+                if iteration % config.run.checkpoint_every == 0:
+                    last = save(iteration, env_steps)
+            if last is None or ckpt.read_meta(last)["iteration"] != iteration:
+                last = save(iteration, env_steps)
+        finally:
+            logger.close()
+        print(f"done: {env_steps:,} env steps; checkpoint {last}", file=out, flush=True)
+        return last
+    finally:
+        algo.stop()

@@ -1,0 +1,55 @@
+"""Running normalisation of value targets (the ValueNorm of MAPPO and CommFormer).
+
+The value head regresses onto returns scaled to zero mean and unit variance, so one loss scale (and one Huber
+threshold) fits environments whose returns are around -25 (MPE) or +20 (SMAC). The statistics are exponential
+moving averages with a debiasing term, so the first updates are not pulled towards the zero initialisation.
+They live in buffers: they are saved in checkpoints and move to the module's device with it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ValueNorm(nn.Module):
+    """Tracks the mean and variance of scalar targets; maps between raw and normalised units.
+
+    Args:
+        beta: EMA decay per update (MAPPO uses 0.99999 per minibatch; per train batch 0.999 is comparable).
+        epsilon: floor on the debiasing term and the variance, for numerical safety.
+    """
+
+    def __init__(self, beta: float = 0.999, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"ValueNorm beta={beta}; expected 0 < beta < 1")
+        self.beta = beta
+        self.epsilon = epsilon
+        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debiasing_term", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, targets: Tensor) -> None:
+        """Folds a batch of raw targets (any shape) into the running statistics."""
+        targets = targets.detach().to(torch.float64)
+        self.running_mean.mul_(self.beta).add_(targets.mean() * (1.0 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_((targets**2).mean() * (1.0 - self.beta))
+        self.debiasing_term.mul_(self.beta).add_(1.0 - self.beta)
+
+    def mean_var(self) -> tuple[Tensor, Tensor]:
+        """The debiased mean and variance (0 and 1 before the first update); no host synchronisation."""
+        started = self.debiasing_term > 0
+        denom = self.debiasing_term.clamp(min=self.epsilon)
+        mean = self.running_mean / denom
+        var = (self.running_mean_sq / denom - mean**2).clamp(min=self.epsilon)
+        return torch.where(started, mean, 0.0), torch.where(started, var, 1.0)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        mean, var = self.mean_var()
+        return ((x - mean.to(x.dtype)) / var.sqrt().to(x.dtype)).to(x.dtype)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        mean, var = self.mean_var()
+        return (x * var.sqrt().to(x.dtype) + mean.to(x.dtype)).to(x.dtype)

@@ -1,0 +1,105 @@
+"""Experiment configs: every shipped YAML loads, overrides apply, and each kind of bad input is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.config import (
+    ConfigError,
+    ExperimentConfig,
+    experiment_from_mapping,
+    load_config,
+    save_config,
+    to_dict,
+)
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"mpe_spread.yaml", "mpe_reference.yaml", "mpe_speaker_listener.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_round_trips(path, tmp_path):
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.run.name is not None and config.run.name.startswith(path.stem)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_fits_its_env(path):
+    from agents.build import probe_env
+
+    spaces = probe_env(load_config(path))
+    assert spaces.n_agents >= 1
+
+
+def test_overrides_apply_with_yaml_types():
+    config = load_config(
+        None, ["model.graph.sparsity=0.5", "run.seed=7", "model.gates.enabled=false", "env.options.n_agents=5"]
+    )
+    assert config.model.graph.sparsity == 0.5
+    assert config.run.seed == 7
+    assert config.model.gates.enabled is False
+    assert config.env.options.n_agents == 5
+
+
+def test_int_is_accepted_for_float_but_not_bool_for_int():
+    assert load_config(None, ["training.lr=1"]).training.lr == 1.0
+    with pytest.raises(ConfigError, match=r"run\.seed=True; expected an integer"):
+        load_config(None, ["run.seed=true"])
+
+
+def test_defaults_without_env_section_have_typed_options():
+    config = experiment_from_mapping({})
+    assert to_dict(config)["env"]["options"]["n_agents"] == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.graph.sparsty=0.4", r"unknown config key 'model\.graph\.sparsty'"),
+        ("trainig.lr=0.1", r"unknown config key 'trainig'"),
+        ("env.options.n_agent=3", r"unknown config key 'env\.options\.n_agent'"),
+        ("model.embed_dim=big", r"model\.embed_dim='big'; expected an integer"),
+        ("model.graph.sparsity=1.5", r"model\.graph\.sparsity"),
+        ("model.graph.sparsity=0", r"model\.graph\.sparsity"),
+        ("training.lr=-0.001", r"training\.lr=-0\.001; expected a value > 0"),
+        ("training.graph_lr=0", r"training\.graph_lr"),
+        ("resources.num_envs_per_env_runner=0", r"resources\.num_envs_per_env_runner=0"),
+        ("training.minibatch_size=5000", r"training\.minibatch_size=5000 is larger"),
+        ("env.name=nope", r"env\.name='nope' is not a known env; expected one of: .*mpe_spread"),
+        ("env.team_reward=max", r"env\.team_reward='max'; expected one of: mean, sum"),
+        ("stop.env_steps=0", r"stop\.env_steps=0"),
+        ("run.seed", r"not of the form dotted\.key=value"),
+    ],
+)
+def test_bad_values_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_k_larger_than_the_team_is_refused_against_the_env():
+    from agents.build import probe_env
+
+    config = load_config(None, ["model.graph.k=5", "env.options.n_agents=3"])
+    with pytest.raises(ConfigError, match=r"model\.graph\.k=5 .*N=3"):
+        probe_env(config)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(scalar)
