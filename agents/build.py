@@ -64,7 +64,7 @@ def probe_env(config: ExperimentConfig) -> TeamSpaces:
     finally:
         env.close()
     assert isinstance(obs_space, gym.spaces.Dict) and isinstance(act_space, gym.spaces.MultiDiscrete)
-    n_agents = int(team_dims(obs_space, act_space)["n_agents"] or 0)
+    n_agents = team_dims(obs_space, act_space).n_agents
     try:
         config.model.graph.senders(n_agents)
     except ValueError as err:
@@ -95,7 +95,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
         .env_runners(
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=res.num_envs_per_env_runner,
-            num_cpus_per_env_runner=res.num_cpus_per_env_runner,
+            num_cpus_per_env_runner=res.num_cpus_per_env_runner,  # type: ignore[arg-type]  # RLlib takes floats
             rollout_fragment_length="auto",
         )
         .learners(
@@ -126,9 +126,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
             num_epochs=train.num_epochs,
         )
         .rl_module(
-            rl_module_spec=RLModuleSpec(
-                module_class=CommFormerRLModule, model_config={"model": to_dict(config.model)}
-            )
+            rl_module_spec=RLModuleSpec(module_class=CommFormerRLModule, model_config={"model": to_dict(config.model)})
         )
         .debugging(seed=config.run.seed, log_level=os.environ.get("COMMFORMER_RAY_LOG_LEVEL", "ERROR"))
     )

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from commformer.config import ModelConfig
-from commformer.typed import ConfigError, from_mapping, to_dict
-from envs.registry import ENVS
+from commformer.typed import ConfigError, Converter, from_mapping, to_dict
+from envs.registry import ENVS, make_options
 
 __all__ = ["ConfigError", "ExperimentConfig", "from_mapping", "load_config", "save_config", "to_dict"]
 
@@ -172,11 +172,14 @@ def _env_from_mapping(data: Any, path: str) -> EnvConfig:
     env = from_mapping(EnvConfig, data, path)
     if env.name not in ENVS:
         raise ConfigError(f"{path}.name='{env.name}' is not a known env; expected one of: {', '.join(ENVS)}")
-    typed_options = from_mapping(ENVS[env.name].options_cls, options, f"{path}.options")
+    try:  # the env's own strict checks; their messages name env.options.<field>
+        typed_options = make_options(env.name, options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
     return dataclasses.replace(env, options=typed_options)
 
 
-CONVERTERS = {EnvConfig: _env_from_mapping}
+CONVERTERS: dict[type, Converter] = {EnvConfig: _env_from_mapping}
 
 
 def experiment_from_mapping(data: Any) -> ExperimentConfig:

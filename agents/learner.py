@@ -17,17 +17,18 @@ RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
-from ray.rllib.utils.typing import ModuleID, ParamDict
+from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
 
 from agents.rl_module import POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
@@ -102,7 +103,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
 
     # -- optimizers ---------------------------------------------------------------------------------------------
 
-    def configure_optimizers_for_module(self, module_id: ModuleID, config: PPOConfig | None = None) -> None:
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: AlgorithmConfig | None = None) -> None:
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
         settings = self.config.learner_config_dict
@@ -133,14 +134,14 @@ class CommFormerPPOLearner(PPOTorchLearner):
         super().before_gradient_based_update(timesteps=timesteps)
         self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
 
-    def compute_gradients(self, loss_per_module: dict[ModuleID, Tensor], **kwargs: Any) -> ParamDict:
+    def compute_gradients(self, loss_per_module: dict[ModuleID, TensorType], **kwargs: Any) -> ParamDict:
         """Backward once, then keep only the active level's gradients (the other level's are set to None, so
         its Adam skips them: no step, no moment update)."""
         graph_step = self.is_graph_step()
         grads = super().compute_gradients(loss_per_module, **kwargs)
         active = GRAPH_OPTIMIZER if graph_step else MODEL_OPTIMIZER
         keep = set()
-        for module_id in self.module.keys():
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             for name, optimizer in self.get_optimizers_for_module(module_id):
                 if name == active:
                     keep.update(self._optimizer_parameters[optimizer])
@@ -157,8 +158,9 @@ class CommFormerPPOLearner(PPOTorchLearner):
     # -- loss -----------------------------------------------------------------------------------------------------
 
     def compute_loss_for_module(
-        self, *, module_id: ModuleID, config: PPOConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
+        self, *, module_id: ModuleID, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> Tensor:
+        assert isinstance(config, PPOConfig)
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
         n, a = module.n_agents, module.n_actions
@@ -170,7 +172,12 @@ class CommFormerPPOLearner(PPOTorchLearner):
         weight = alive if valid is None else alive * valid.to(logits.dtype).unsqueeze(-1)  # (B, N)
 
         terms = ppo_team_loss(
-            logits, old_logits, batch[Columns.ACTIONS], batch[Postprocessing.ADVANTAGES], weight, config.clip_param
+            logits,
+            old_logits,
+            batch[Columns.ACTIONS],
+            batch[Postprocessing.ADVANTAGES],
+            weight,
+            config.clip_param,
         )
         targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
         if self._use_value_norm:
@@ -179,12 +186,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
 
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
-        total = (
-            terms["policy_loss"]
-            + config.vf_loss_coeff * vf_loss
-            - entropy_coeff * terms["entropy"]
-            + out.comm_cost
-        )
+        total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"] + out.comm_cost
         with torch.no_grad():
             receivers = alive.sum().clamp(min=1.0)
             self.metrics.log_dict(
@@ -203,7 +205,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 key=module_id,
                 window=1,
             )
-        return total
+        return cast(Tensor, total)
 
     # -- state ----------------------------------------------------------------------------------------------------
 

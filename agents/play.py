@@ -30,10 +30,16 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
         state = torch.as_tensor(obs["state"]) if use_state and "state" in obs else None
         alive = torch.as_tensor(obs["alive"])
         out = policy(
-            torch.as_tensor(obs["obs"]), action_mask=torch.as_tensor(obs["action_mask"]), alive=alive, state=state
+            torch.as_tensor(obs["obs"]),
+            action_mask=torch.as_tensor(obs["action_mask"]),
+            alive=alive,
+            state=state,
         )
         receivers = float(alive.sum().clamp(min=1.0))
-        stats = {"messages": float(out.messages), "gate_open_rate": float((out.gate_open * alive).sum()) / receivers}
+        stats = {
+            "messages": float(out.messages),
+            "gate_open_rate": float((out.gate_open * alive).sum()) / receivers,
+        }
         return out.logits.argmax(-1).numpy(), stats
 
     return act
@@ -89,7 +95,8 @@ def play(
     stats = EpisodeStats()
     for episode in range(episodes):
         obs, _ = env.reset(seed=None if seed is None else seed + episode)
-        total, length, done, info = 0.0, 0, False, {}
+        total, length, done = 0.0, 0, False
+        info: dict[str, Any] = {}
         if frames is not None:
             frames.append(np.asarray(env.render()))
         while not done:

@@ -13,6 +13,7 @@ PPO consistency rule, ARCHITECTURE section 3).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -33,7 +34,17 @@ VALUES_NORMALIZED = "values_normalized"
 POLICY_OUTPUT = "commformer_policy_output"
 
 
-def team_dims(observation_space: gym.Space, action_space: gym.Space) -> dict[str, int | None]:
+@dataclass(frozen=True)
+class TeamDims:
+    """The sizes a CommFormerPolicy is built with, read off a team env's spaces."""
+
+    n_agents: int
+    obs_dim: int
+    n_actions: int
+    state_dim: int | None
+
+
+def team_dims(observation_space: gym.Space | None, action_space: gym.Space | None) -> TeamDims:
     """Reads N, D, A and S off the team env's spaces, refusing spaces that are not a team env's."""
     if not isinstance(observation_space, gym.spaces.Dict) or "obs" not in observation_space.spaces:
         raise ValueError(
@@ -42,14 +53,25 @@ def team_dims(observation_space: gym.Space, action_space: gym.Space) -> dict[str
         )
     if not isinstance(action_space, gym.spaces.MultiDiscrete) or len(set(action_space.nvec.tolist())) != 1:
         raise ValueError(f"CommFormerRLModule expects MultiDiscrete([A] * N) actions, got {action_space}")
-    n_agents, obs_dim = observation_space["obs"].shape
+    n_agents, obs_dim = observation_space["obs"].shape or (0, 0)
     state_space = observation_space.spaces.get("state")
-    return {
-        "n_agents": int(n_agents),
-        "obs_dim": int(obs_dim),
-        "n_actions": int(action_space.nvec[0]),
-        "state_dim": int(state_space.shape[0]) if state_space is not None else None,
-    }
+    return TeamDims(
+        n_agents=int(n_agents),
+        obs_dim=int(obs_dim),
+        n_actions=int(action_space.nvec[0]),
+        state_dim=int(state_space.shape[0]) if state_space is not None and state_space.shape else None,
+    )
+
+
+def build_policy(config: ModelConfig, dims: TeamDims) -> CommFormerPolicy:
+    """The policy for a team of these sizes (the critic reads the state only if the model is told to)."""
+    return CommFormerPolicy(
+        config,
+        n_agents=dims.n_agents,
+        obs_dim=dims.obs_dim,
+        n_actions=dims.n_actions,
+        state_dim=dims.state_dim if config.use_state else None,
+    )
 
 
 class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
@@ -61,20 +83,13 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
 
     def setup(self) -> None:
         dims = team_dims(self.observation_space, self.action_space)
-        self.n_agents = int(dims["n_agents"] or 0)
-        self.n_actions = int(dims["n_actions"] or 0)
-        self.model_cfg: ModelConfig = from_mapping(ModelConfig, self.model_config.get("model"), "model")
-        self.policy = CommFormerPolicy(
-            self.model_cfg,
-            n_agents=self.n_agents,
-            obs_dim=int(dims["obs_dim"] or 0),
-            n_actions=self.n_actions,
-            state_dim=dims["state_dim"] if self.model_cfg.use_state else None,
-        )
+        self.n_agents, self.n_actions = dims.n_agents, dims.n_actions
+        model_config = self.model_config if isinstance(self.model_config, dict) else {}
+        self.model_cfg: ModelConfig = from_mapping(ModelConfig, model_config.get("model"), "model")
+        self.policy = build_policy(self.model_cfg, dims)
         self.value_norm = ValueNorm()
-        self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
-            input_lens=[self.n_actions] * self.n_agents
-        )
+        lens = [self.n_actions] * self.n_agents
+        self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=lens)  # type: ignore[misc]
 
     def policy_output(self, batch: dict[str, Any]) -> PolicyOutput:
         obs = batch[Columns.OBS]

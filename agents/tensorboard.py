@@ -25,8 +25,17 @@ SCALARS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 # Per-module learner metrics written by CommFormerPPOLearner (under learners/default_policy/...).
 LEARNER_KEYS = (
-    "policy_loss", "vf_loss", "entropy", "approx_kl", "clip_fraction", "comm_cost", "gate_open_rate",
-    "messages_per_step", "value_norm_mean", "value_norm_std", "graph_steps",
+    "policy_loss",
+    "vf_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "comm_cost",
+    "gate_open_rate",
+    "messages_per_step",
+    "value_norm_mean",
+    "value_norm_std",
+    "graph_steps",
 )
 
 

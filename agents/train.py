@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -16,6 +18,7 @@ import torch
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, ExperimentConfig, load_config, read_yaml, save_config
+from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
 from commformer.export import save_policy
 from commformer.policy import CommFormerPolicy
@@ -28,19 +31,23 @@ def limit_threads() -> None:
     torch.set_num_threads(1)
 
 
-def init_ray() -> None:
-    """Starts an embedded local Ray, or joins the cluster named by RAY_ADDRESS (e.g. under `ray submit`)."""
+def init_ray() -> bool:
+    """Starts an embedded local Ray, or joins the cluster named by RAY_ADDRESS (e.g. under `ray submit`).
+
+    Returns whether this call connected (and so should shut down); False if Ray was already up.
+    """
     import ray
 
     from agents.build import worker_env_vars
 
     if ray.is_initialized():
-        return
+        return False
     runtime_env = {"env_vars": worker_env_vars()}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.ERROR)
+    return True
 
 
 @dataclass
@@ -91,15 +98,9 @@ def _get(result: dict[str, Any], *keys: str, default: float = math.nan) -> float
         return default
 
 
-def policy_from_weights(config: ExperimentConfig, weights: dict[str, Any], dims: dict[str, Any]) -> CommFormerPolicy:
+def policy_from_weights(config: ExperimentConfig, weights: dict[str, Any], dims: TeamDims) -> CommFormerPolicy:
     """A driver-side copy of the learner's policy (for export and graph images), from RLlib module weights."""
-    policy = CommFormerPolicy(
-        config.model,
-        n_agents=dims["n_agents"],
-        obs_dim=dims["obs_dim"],
-        n_actions=dims["n_actions"],
-        state_dim=dims["state_dim"] if config.model.use_state else None,
-    )
+    policy = build_policy(config.model, dims)
     prefix = "policy."
     state = {k[len(prefix) :]: torch.as_tensor(np.asarray(v)) for k, v in weights.items() if k.startswith(prefix)}
     policy.load_state_dict(state)
@@ -138,15 +139,18 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
     from agents.build import build_ppo_config, probe_env
 
     spaces = probe_env(config)
-    from agents.rl_module import team_dims
-
     dims = team_dims(spaces.observation_space, spaces.action_space)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / ckpt.CONFIG)
 
-    init_ray()
+    started_ray = init_ray()
+    import ray
     from ray.rllib.core import DEFAULT_MODULE_ID
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+    from ray.rllib.utils.metrics import (
+        ENV_RUNNER_RESULTS,
+        EPISODE_RETURN_MEAN,
+        NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    )
 
     algo = build_ppo_config(config).build_algo()
     try:
@@ -158,15 +162,19 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
             print(f"resumed from {latest} at {start_steps:,} env steps", file=out, flush=True)
 
         def snapshot() -> CommFormerPolicy:
+            assert algo.learner_group is not None
             weights = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
             return policy_from_weights(config, weights, dims)
 
         def save(iteration: int, env_steps: int) -> Path:
             def fill(tmp: Path) -> None:
                 algo.save_to_path(str((tmp / ckpt.ALGORITHM).resolve()))
-                metadata = {"env": read_yaml(run_dir / ckpt.CONFIG)["env"], "iteration": iteration,
-                            "env_steps": env_steps}
-                save_policy(snapshot(), tmp / ckpt.POLICY, dims, metadata)
+                metadata = {
+                    "env": read_yaml(run_dir / ckpt.CONFIG)["env"],
+                    "iteration": iteration,
+                    "env_steps": env_steps,
+                }
+                save_policy(snapshot(), tmp / ckpt.POLICY, dataclasses.asdict(dims), metadata)
                 shutil.copy(run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
 
             return ckpt.write_checkpoint(run_dir, iteration, env_steps, fill, config.run.keep_checkpoints)
@@ -179,14 +187,16 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
                 t0 = time.monotonic()
                 result = algo.train()
                 iteration = algo.iteration
-                before, env_steps = env_steps, int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+                before, env_steps = (
+                    env_steps,
+                    int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)),
+                )
                 fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
                 logger.log_result(result, env_steps, fps)
                 if iteration % config.run.graph_image_every == 0 or iteration == 1:
                     logger.log_graph(snapshot().graph, env_steps)
                 extra = logger.summary(result)
-                progress.print(iteration, env_steps, _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN), fps,
-                               extra)
+                progress.print(iteration, env_steps, _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN), fps, extra)
                 if iteration % config.run.checkpoint_every == 0:
                     last = save(iteration, env_steps)
             if last is None or ckpt.read_meta(last)["iteration"] != iteration:
@@ -197,3 +207,5 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
         return last
     finally:
         algo.stop()
+        if started_ray:
+            ray.shutdown()

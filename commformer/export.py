@@ -37,7 +37,13 @@ def save_policy(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in policy.state_dict().items()}
-    spec = {"format": FORMAT, "version": VERSION, "model": to_dict(policy.config), "dims": dims, "metadata": metadata}
+    spec = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": to_dict(policy.config),
+        "dims": dims,
+        "metadata": metadata,
+    }
     _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
     _atomic_write(directory / SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
     return directory

@@ -26,6 +26,9 @@ class ValueNorm(nn.Module):
             raise ValueError(f"ValueNorm beta={beta}; expected 0 < beta < 1")
         self.beta = beta
         self.epsilon = epsilon
+        self.running_mean: Tensor
+        self.running_mean_sq: Tensor
+        self.debiasing_term: Tensor
         self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
         self.register_buffer("debiasing_term", torch.zeros((), dtype=torch.float64))
@@ -44,7 +47,8 @@ class ValueNorm(nn.Module):
         denom = self.debiasing_term.clamp(min=self.epsilon)
         mean = self.running_mean / denom
         var = (self.running_mean_sq / denom - mean**2).clamp(min=self.epsilon)
-        return torch.where(started, mean, 0.0), torch.where(started, var, 1.0)
+        zero, one = torch.zeros_like(mean), torch.ones_like(var)
+        return torch.where(started, mean, zero), torch.where(started, var, one)
 
     def normalize(self, x: Tensor) -> Tensor:
         mean, var = self.mean_var()

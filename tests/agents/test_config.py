@@ -41,7 +41,8 @@ def test_every_config_fits_its_env(path):
 
 def test_overrides_apply_with_yaml_types():
     config = load_config(
-        None, ["model.graph.sparsity=0.5", "run.seed=7", "model.gates.enabled=false", "env.options.n_agents=5"]
+        None,
+        ["model.graph.sparsity=0.5", "run.seed=7", "model.gates.enabled=false", "env.options.n_agents=5"],
     )
     assert config.model.graph.sparsity == 0.5
     assert config.run.seed == 7
@@ -65,7 +66,7 @@ def test_defaults_without_env_section_have_typed_options():
     [
         ("model.graph.sparsty=0.4", r"unknown config key 'model\.graph\.sparsty'"),
         ("trainig.lr=0.1", r"unknown config key 'trainig'"),
-        ("env.options.n_agent=3", r"unknown config key 'env\.options\.n_agent'"),
+        ("env.options.n_agent=3", r"unknown option env\.options\.n_agent"),
         ("model.embed_dim=big", r"model\.embed_dim='big'; expected an integer"),
         ("model.graph.sparsity=1.5", r"model\.graph\.sparsity"),
         ("model.graph.sparsity=0", r"model\.graph\.sparsity"),

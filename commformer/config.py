@@ -1,0 +1,150 @@
+"""Typed configs of the model parts.
+
+Each dataclass is frozen and validates itself in ``__post_init__``; errors name the setting by its dotted
+path in the experiment config (``model.graph.sparsity``) and say what was expected, so a bad YAML value or
+CLI override fails before any model or Ray process is built. Field names are the YAML/CLI names.
+
+To add a model part: add a frozen dataclass with its own ``__post_init__`` and a field on ``ModelConfig``
+with ``field(default_factory=...)``; ``ModelConfig.__post_init__`` checks that nested parts have the right
+type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["GateConfig", "GraphConfig", "ModelConfig"]
+
+
+def _require_int(path: str, value: object, minimum: int) -> None:
+    """Raise unless ``value`` is an int (not a bool) and ``value >= minimum``."""
+    # bool is a subclass of int: `embed_dim: true` in YAML must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{path}={value}; expected an integer >= {minimum}")
+
+
+def _require_float(path: str, value: object) -> float:
+    """Raise unless ``value`` is a finite real number (int or float, not bool); return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected a real number")
+    if not math.isfinite(value):
+        raise ValueError(f"{path}={value}; expected a finite number")
+    return float(value)
+
+
+def _require_bool(path: str, value: object) -> None:
+    """Raise unless ``value`` is a bool (YAML ``true``/``false``)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected true or false")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """The learnable communication graph (CommFormer, Hu et al. 2024, section 4.1)."""
+
+    sparsity: float = 0.4
+    """Fraction of the agents each receiver listens to, in (0, 1]; ignored when ``k`` is given."""
+    k: int | None = None
+    """Exact number of senders per receiver (excluding itself); overrides ``sparsity``."""
+    gumbel: bool = False
+    """Add Gumbel noise to the surrogate gradient in upper-level (graph) steps; never changes the graph."""
+    gumbel_tau: float = 1.0
+    """Temperature of the softmax whose gradient the straight-through graph uses."""
+
+    def __post_init__(self) -> None:
+        sparsity = _require_float("model.graph.sparsity", self.sparsity)
+        if not 0.0 < sparsity <= 1.0:
+            raise ValueError(f"model.graph.sparsity={self.sparsity}; expected a number in (0, 1]")
+        if self.k is not None:
+            _require_int("model.graph.k", self.k, 1)
+        _require_bool("model.graph.gumbel", self.gumbel)
+        tau = _require_float("model.graph.gumbel_tau", self.gumbel_tau)
+        if tau <= 0.0:
+            raise ValueError(f"model.graph.gumbel_tau={self.gumbel_tau}; expected a number > 0")
+
+    def senders(self, n_agents: int) -> int:
+        """Number of senders each receiver keeps (self-loop not counted) in a team of ``n_agents``.
+
+        ``k`` if given, else ``max(1, round(sparsity * n_agents))`` capped at ``n_agents - 1``; 0 for a
+        single agent. Rounding is half-up (0.5 * 5 -> 3), not Python's half-to-even ``round``, so that
+        "a fraction of the team" reads the way people compute it by hand.
+        The official code uses ``int(N * sparsity)`` (floor); with the default 0.4 both agree for
+        N = 3, 8, 10, 25 (k = 1, 3, 4, 10).
+        """
+        _require_int("n_agents", n_agents, 1)
+        if self.k is not None:
+            if self.k > n_agents - 1:
+                expected = (
+                    "expected model.graph.k=None (a single agent has no one to listen to)"
+                    if n_agents == 1
+                    else f"expected 1 <= k <= {n_agents - 1}"
+                )
+                raise ValueError(f"model.graph.k={self.k} but the environment has N={n_agents} agents; {expected}")
+            return self.k
+        if n_agents == 1:
+            return 0
+        k = max(1, math.floor(self.sparsity * n_agents + 0.5))
+        return min(k, n_agents - 1)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Temporal gates: each agent decides per step whether to receive messages (CommFormer extension)."""
+
+    enabled: bool = True
+    """Learn the gates; when false every gate is always open and the cost term is 0."""
+    cost_weight: float = 0.01
+    """Weight of the communication cost ``mean(p_open over alive agents)`` added to the loss."""
+    init_bias: float = 2.0
+    """Initial bias of the gate logit; sigmoid(2) = 0.88, so gates start open."""
+
+    def __post_init__(self) -> None:
+        _require_bool("model.gates.enabled", self.enabled)
+        cost = _require_float("model.gates.cost_weight", self.cost_weight)
+        if cost < 0.0:
+            raise ValueError(f"model.gates.cost_weight={self.cost_weight}; expected a number >= 0")
+        _require_float("model.gates.init_bias", self.init_bias)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The CommFormer policy: embedding, graph, gates, attention blocks, heads."""
+
+    embed_dim: int = 64
+    """Width of the per-agent embedding (CommFormer uses 64)."""
+    num_heads: int = 1
+    """Attention heads; must divide ``embed_dim``."""
+    num_blocks: int = 1
+    """Number of graph-attention blocks."""
+    mlp_ratio: int = 2
+    """Hidden width of each block's MLP, as a multiple of ``embed_dim``."""
+    agent_embedding: bool = True
+    """Add a learned per-agent-index embedding (breaks permutation equivariance on purpose)."""
+    use_state: bool = True
+    """Let the value heads read the global state when the environment provides one."""
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    """The communication graph."""
+    gates: GateConfig = field(default_factory=GateConfig)
+    """The temporal gates."""
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
+            _require_int(f"model.{name}", getattr(self, name), 1)
+        if self.embed_dim % self.num_heads != 0:
+            raise ValueError(
+                f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
+                "expected embed_dim to be a multiple of num_heads"
+            )
+        _require_bool("model.agent_embedding", self.agent_embedding)
+        _require_bool("model.use_state", self.use_state)
+        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig}
+        for name, cls in parts.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ValueError(
+                    f"model.{name} is a {type(value).__name__}; expected a {cls.__name__} "
+                    "(build nested parts as dataclasses, not dicts)"
+                )

@@ -1,0 +1,218 @@
+"""``CommFormerPolicy``: per-agent embedding -> gated learned graph -> graph attention -> policy/value heads.
+
+    obs (*B, N, D) --LN, Linear, GELU--> h (+ agent-index embedding)
+    h --TemporalGate--> open (*B, N)          graph() (N, N) --gates, dead senders--> A_eff (*B, N, N)
+    h --num_blocks x CommBlock(A_eff)--> LN --> policy head -> logits (*B, N, A), masked by action_mask
+                                            \\-> value head (+ embedded global state) -> values (*B, N)
+
+Every stochastic-looking part is a deterministic function of (inputs, parameters): the graph is the hard
+top-k of the logits (Gumbel noise, if asked for, only touches its surrogate gradient) and the gates are hard
+thresholds. This keeps the PPO ratio exact (ARCHITECTURE.md section 3).
+
+The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
+other parameters are the lower level (``model_parameters``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from commformer.config import ModelConfig
+from commformer.gates import TemporalGate, gate_adjacency
+from commformer.graph import CommGraph
+from commformer.layers.attention import CommBlock
+
+__all__ = ["CommFormerPolicy", "PolicyOutput"]
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """Everything one forward pass produces; ``*B`` are the caller's leading batch dims."""
+
+    logits: Tensor
+    """(*B, N, A) action logits; masked actions hold the dtype's finfo.min."""
+    values: Tensor
+    """(*B, N) per-agent value estimates."""
+    adjacency: Tensor
+    """(*B, N, N) effective straight-through adjacency (receiver x sender), forward value 0/1."""
+    gate_open: Tensor
+    """(*B, N) hard gate decisions (0/1, straight-through); all ones when gates are disabled."""
+    gate_prob: Tensor
+    """(*B, N) gate open probabilities; all ones when gates are disabled."""
+    comm_cost: Tensor
+    """Scalar communication-cost term ``cost_weight * mean(gate_prob over alive agents)``; 0 if disabled."""
+    messages: Tensor
+    """(*B,) number of off-diagonal edges actually used, float, no grad: after gates and dead senders, and
+    counting only alive receivers (a dead agent's incoming edges carry nothing anyone acts on)."""
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+def _count_messages(adjacency: Tensor, alive: Tensor | None) -> Tensor:
+    """Off-diagonal edges into alive receivers, (B, N, N) -> (B,), without gradient."""
+    n = adjacency.shape[-1]
+    off_diagonal = 1.0 - torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
+    used = adjacency.detach() * off_diagonal  # (B, N, N)
+    if alive is not None:
+        used = used * alive.to(used.dtype).unsqueeze(-1)  # a dead receiver acts on no message
+    return used.sum(dim=(-2, -1))
+
+
+class CommFormerPolicy(nn.Module):
+    """CommFormer actor-critic over a team of ``n_agents`` agents (shared weights across agents).
+
+    Args:
+        config: the model config.
+        n_agents: N, fixed for the whole run.
+        obs_dim: D, per-agent observation size.
+        n_actions: A, per-agent number of discrete actions.
+        state_dim: S, size of the global state, or None when the environment has none.
+    """
+
+    def __init__(
+        self, config: ModelConfig, n_agents: int, obs_dim: int, n_actions: int, state_dim: int | None = None
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_agents", n_agents), ("obs_dim", obs_dim), ("n_actions", n_actions)):
+            if value < 1:
+                raise ValueError(f"{name}={value}; expected an integer >= 1")
+        if state_dim is not None and state_dim < 1:
+            raise ValueError(f"state_dim={state_dim}; expected None or an integer >= 1")
+        d = config.embed_dim
+        self.config = config
+        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
+        self.state_dim = state_dim if config.use_state else None
+
+        self.obs_embed = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, d), nn.GELU())
+        self.agent_embed = nn.Embedding(n_agents, d) if config.agent_embedding else None
+        if self.agent_embed is not None:
+            nn.init.normal_(self.agent_embed.weight, std=0.02)
+        self.graph = CommGraph(n_agents, config.graph)
+        self.gate = TemporalGate(d, config.gates) if config.gates.enabled else None
+        self.blocks = nn.ModuleList(CommBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.num_blocks))
+        # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
+        self.norm = nn.LayerNorm(d)
+        logits_layer = nn.Linear(d, n_actions)
+        # Near-uniform initial policy (as the 0.01-gain output layer of PPO practice), for early exploration.
+        with torch.no_grad():
+            logits_layer.weight.mul_(0.01)
+            logits_layer.bias.zero_()
+        self.policy_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), logits_layer)
+        self.state_embed = (
+            nn.Sequential(nn.LayerNorm(self.state_dim), nn.Linear(self.state_dim, d), nn.GELU())
+            if self.state_dim is not None
+            else None
+        )
+        value_in = 2 * d if self.state_embed is not None else d
+        self.value_head = _mlp(value_in, d, 1)
+
+    def graph_parameters(self) -> list[nn.Parameter]:
+        """Upper-level parameters of the bi-level optimisation: the graph logits only."""
+        return [self.graph.logits]
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """Lower-level parameters: all but the graph logits (with ``graph_parameters``, a partition)."""
+        graph = {id(p) for p in self.graph_parameters()}
+        return [p for p in self.parameters() if id(p) not in graph]
+
+    def _check(self, name: str, tensor: Tensor, tail: tuple[int, ...], batch: torch.Size) -> None:
+        expected = (*batch, *tail)
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {expected}")
+
+    def _value_input(self, h: Tensor, state: Tensor | None) -> Tensor:
+        """Value-head input (B, N, d), or (B, N, 2d) with the embedded global state appended."""
+        flat, n, _ = h.shape
+        if self.state_embed is None or self.state_dim is None:
+            if state is not None and self.config.use_state:
+                raise ValueError(
+                    "state was given but the policy was built with state_dim=None; "
+                    "expected state=None or a policy built with the environment's state_dim"
+                )
+            return h
+        if state is None:
+            raise ValueError(
+                f"state is None but the policy was built with state_dim={self.state_dim} and "
+                "model.use_state=true; expected a (*B, S) global state"
+            )
+        s = self.state_embed(state.reshape(flat, self.state_dim))  # (B, d)
+        # Every agent's value head sees the same state embedding beside its own features.
+        return torch.cat([h, s.unsqueeze(1).expand(flat, n, s.shape[-1])], dim=-1)  # (B, N, 2d)
+
+    def forward(
+        self,
+        obs: Tensor,
+        action_mask: Tensor | None = None,
+        alive: Tensor | None = None,
+        state: Tensor | None = None,
+        *,
+        gumbel: bool = False,
+    ) -> PolicyOutput:
+        """One forward pass over any leading batch dims ``*B``.
+
+        Args:
+            obs: (*B, N, D) per-agent observations.
+            action_mask: optional (*B, N, A), nonzero = available.
+            alive: optional (*B, N), 1 alive / 0 dead; dead agents send nothing and do not count in the
+                communication cost. Their own outputs are left as they are (losses mask them).
+            state: (*B, S) global state; required when the policy was built with ``state_dim`` and
+                ``config.use_state``, ignored when ``use_state`` is false.
+            gumbel: add Gumbel noise to the graph's surrogate gradient (upper-level steps); the forward
+                values do not change.
+
+        Returns:
+            ``PolicyOutput`` with shapes restored to ``*B``.
+        """
+        n, a = self.n_agents, self.n_actions
+        if obs.dim() < 2 or obs.shape[-2:] != (n, self.obs_dim):
+            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
+        batch = obs.shape[:-2]
+        flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
+        x = obs.reshape(flat, n, self.obs_dim)  # (B, N, D)
+        if action_mask is not None:
+            self._check("action_mask", action_mask, (n, a), batch)
+        if alive is not None:
+            self._check("alive", alive, (n,), batch)
+            alive = alive.reshape(flat, n)  # (B, N)
+        if state is not None and self.state_dim is not None:
+            self._check("state", state, (self.state_dim,), batch)
+
+        h = self.obs_embed(x)  # (B, N, d)
+        if self.agent_embed is not None:
+            h = h + self.agent_embed.weight  # (N, d) broadcast over B
+
+        if self.gate is not None:
+            gate_open, gate_prob = self.gate(h)  # (B, N) each
+            comm_cost = self.gate.cost(gate_prob, alive)
+        else:
+            gate_open = gate_prob = h.new_ones(flat, n)
+            comm_cost = h.new_zeros(())
+        adjacency = gate_adjacency(self.graph(gumbel=gumbel).to(h.dtype), gate_open, alive)  # (B, N, N)
+
+        for block in self.blocks:
+            h = block(h, adjacency)
+        h = self.norm(h)  # (B, N, d)
+
+        logits = self.policy_head(h).reshape(*batch, n, a)  # (*B, N, A)
+        if action_mask is not None:
+            # finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
+            logits = logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
+
+        values = self.value_head(self._value_input(h, state)).squeeze(-1)  # (B, N)
+
+        messages = _count_messages(adjacency, alive)  # (B,)
+        return PolicyOutput(
+            logits=logits,
+            values=values.reshape(*batch, n),
+            adjacency=adjacency.reshape(*batch, n, n),
+            gate_open=gate_open.reshape(*batch, n),
+            gate_prob=gate_prob.reshape(*batch, n),
+            comm_cost=comm_cost,
+            messages=messages.reshape(batch),
+        )

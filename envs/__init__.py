@@ -1,0 +1,13 @@
+"""Environment adapters: every environment becomes one team `gymnasium.Env` (ARCHITECTURE section 2).
+
+- `TeamEnv` wraps any PettingZoo ParallelEnv: obs (N, D), action_mask (N, A), alive (N,), optional state.
+- `ENVS` is the one table of env names; `make_team_env(name, options)` builds one, `make_options` only checks
+  the options.
+
+This package knows nothing of models, torch or RLlib.
+"""
+
+from envs.registry import ENVS, EnvEntry, make_options, make_team_env
+from envs.team import TeamEnv
+
+__all__ = ["ENVS", "EnvEntry", "TeamEnv", "make_options", "make_team_env"]

@@ -1,0 +1,99 @@
+"""Factories of the mpe2 environments (MPE, moved out of PettingZoo), always with discrete actions.
+
+Each factory takes its frozen options dataclass and a render mode and returns the raw PettingZoo ParallelEnv;
+`envs.registry` names them and `TeamEnv` wraps them. Facts used here (REFERENCE.md, Environments):
+
+- simple_spread_v3: N agents and N landmarks, obs (6N,) per agent, Discrete(5); reward per agent =
+  global * (1 - local_ratio) + local * local_ratio; episodes end by truncation at max_cycles.
+- simple_reference_v3: 2 agents, obs (21,), Discrete(50) (5 moves x 10 messages).
+- simple_speaker_listener_v4: heterogeneous, speaker obs (3,) / Discrete(3), listener obs (11,) / Discrete(5).
+
+mpe2 is imported inside the factories: importing it imports pygame, which processes that never build an MPE
+env (the signal env's learning tests, other envs) need not pay for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from envs.options import check_field_types, require
+
+
+@dataclass(frozen=True)
+class SpreadOptions:
+    """Options of `mpe_spread` (mpe2 simple_spread_v3)."""
+
+    n_agents: int = 3
+    """Number of agents, and of landmarks."""
+    local_ratio: float = 0.5
+    """Weight of the agent's own (collision) reward; the shared landmark reward gets 1 - local_ratio."""
+    max_cycles: int = 25
+    """Steps per episode (truncation)."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        require(self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+        require(0.0 <= self.local_ratio <= 1.0, "local_ratio", "in [0, 1]", self.local_ratio)
+        require(self.max_cycles >= 1, "max_cycles", ">= 1", self.max_cycles)
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """Options of `mpe_reference` (mpe2 simple_reference_v3, 2 agents)."""
+
+    local_ratio: float = 0.5
+    """Weight of the agent's own reward; the team's average reward gets 1 - local_ratio."""
+    max_cycles: int = 25
+    """Steps per episode (truncation)."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        require(0.0 <= self.local_ratio <= 1.0, "local_ratio", "in [0, 1]", self.local_ratio)
+        require(self.max_cycles >= 1, "max_cycles", ">= 1", self.max_cycles)
+
+
+@dataclass(frozen=True)
+class SpeakerListenerOptions:
+    """Options of `mpe_speaker_listener` (mpe2 simple_speaker_listener_v4: a speaker and a listener)."""
+
+    max_cycles: int = 25
+    """Steps per episode (truncation)."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        require(self.max_cycles >= 1, "max_cycles", ">= 1", self.max_cycles)
+
+
+def simple_spread(options: SpreadOptions, render_mode: str | None = None) -> Any:
+    """mpe2 simple_spread_v3 as a ParallelEnv with discrete actions."""
+    from mpe2 import simple_spread_v3
+
+    return simple_spread_v3.parallel_env(
+        N=options.n_agents,
+        local_ratio=options.local_ratio,
+        max_cycles=options.max_cycles,
+        continuous_actions=False,
+        render_mode=render_mode,
+    )
+
+
+def simple_reference(options: ReferenceOptions, render_mode: str | None = None) -> Any:
+    """mpe2 simple_reference_v3 as a ParallelEnv with discrete actions."""
+    from mpe2 import simple_reference_v3
+
+    return simple_reference_v3.parallel_env(
+        local_ratio=options.local_ratio,
+        max_cycles=options.max_cycles,
+        continuous_actions=False,
+        render_mode=render_mode,
+    )
+
+
+def simple_speaker_listener(options: SpeakerListenerOptions, render_mode: str | None = None) -> Any:
+    """mpe2 simple_speaker_listener_v4 as a ParallelEnv with discrete actions."""
+    from mpe2 import simple_speaker_listener_v4
+
+    return simple_speaker_listener_v4.parallel_env(
+        max_cycles=options.max_cycles, continuous_actions=False, render_mode=render_mode
+    )

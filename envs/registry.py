@@ -1,0 +1,120 @@
+"""The one table of environment names, and `make_team_env`.
+
+Adding an environment means adding one row to `ENVS` (no registration on import, no decorators): a frozen
+options dataclass, a factory `make(options, render_mode) -> PettingZoo ParallelEnv`, and a one-line
+description. Everything the trainer sees is built by `make_team_env`, which checks the name and the options
+(unknown keys, wrong types, out-of-range values) before building anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envs import mpe
+from envs.options import options_from_mapping
+from envs.signal import SignalEnv, SignalOptions
+from envs.team import TeamEnv
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """One row of the env table."""
+
+    options_cls: type
+    """Frozen dataclass of the env's options; validates itself in `__post_init__`."""
+    make: Callable[[Any, str | None], Any]
+    """`make(options, render_mode)` -> the raw PettingZoo ParallelEnv."""
+    description: str
+
+
+def _make_signal(options: SignalOptions, render_mode: str | None = None) -> SignalEnv:
+    return SignalEnv(options, render_mode=render_mode)
+
+
+ENVS: dict[str, EnvEntry] = {
+    "mpe_spread": EnvEntry(
+        mpe.SpreadOptions,
+        mpe.simple_spread,
+        "mpe2 simple_spread_v3: N agents cover N landmarks and avoid collisions",
+    ),
+    "mpe_reference": EnvEntry(
+        mpe.ReferenceOptions,
+        mpe.simple_reference,
+        "mpe2 simple_reference_v3: 2 agents each tell the other which landmark to reach",
+    ),
+    "mpe_speaker_listener": EnvEntry(
+        mpe.SpeakerListenerOptions,
+        mpe.simple_speaker_listener,
+        "mpe2 simple_speaker_listener_v4: a speaker guides a listener (heterogeneous team)",
+    ),
+    "signal": EnvEntry(
+        SignalOptions,
+        _make_signal,
+        "each agent must name its neighbour's private symbol; solvable only by communicating",
+    ),
+}
+
+
+def env_entry(name: str) -> EnvEntry:
+    """The row of `ENVS` named `name`.
+
+    Raises:
+        ValueError: an unknown name; the message lists the known ones.
+    """
+    entry = ENVS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown env {name!r}; expected one of: {', '.join(ENVS)}")
+    return entry
+
+
+def make_options(name: str, options: Mapping[str, Any] | Any | None = None) -> Any:
+    """The validated options dataclass of env `name`, from a mapping, an instance, or None (defaults).
+
+    Cheap (builds no env), so the config layer can call it to fail before Ray starts.
+
+    Raises:
+        ValueError: an unknown env name, an unknown option key (listing the valid keys), a value out of range.
+        TypeError: a value of the wrong type (naming the key and the expected type), another env's options.
+    """
+    entry = env_entry(name)
+    if options is None:
+        return entry.options_cls()
+    if isinstance(options, entry.options_cls):
+        return options
+    if isinstance(options, Mapping):
+        return options_from_mapping(entry.options_cls, options, env_name=name)
+    kind = type(options).__name__ if dataclasses.is_dataclass(options) else repr(options)
+    raise TypeError(f"options of env {name!r} must be a mapping or {entry.options_cls.__name__}, got {kind}")
+
+
+def make_team_env(
+    name: str,
+    options: Mapping[str, Any] | Any | None = None,
+    *,
+    team_reward: str = "mean",
+    use_state: bool = False,
+    render_mode: str | None = None,
+) -> TeamEnv:
+    """Build the registered env `name` and wrap it as a `TeamEnv`.
+
+    Args:
+        name: a key of `ENVS`.
+        options: the env's options dataclass, a mapping of its fields (checked strictly), or None (defaults).
+        team_reward: "mean" or "sum" of the agents' rewards (see `TeamEnv`).
+        use_state: add the raw env's global state as `obs["state"]`.
+        render_mode: None, or a mode the raw env supports ("rgb_array" for all envs here).
+
+    Raises:
+        ValueError / TypeError: as `make_options` and `TeamEnv`; nothing is built if the name or options fail.
+    """
+    entry = env_entry(name)
+    resolved = make_options(name, options)
+    # A factory rather than a built env, so TeamEnv checks its own arguments before the raw env is built.
+    return TeamEnv(
+        lambda: entry.make(resolved, render_mode),
+        team_reward=team_reward,
+        use_state=use_state,
+    )

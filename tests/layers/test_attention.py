@@ -1,0 +1,148 @@
+"""GraphAttention and CommBlock: shapes, naive reference (outputs and gradients), masking, equivariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from commformer.config import GraphConfig
+from commformer.graph import CommGraph
+from commformer.layers import CommBlock, GraphAttention
+from commformer.layers.reference import naive_comm_block, naive_graph_attention
+
+
+def _random_adjacency(batch: int, n: int, seed: int) -> torch.Tensor:
+    """(B, N, N) random 0/1 adjacency with self-loops."""
+    gen = torch.Generator().manual_seed(seed)
+    adjacency = (torch.rand(batch, n, n, generator=gen) < 0.5).double()
+    return torch.maximum(adjacency, torch.eye(n))
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial parameters (LayerNorm affine and relation embeddings are otherwise near-identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("shared_graph", [True, False])
+def test_shapes(batch: int, n: int, heads: int, shared_graph: bool) -> None:
+    attn = GraphAttention(8, heads)
+    adjacency = _random_adjacency(batch, n, seed=n)
+    out = attn(torch.randn(batch, n, 8), adjacency[0] if shared_graph else adjacency)
+    assert out.shape == (batch, n, 8)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_matches_naive_reference(n: int, heads: int) -> None:
+    torch.manual_seed(n + heads)
+    attn = GraphAttention(4, heads)
+    _randomise(attn, seed=n)
+    graph = CommGraph(n, GraphConfig(sparsity=0.5))
+    with torch.no_grad():
+        graph.logits.copy_(torch.randn(n, n))
+    x = torch.randn(2, n, 4, requires_grad=True)
+    upstream = torch.randn(2, n, 4)
+    params = [x, graph.logits, *attn.parameters()]
+
+    # A is the straight-through graph gated per sample: exercises both (N, N)-like rows and (B, N, N).
+    adjacency = graph() * torch.ones(2, 1, 1)
+    fast = attn(x, adjacency)
+    grads_fast = torch.autograd.grad((fast * upstream).sum(), params, allow_unused=True)
+    adjacency = graph() * torch.ones(2, 1, 1)
+    naive = naive_graph_attention(attn, x, adjacency)
+    grads_naive = torch.autograd.grad((naive * upstream).sum(), params, allow_unused=True)
+
+    torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
+    for param, g_fast, g_naive in zip(params, grads_fast, grads_naive, strict=True):
+        if g_naive is None:  # e.g. the "other agent" edge embedding when N = 1
+            assert g_fast is None or torch.equal(g_fast, torch.zeros_like(param))
+            continue
+        assert g_fast is not None
+        torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11)
+    if n > 2:
+        assert grads_fast[1] is not None and grads_fast[1].abs().sum() > 0, "no gradient reached the graph"
+
+
+def test_block_matches_naive_reference() -> None:
+    torch.manual_seed(0)
+    block = CommBlock(6, 3, 2)
+    _randomise(block, seed=1)
+    x = torch.randn(3, 4, 6, requires_grad=True)
+    adjacency = _random_adjacency(3, 4, seed=2)
+    upstream = torch.randn(3, 4, 6)
+    params = [x, *block.parameters()]
+    fast = block(x, adjacency)
+    grads_fast = torch.autograd.grad((fast * upstream).sum(), params)
+    naive = naive_comm_block(block, x, adjacency)
+    grads_naive = torch.autograd.grad((naive * upstream).sum(), params)
+    torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
+    for g_fast, g_naive in zip(grads_fast, grads_naive, strict=True):
+        torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11)
+
+
+def test_every_parameter_gets_a_finite_gradient() -> None:
+    torch.manual_seed(0)
+    block = CommBlock(8, 2, 2)
+    adjacency = _random_adjacency(2, 5, seed=3)
+    block(torch.randn(2, 5, 8), adjacency).square().sum().backward()
+    for name, param in block.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_non_senders_have_no_influence() -> None:
+    torch.manual_seed(0)
+    attn = GraphAttention(8, 2)
+    adjacency = _random_adjacency(1, 6, seed=4)
+    x = torch.randn(1, 6, 8)
+    out = attn(x, adjacency)
+    for j in range(6):
+        perturbed = x.clone()
+        perturbed[0, j] += 10.0
+        moved = (attn(perturbed, adjacency) - out).abs().sum(-1)[0] > 1e-9  # (N,) receivers that changed
+        assert torch.equal(moved, adjacency[0, :, j] == 1), f"sender {j}"
+
+
+def test_self_only_rows_ignore_everyone_else() -> None:
+    attn = GraphAttention(8, 1)
+    x = torch.randn(2, 4, 8)
+    out = attn(x, torch.eye(4))
+    torch.testing.assert_close(out, attn.out(attn.qkv(x)[..., 16:]))  # softmax over one sender = its value
+
+
+def test_permutation_equivariance() -> None:
+    torch.manual_seed(0)
+    attn = GraphAttention(8, 2)
+    _randomise(attn, seed=5)
+    adjacency = _random_adjacency(2, 6, seed=6)
+    x = torch.randn(2, 6, 8)
+    perm = torch.randperm(6)
+    out = attn(x, adjacency)
+    out_perm = attn(x[:, perm], adjacency[:, perm][:, :, perm])
+    torch.testing.assert_close(out_perm, out[:, perm], rtol=1e-10, atol=1e-12)
+
+
+def test_empty_row_stays_finite() -> None:
+    # A row with no entry (not produced by our graph, which always keeps the self-loop) outputs out.bias.
+    attn = GraphAttention(4, 1)
+    adjacency = torch.eye(3)
+    adjacency[1, 1] = 0.0
+    out = attn(torch.randn(1, 3, 4), adjacency)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 1], attn.out.bias)
+
+
+def test_rejects_bad_adjacency_shape() -> None:
+    attn = GraphAttention(4, 1)
+    with pytest.raises(ValueError, match=r"adjacency has shape \(3, 4, 4\); expected \(4, 4\) or \(2, 4, 4\)"):
+        attn(torch.randn(2, 4, 4), torch.ones(3, 4, 4))
+    with pytest.raises(ValueError, match="embed_dim=6 is not divisible by num_heads=4"):
+        GraphAttention(6, 4)

@@ -1,0 +1,62 @@
+"""Model config validation: every error names the dotted field and what was expected."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from commformer.config import GateConfig, GraphConfig, ModelConfig
+
+
+@pytest.mark.parametrize(
+    ("n_agents", "sparsity", "expected"),
+    [(1, 0.4, 0), (2, 0.4, 1), (3, 0.4, 1), (5, 0.5, 3), (8, 0.4, 3), (10, 0.4, 4), (25, 0.4, 10),
+     (3, 1.0, 2), (8, 0.01, 1)],
+)  # fmt: skip
+def test_senders_from_sparsity(n_agents: int, sparsity: float, expected: int) -> None:
+    assert GraphConfig(sparsity=sparsity).senders(n_agents) == expected
+
+
+def test_explicit_k() -> None:
+    assert GraphConfig(k=2).senders(3) == 2
+    with pytest.raises(ValueError, match=r"model\.graph\.k=5 but the environment has N=3 agents; expected 1 <= k <= 2"):
+        GraphConfig(k=5).senders(3)
+    with pytest.raises(ValueError, match=r"model\.graph\.k=1 but the environment has N=1 agents"):
+        GraphConfig(k=1).senders(1)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (GraphConfig, {"sparsity": 0.0}, r"model\.graph\.sparsity=0\.0; expected a number in \(0, 1\]"),
+        (GraphConfig, {"sparsity": 1.5}, r"model\.graph\.sparsity=1\.5"),
+        (GraphConfig, {"sparsity": float("nan")}, r"model\.graph\.sparsity=nan; expected a finite"),
+        (GraphConfig, {"k": 0}, r"model\.graph\.k=0; expected an integer >= 1"),
+        (GraphConfig, {"gumbel_tau": 0.0}, r"model\.graph\.gumbel_tau=0\.0; expected a number > 0"),
+        (GraphConfig, {"gumbel": "yes"}, r"model\.graph\.gumbel='yes' \(str\); expected true or false"),
+        (GateConfig, {"cost_weight": -0.1}, r"model\.gates\.cost_weight=-0\.1; expected a number >= 0"),
+        (GateConfig, {"enabled": 1}, r"model\.gates\.enabled=1 \(int\); expected true or false"),
+        (ModelConfig, {"embed_dim": 0}, r"model\.embed_dim=0; expected an integer >= 1"),
+        (ModelConfig, {"num_heads": True}, r"model\.num_heads=True \(bool\); expected an integer"),
+        (ModelConfig, {"num_blocks": 1.0}, r"model\.num_blocks=1\.0 \(float\); expected an integer"),
+        (ModelConfig, {"mlp_ratio": -1}, r"model\.mlp_ratio=-1"),
+        (
+            ModelConfig,
+            {"embed_dim": 10, "num_heads": 4},
+            r"model\.embed_dim=10 is not divisible by model\.num_heads=4",
+        ),
+        (ModelConfig, {"graph": {"sparsity": 0.5}}, r"model\.graph is a dict; expected a GraphConfig"),
+    ],
+)
+def test_validation_names_the_field(cls: type, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    config = ModelConfig()
+    assert config.graph == GraphConfig() and config.gates == GateConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.embed_dim = 32  # type: ignore[misc]
+    assert dataclasses.replace(config, graph=GraphConfig(k=2)).graph.k == 2
