@@ -1,10 +1,14 @@
 """`SignalEnv`: a tiny PettingZoo ParallelEnv that can only be solved by communicating.
 
 Each step every agent i privately sees a fresh random symbol s_i in {0..K-1} (one-hot in its observation) and
-must output the symbol of the next agent, s_{(i+1) mod N}. Reward per agent: 1 if right, else 0. Without
-messages an agent can only guess (expected reward 1/K); a team whose communication graph carries the edge
-(i+1) -> i for every i earns 1. Symbols are drawn independently each step, so memory does not help either.
-Episodes end by truncation after `episode_len` steps.
+must output the symbol of its source agent, s_{(i+offset) mod N}. Reward per agent: 1 if right, else 0.
+Without messages an agent can only guess (expected reward 1/K); a team whose communication graph carries the
+edge (i+offset) -> i for every i earns 1. Symbols are drawn independently each step, so memory does not help
+either. Episodes end by truncation after `episode_len` steps.
+
+The default offset is -1 (the previous agent) on purpose: `CommGraph` starts from the ring i <- i+1, ..., i+k,
+in which i-1 is the last sender any receiver would pick, so with k=1 a team can only succeed by moving its
+graph. offset=+1 makes the initial graph already right.
 
 Used by the fast learning tests (STYLE.md): small, deterministic under `reset(seed=...)`, and checked by
 PettingZoo's own `parallel_api_test`.
@@ -31,7 +35,9 @@ class SignalOptions:
     """Options of the `signal` env (`env.options.*` in an experiment config)."""
 
     n_agents: int = 3
-    """Number of agents N; agent i must report the symbol of agent (i + 1) mod N."""
+    """Number of agents N; agent i must report the symbol of agent (i + offset) mod N."""
+    offset: int = -1
+    """Whose symbol agent i must name: agent (i + offset) mod N; must not be a multiple of N."""
     n_symbols: int = 4
     """Number of symbols K; guessing earns 1/K per agent and step."""
     episode_len: int = 8
@@ -44,11 +50,12 @@ class SignalOptions:
         # With one agent the target is its own symbol: nothing to communicate.
         require(self.n_agents >= 2, "n_agents", ">= 2", self.n_agents)
         require(self.n_symbols >= 2, "n_symbols", ">= 2", self.n_symbols)
+        require(self.offset % self.n_agents != 0, "offset", "not a multiple of n_agents", self.offset)
         require(self.episode_len >= 1, "episode_len", ">= 1", self.episode_len)
 
 
 class SignalEnv(ParallelEnv):
-    """N agents; agent i must name the private symbol of agent (i + 1) mod N. See the module docstring."""
+    """N agents; agent i must name the private symbol of agent (i + offset) mod N. See the module docstring."""
 
     metadata: ClassVar[dict[str, Any]] = {
         "name": "signal_v0",
@@ -75,7 +82,7 @@ class SignalEnv(ParallelEnv):
         }
         self._action_spaces: dict[str, spaces.Space[Any]] = {a: spaces.Discrete(k) for a in self.possible_agents}
         self.state_space = spaces.Box(0.0, 1.0, shape=(n * k,), dtype=np.float32)
-        self._neighbour = (np.arange(n) + 1) % n  # whose symbol agent i must name
+        self._neighbour = (np.arange(n) + self.options.offset) % n  # whose symbol agent i must name
         self._rng = np.random.default_rng()
         self._symbols = np.zeros(n, dtype=np.int64)
         self._last_actions: np.ndarray | None = None  # (N,), for render()
@@ -123,7 +130,7 @@ class SignalEnv(ParallelEnv):
             if isinstance(act, bool | np.bool_) or not isinstance(act, int | np.integer) or not 0 <= act < k:
                 raise ValueError(f"action {act!r} for agent {agent!r} is invalid; expected an int in 0..{k - 1}")
             chosen[i] = act
-        targets = self._symbols[self._neighbour]  # targets[i] = s_{(i+1) mod N}
+        targets = self._symbols[self._neighbour]  # targets[i] = s_{(i+offset) mod N}
         rewards = {a: float(chosen[i] == targets[i]) for i, a in enumerate(self.possible_agents)}
         self._last_actions = chosen
         self._last_targets = targets

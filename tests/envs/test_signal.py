@@ -10,10 +10,10 @@ from envs.signal import SignalEnv, SignalOptions
 
 
 def neighbour_answers(env: SignalEnv, obs: dict[str, np.ndarray]) -> dict[str, int]:
-    """The perfect team: agent i names the symbol that agent (i+1) mod N sees (read from its observation)."""
+    """The perfect team: agent i names the symbol that agent (i+offset) mod N sees (read from its observation)."""
     agents = env.possible_agents
-    k = env.options.n_symbols
-    return {a: int(np.argmax(obs[agents[(i + 1) % len(agents)]][:k])) for i, a in enumerate(agents)}
+    k, offset = env.options.n_symbols, env.options.offset
+    return {a: int(np.argmax(obs[agents[(i + offset) % len(agents)]][:k])) for i, a in enumerate(agents)}
 
 
 def test_parallel_api() -> None:
@@ -129,3 +129,13 @@ def test_missing_action_names_agent() -> None:
 def test_options_validation_names_field(field: str, value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=rf"env\.options\.{field}"):
         SignalOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_offset_selects_the_source_and_must_not_point_at_oneself() -> None:
+    for offset in (1, -1, 2):
+        env = SignalEnv(SignalOptions(n_agents=4, offset=offset))
+        obs, _ = env.reset(seed=3)
+        _, rewards, _, _, _ = env.step(neighbour_answers(env, obs))
+        assert all(r == 1.0 for r in rewards.values())
+    with pytest.raises(ValueError, match=r"env\.options\.offset must be not a multiple of n_agents"):
+        SignalOptions(n_agents=3, offset=3)
