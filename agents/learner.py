@@ -152,7 +152,6 @@ class CommFormerPPOLearner(PPOTorchLearner):
             else:
                 self._params[ref].grad = None
         self._grad_steps += 1
-        self.metrics.log_value("graph_steps", float(graph_step), reduce="sum")
         return kept
 
     # -- loss -----------------------------------------------------------------------------------------------------
@@ -205,6 +204,9 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 key=module_id,
                 window=1,
             )
+            # compute_gradients runs right after this loss, so the step about to be taken is this one
+            self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()), reduce="sum")
+            self.metrics.log_value((module_id, "gradient_steps"), 1.0, reduce="sum")
         return cast(Tensor, total)
 
     # -- state ----------------------------------------------------------------------------------------------------
