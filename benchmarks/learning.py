@@ -1,0 +1,176 @@
+"""Learning curves on mpe2 simple_spread (N=3): CommFormer against RLlib's stock PPO with one shared MLP.
+
+    python -m benchmarks.learning run --algo commformer --seed 0 --env-steps 1000000
+    python -m benchmarks.learning run --algo ppo_mlp --seed 0 --env-steps 1000000
+    python -m benchmarks.learning summarize            # table at 250k/500k/1M + PNG of the curves
+
+Each run appends (env_steps, per-agent mean episode return, wall seconds) per iteration to
+docs/benchmarks/learning/<algo>_seed<k>.csv, so a killed run keeps what it measured. Both algorithms sample in
+the driver (num_env_runners=0) and update on the local learner, on the same environment settings.
+
+`ppo_mlp` is what a user would otherwise pick: RLlib's PPOConfig defaults, the raw PettingZoo env through
+RLlib's ParallelPettingZooEnv, every agent mapped to one shared policy with a 64x64 MLP. Its
+episode_return_mean is the sum over agents, so it is divided by N to compare per-agent returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("docs/benchmarks/learning")
+MARKS = (250_000, 500_000, 1_000_000)
+N_AGENTS = 3
+ALGOS = ("commformer", "ppo_mlp")
+
+
+def _commformer_algo(seed: int, env_steps: int):  # noqa: ANN202 - RLlib Algorithm
+    from agents.build import build_ppo_config, probe_env
+    from agents.config import load_config
+
+    config = load_config("configs/mpe_spread.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}"])
+    probe_env(config)
+    return build_ppo_config(config).build_algo(), 1.0
+
+
+def _ppo_mlp_algo(seed: int, env_steps: int):  # noqa: ANN202
+    from mpe2 import simple_spread_v3
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+    from ray.tune.registry import register_env
+
+    def make(_config: dict) -> ParallelPettingZooEnv:
+        return ParallelPettingZooEnv(
+            simple_spread_v3.parallel_env(N=N_AGENTS, local_ratio=0.5, max_cycles=25, continuous_actions=False)
+        )
+
+    register_env("stock_simple_spread", make)
+    config = (
+        PPOConfig()
+        .environment("stock_simple_spread")
+        .env_runners(num_env_runners=0)
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
+        .debugging(seed=seed, log_level="ERROR")
+    )
+    return config.build_algo(), 1.0 / N_AGENTS
+
+
+def run(algo_name: str, seed: int, env_steps: int) -> Path:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from agents.train import init_ray
+
+    init_ray()
+    make = {"commformer": _commformer_algo, "ppo_mlp": _ppo_mlp_algo}[algo_name]
+    algo, scale = make(seed, env_steps)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{algo_name}_seed{seed}.csv"
+    t0 = time.monotonic()
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["env_steps", "return_per_agent", "wall_s"])
+        steps = 0
+        while steps < env_steps:
+            result = algo.train()
+            runners = result["env_runners"]
+            steps = int(runners["num_env_steps_sampled_lifetime"])
+            ret = float(runners.get("episode_return_mean", float("nan"))) * scale
+            writer.writerow([steps, f"{ret:.4f}", f"{time.monotonic() - t0:.1f}"])
+            f.flush()
+            print(f"{algo_name} seed {seed}: {steps:>9,} steps  return/agent {ret:8.3f}", flush=True)
+    algo.stop()
+    return path
+
+
+def _read(path: Path) -> tuple[list[int], list[float], list[float]]:
+    steps, rets, walls = [], [], []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            steps.append(int(row["env_steps"]))
+            rets.append(float(row["return_per_agent"]))
+            walls.append(float(row["wall_s"]))
+    return steps, rets, walls
+
+
+def _at(steps: list[int], rets: list[float], mark: int, window: int = 25_000) -> float | None:
+    """Mean return over the iterations within `window` env steps before `mark` (RLlib's own 100-episode
+    smoothing already applies), or None if the run did not get there."""
+    if not steps or steps[-1] < mark:
+        return None
+    chosen = [r for s, r in zip(steps, rets, strict=True) if mark - window <= s <= mark + 4000]
+    return sum(chosen) / len(chosen) if chosen else None
+
+
+def summarize() -> None:
+    import math
+
+    rows = []
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
+    for algo_name in ALGOS:
+        for path in sorted(OUT.glob(f"{algo_name}_seed*.csv")):
+            steps, rets, walls = _read(path)
+            curves.setdefault(algo_name, []).append((steps, rets))
+            fps = steps[-1] / walls[-1] if walls and walls[-1] > 0 else math.nan
+            rows.append((algo_name, path.stem.split("seed")[1], *[_at(steps, rets, m) for m in MARKS], fps))
+    print("| algo | seed | " + " | ".join(f"{m // 1000}k" for m in MARKS) + " | env steps/s |")
+    print("|---|---|" + "---|" * len(MARKS) + "---|")
+    for algo_name, seed, *vals, fps in rows:
+        cells = " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
+        print(f"| {algo_name} | {seed} | {cells} | {fps:,.0f} |")
+    for algo_name in ALGOS:
+        per_mark = []
+        for i in range(len(MARKS)):
+            vals = [r[2 + i] for r in rows if r[0] == algo_name and r[2 + i] is not None]
+            per_mark.append(f"{sum(vals) / len(vals):.2f} (n={len(vals)})" if vals else "-")
+        print(f"| {algo_name} | mean | " + " | ".join(per_mark) + " | |")
+    _plot(curves, OUT / "simple_spread_curves.png")
+
+
+def _plot(curves: dict[str, list[tuple[list[int], list[float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    colors = {"commformer": "tab:blue", "ppo_mlp": "tab:orange"}
+    for algo_name, runs in curves.items():
+        for i, (steps, rets) in enumerate(runs):
+            ax.plot(steps, rets, color=colors[algo_name], alpha=0.8, lw=1.2, label=algo_name if i == 0 else None)
+    ax.axhline(-26.5, color="gray", ls=":", lw=1, label="random (-26.5)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("per-agent mean episode return")
+    ax.set_title("mpe2 simple_spread, N=3 (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--algo", choices=ALGOS, required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--env-steps", type=int, default=1_000_000)
+    sub.add_parser("summarize")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        print(f"wrote {run(args.algo, args.seed, args.env_steps)}")
+    else:
+        summarize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
