@@ -21,6 +21,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ray.rllib.algorithms.algorithm import Algorithm
 
 OUT = Path("docs/benchmarks/learning")
 MARKS = (250_000, 500_000, 1_000_000)
@@ -28,7 +32,7 @@ N_AGENTS = 3
 ALGOS = ("commformer", "ppo_mlp")
 
 
-def _commformer_algo(seed: int, env_steps: int):  # noqa: ANN202 - RLlib Algorithm
+def _commformer_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
 
@@ -37,7 +41,7 @@ def _commformer_algo(seed: int, env_steps: int):  # noqa: ANN202 - RLlib Algorit
     return build_ppo_config(config).build_algo(), 1.0
 
 
-def _ppo_mlp_algo(seed: int, env_steps: int):  # noqa: ANN202
+def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     from mpe2 import simple_spread_v3
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
