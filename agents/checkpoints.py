@@ -113,6 +113,17 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return complete[-1]
 
 
+RESUMABLE = (f"{ALGORITHM}/rllib_checkpoint.json", f"{ALGORITHM}/algorithm_state.pkl", f"{ALGORITHM}/learner_group")
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """Fails, naming the missing part, if `checkpoint` lacks what `--resume` needs (checked before Ray starts)."""
+    read_meta(checkpoint)
+    for part in RESUMABLE:
+        if not (checkpoint / part).exists():
+            raise CheckpointError(f"'{checkpoint}' cannot be resumed: '{part}' is missing")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accepts a run directory or a checkpoint directory; returns a complete checkpoint directory."""
     path = Path(path)

@@ -39,8 +39,12 @@ LEARNER_KEYS = (
 )
 
 
-def heatmap(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
-    """A (3, H, W) uint8 image of a matrix with values in [0, 1]: dark = 0, bright yellow = 1 (viridis-like)."""
+def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
+    """A (3, H, W) uint8 image of a matrix with values in [0, 1]: dark = 0, bright yellow = 1 (viridis-like).
+
+    Cells are square blocks of `cell` pixels (default: about 192 pixels across, at least 4 per cell).
+    """
+    cell = cell or max(4, 192 // max(1, matrix.shape[0]))
     m = np.clip(np.nan_to_num(matrix.astype(np.float64)), 0.0, 1.0)
     # Three anchor colours of viridis, interpolated: readable without matplotlib.
     anchors = np.array([[68, 1, 84], [33, 145, 140], [253, 231, 37]], dtype=np.float64)

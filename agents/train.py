@@ -114,7 +114,7 @@ def prepare_run(config_path: str | None, overrides: list[str], resume: str | Non
         saved = run_dir / ckpt.CONFIG
         if not saved.is_file():
             raise ckpt.CheckpointError(f"cannot resume: '{saved}' does not exist; expected a run directory")
-        ckpt.latest_checkpoint(run_dir)  # fails early, naming the problem, if there is nothing to resume from
+        ckpt.check_resumable(ckpt.latest_checkpoint(run_dir))  # fails early, naming what is missing
         # The saved config is the base; overrides (e.g. a longer stop.env_steps) apply on top.
         config = load_config(saved, overrides)
         if config_path is not None:
@@ -157,7 +157,10 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
         start_steps = 0
         if resume:
             latest = ckpt.latest_checkpoint(run_dir)
-            algo.restore_from_path(str((latest / ckpt.ALGORITHM).resolve()))
+            try:
+                algo.restore_from_path(str((latest / ckpt.ALGORITHM).resolve()))
+            except Exception as err:  # RLlib raises many kinds on damaged files; name the checkpoint
+                raise ckpt.CheckpointError(f"'{latest}' could not be restored ({type(err).__name__}: {err})") from err
             start_steps = ckpt.read_meta(latest)["env_steps"]
             print(f"resumed from {latest} at {start_steps:,} env steps", file=out, flush=True)
 

@@ -202,3 +202,49 @@ def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_checkpoint(r
     (copy / "checkpoints" / "LATEST").write_text("iter_999999")
     (copy / "checkpoints" / ".tmp_iter_000003_x").mkdir()  # what a kill mid-save leaves behind
     assert ckpt.latest_checkpoint(copy).name == "iter_000002"
+
+
+def test_restore_gives_identical_parameters_and_counters(run_dir):
+    """Restoring the Algorithm reproduces the saved learner parameters exactly, and the env-step counter."""
+    from agents.build import build_ppo_config
+    from agents.config import load_config
+    from agents.train import init_ray
+
+    latest = ckpt.latest_checkpoint(run_dir)
+    saved, _ = load_policy(latest / "policy")
+    started = init_ray()
+    algo = build_ppo_config(load_config(run_dir / "config.yaml")).build_algo()
+    try:
+        fresh = algo.learner_group._learner.module["default_policy"].policy
+        assert any(not torch.equal(p, q) for p, q in zip(fresh.parameters(), saved.parameters(), strict=True))
+        algo.restore_from_path(str((latest / "algorithm").resolve()))
+        restored = algo.learner_group._learner.module["default_policy"].policy
+        for (name, p), q in zip(restored.named_parameters(), saved.parameters(), strict=True):
+            assert torch.equal(p.detach(), q), name
+        assert algo.iteration == 2
+        lifetime = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"))
+        assert int(lifetime) == 800
+    finally:
+        algo.stop()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def test_resume_refuses_damaged_checkpoints_by_name(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    latest = ckpt.latest_checkpoint(copy)
+    shutil.rmtree(latest / "algorithm" / "learner_group")
+    assert main(["train", "--resume", str(copy)]) == 2
+    assert "cannot be resumed: 'algorithm/learner_group' is missing" in capsys.readouterr().err
+
+    copy2 = tmp_path / "r2"
+    shutil.copytree(run_dir, copy2)
+    latest2 = ckpt.latest_checkpoint(copy2)
+    (latest2 / "algorithm" / "algorithm_state.pkl").write_bytes(b"garbage")
+    assert main(["train", "--resume", str(copy2), "stop.env_steps=1200"]) == 2
+    assert "could not be restored" in capsys.readouterr().err
