@@ -98,15 +98,20 @@ def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
 
 
 def _make_env(env_section: dict[str, Any], render: bool) -> Any:
+    """Builds the team env named by a config's env section; bad names or options become a ConfigError."""
+    from commformer.typed import ConfigError
     from envs.registry import make_team_env
 
-    return make_team_env(
-        env_section["name"],
-        env_section.get("options"),
-        team_reward=env_section.get("team_reward", "mean"),
-        use_state=env_section.get("use_state", False),
-        render_mode="rgb_array" if render else None,
-    )
+    try:
+        return make_team_env(
+            env_section["name"],
+            env_section.get("options"),
+            team_reward=env_section.get("team_reward", "mean"),
+            use_state=env_section.get("use_state", False),
+            render_mode="rgb_array" if render else None,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -140,12 +145,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from agents.config import parse_override
+    from agents.config import ConfigError, parse_override
     from agents.play import greedy_actor, play, random_actor, write_gif
     from envs.registry import ENVS
 
     if args.env not in ENVS:
-        raise ValueError(f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}")
+        raise ConfigError(f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}")
     options: dict[str, Any] = {}
     for text in args.options:
         keys, value = parse_override(text)
@@ -154,7 +159,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.checkpoint:
         policy, metadata, checkpoint = _load_trained(args.checkpoint)
         if metadata["env"]["name"] != args.env:
-            raise ValueError(
+            raise ConfigError(
                 f"--checkpoint {checkpoint} was trained on '{metadata['env']['name']}', not on '{args.env}'"
             )
         options = {**(metadata["env"].get("options") or {}), **options}
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, PolicyFileError, ValueError) as err:
+    except (ConfigError, CheckpointError, PolicyFileError) as err:
         print(f"commformer {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -248,3 +248,10 @@ def test_resume_refuses_damaged_checkpoints_by_name(run_dir, tmp_path, capsys):
     (latest2 / "algorithm" / "algorithm_state.pkl").write_bytes(b"garbage")
     assert main(["train", "--resume", str(copy2), "stop.env_steps=1200"]) == 2
     assert "could not be restored" in capsys.readouterr().err
+
+
+def test_rollout_refuses_bad_env_options_by_name(capsys):
+    assert main(["rollout", "mpe_spread", "n_agents=0"]) == 2
+    assert "env.options.n_agents" in capsys.readouterr().err
+    assert main(["rollout", "mpe_spread", "colour=red"]) == 2
+    assert "unknown option env.options.colour" in capsys.readouterr().err
