@@ -107,6 +107,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
                 "adam_eps": train.adam_eps,
                 "graph_every": train.graph_every,
                 "graph_freeze_env_steps": freeze_steps,
+                "total_env_steps": config.stop.env_steps,
                 "huber_delta": train.huber_delta,
                 "value_norm": train.value_norm,
             },

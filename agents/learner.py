@@ -88,7 +88,7 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
 class CommFormerPPOLearner(PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
-    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, huber_delta, value_norm.
+    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm.
     """
 
     def build(self) -> None:
@@ -96,6 +96,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         settings = self.config.learner_config_dict
         self._graph_every = int(settings["graph_every"])
         self._graph_freeze_env_steps = int(settings["graph_freeze_env_steps"])
+        self._total_env_steps = max(1, int(settings["total_env_steps"]))
         self._huber_delta = float(settings["huber_delta"])
         self._use_value_norm = bool(settings["value_norm"])
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
@@ -133,6 +134,19 @@ class CommFormerPPOLearner(PPOTorchLearner):
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        """Anneals the MoE temperature *after* the update: the new tau reaches the EnvRunners with the weights,
+        so the next rollout and the next update use the same tau (the PPO consistency rule)."""
+        super().after_gradient_based_update(timesteps=timesteps)
+        progress = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) / self._total_env_steps
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
+            module = self.module[module_id].unwrapped()
+            assert isinstance(module, CommFormerRLModule)
+            if module.policy.moe_heads():
+                tau = module.model_cfg.moe.tau_at(progress)
+                module.policy.set_moe_tau(tau)
+                self.metrics.log_value((module_id, "moe_tau"), tau, window=1)
 
     def compute_gradients(self, loss_per_module: dict[ModuleID, TensorType], **kwargs: Any) -> ParamDict:
         """Backward once, then keep only the active level's gradients (the other level's are set to None, so
@@ -204,6 +218,10 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 key=module_id,
                 window=1,
             )
+            for name, moe in out.moe.items():
+                stats = {"usage_entropy": moe.usage_entropy, "balance_loss": moe.balance_loss, "z_loss": moe.z_loss}
+                stats.update({f"usage_{i}": u for i, u in enumerate(moe.usage)})
+                self.metrics.log_dict({f"moe_{name}_{k}": v for k, v in stats.items()}, key=module_id, window=1)
             # compute_gradients runs right after this loss, so the step about to be taken is this one
             self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()), reduce="sum")
             self.metrics.log_value((module_id, "gradient_steps"), 1.0, reduce="sum")

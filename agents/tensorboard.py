@@ -71,6 +71,10 @@ class RunLogger:
             if value is not None:
                 group = "comm" if key in ("comm_cost", "gate_open_rate", "messages_per_step", "graph_steps") else "loss"
                 self.writer.add_scalar(f"{group}/{key}", value, env_steps)
+        for key, raw in learner.items():  # mixture-of-experts usage, losses and temperature
+            value = _as_float(raw) if key.startswith("moe_") else None
+            if value is not None:
+                self.writer.add_scalar(f"moe/{key[len('moe_') :]}", value, env_steps)
         self.writer.add_scalar("perf/env_steps_per_s", fps, env_steps)
         self.writer.flush()
 

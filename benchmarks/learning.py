@@ -9,12 +9,13 @@ docs/benchmarks/learning/<algo>_seed<k>.csv, so a killed run keeps what it measu
 the driver (num_env_runners=0) and update on the local learner, on the same environment settings.
 
 `ppo_mlp` is what a user would otherwise pick: RLlib's stock PPO learner and default MLP module (64x64), the
-raw PettingZoo env through RLlib's ParallelPettingZooEnv, every agent mapped to one shared policy. It gets the
-same PPO settings as configs/mpe_spread.yaml (4000 env steps per iteration, 5 epochs, lr 5e-4, entropy 0.01,
-gamma 0.99, lambda 0.95) - RLlib's defaults (30 epochs of 128-sample minibatches) run ~2,800 gradient steps per
-iteration here, about 80 env steps/s, too slow to reach 1M steps. Its minibatch is 3000 agent steps (= 1000
-env steps of 3 agents, as CommFormer's). Its episode_return_mean is the sum over agents, so it is divided by N
-to compare per-agent returns.
+raw PettingZoo env through RLlib's ParallelPettingZooEnv, every agent mapped to one shared policy, 16 envs per
+runner. It gets the same PPO settings as configs/mpe_spread.yaml (4000 env steps per iteration, 5 epochs,
+minibatches of 1000 env steps = 3000 agent steps, lr 5e-4, entropy 0.01, gamma 0.99, lambda 0.95): RLlib's
+defaults (30 epochs of 128-sample minibatches) run ~2,800 gradient steps per iteration, about 80 env steps/s
+here, too slow to reach 1M steps. Its value clip is lifted (ARCHITECTURE pitfall 4: with returns around -25 the
+default clip at 10 zeroes the value loss). Its episode_return_mean is the sum over agents, so it is divided by
+N to compare per-agent returns.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     config = (
         PPOConfig()
         .environment("stock_simple_spread")
-        .env_runners(num_env_runners=0)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=16)  # as configs/mpe_spread.yaml
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
         .training(
@@ -72,6 +73,9 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
             entropy_coeff=0.01,
             gamma=0.99,
             lambda_=0.95,
+            # RLlib clips the squared value error at vf_clip_param (10): with returns around -25 the value loss
+            # would be clipped away and the critic never learn (ARCHITECTURE pitfall 4).
+            vf_clip_param=float("inf"),
         )
         .debugging(seed=seed, log_level="ERROR")
     )

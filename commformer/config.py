@@ -13,32 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-__all__ = ["GateConfig", "GraphConfig", "ModelConfig"]
+from commformer.layers.moe import MoEConfig
+from commformer.validate import require_bool, require_choice, require_float, require_int
 
+__all__ = ["HEADS", "GateConfig", "GraphConfig", "HeadName", "ModelConfig"]
 
-def _require_int(path: str, value: object, minimum: int) -> None:
-    """Raise unless ``value`` is an int (not a bool) and ``value >= minimum``."""
-    # bool is a subclass of int: `embed_dim: true` in YAML must not pass as 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{path}={value}; expected an integer >= {minimum}")
-
-
-def _require_float(path: str, value: object) -> float:
-    """Raise unless ``value`` is a finite real number (int or float, not bool); return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected a real number")
-    if not math.isfinite(value):
-        raise ValueError(f"{path}={value}; expected a finite number")
-    return float(value)
-
-
-def _require_bool(path: str, value: object) -> None:
-    """Raise unless ``value`` is a bool (YAML ``true``/``false``)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected true or false")
+HeadName = Literal["linear", "moe"]
+HEADS: tuple[str, ...] = get_args(HeadName)
 
 
 @dataclass(frozen=True)
@@ -55,13 +38,13 @@ class GraphConfig:
     """Temperature of the softmax whose gradient the straight-through graph uses."""
 
     def __post_init__(self) -> None:
-        sparsity = _require_float("model.graph.sparsity", self.sparsity)
+        sparsity = require_float("model.graph.sparsity", self.sparsity)
         if not 0.0 < sparsity <= 1.0:
             raise ValueError(f"model.graph.sparsity={self.sparsity}; expected a number in (0, 1]")
         if self.k is not None:
-            _require_int("model.graph.k", self.k, 1)
-        _require_bool("model.graph.gumbel", self.gumbel)
-        tau = _require_float("model.graph.gumbel_tau", self.gumbel_tau)
+            require_int("model.graph.k", self.k, 1)
+        require_bool("model.graph.gumbel", self.gumbel)
+        tau = require_float("model.graph.gumbel_tau", self.gumbel_tau)
         if tau <= 0.0:
             raise ValueError(f"model.graph.gumbel_tau={self.gumbel_tau}; expected a number > 0")
 
@@ -74,7 +57,7 @@ class GraphConfig:
         The official code uses ``int(N * sparsity)`` (floor); with the default 0.4 both agree for
         N = 3, 8, 10, 25 (k = 1, 3, 4, 10).
         """
-        _require_int("n_agents", n_agents, 1)
+        require_int("n_agents", n_agents, 1)
         if self.k is not None:
             if self.k > n_agents - 1:
                 expected = (
@@ -102,11 +85,11 @@ class GateConfig:
     """Initial bias of the gate logit; sigmoid(2) = 0.88, so gates start open."""
 
     def __post_init__(self) -> None:
-        _require_bool("model.gates.enabled", self.enabled)
-        cost = _require_float("model.gates.cost_weight", self.cost_weight)
+        require_bool("model.gates.enabled", self.enabled)
+        cost = require_float("model.gates.cost_weight", self.cost_weight)
         if cost < 0.0:
             raise ValueError(f"model.gates.cost_weight={self.cost_weight}; expected a number >= 0")
-        _require_float("model.gates.init_bias", self.init_bias)
+        require_float("model.gates.init_bias", self.init_bias)
 
 
 @dataclass(frozen=True)
@@ -129,18 +112,26 @@ class ModelConfig:
     """The communication graph."""
     gates: GateConfig = field(default_factory=GateConfig)
     """The temporal gates."""
+    head: HeadName = "linear"
+    """Policy head: ``linear`` (Linear-GELU-Linear, shared by the agents) or ``moe`` (mixture of experts)."""
+    value_head: HeadName = "linear"
+    """Value head: ``linear`` or ``moe`` (same experts/gate settings as ``moe``, its own parameters)."""
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    """Mixture-of-experts settings, used by whichever head is ``moe``."""
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
-            _require_int(f"model.{name}", getattr(self, name), 1)
+            require_int(f"model.{name}", getattr(self, name), 1)
         if self.embed_dim % self.num_heads != 0:
             raise ValueError(
                 f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
                 "expected embed_dim to be a multiple of num_heads"
             )
-        _require_bool("model.agent_embedding", self.agent_embedding)
-        _require_bool("model.use_state", self.use_state)
-        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig}
+        require_bool("model.agent_embedding", self.agent_embedding)
+        require_bool("model.use_state", self.use_state)
+        require_choice("model.head", self.head, HEADS)
+        require_choice("model.value_head", self.value_head, HEADS)
+        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig, "moe": MoEConfig}
         for name, cls in parts.items():
             value = getattr(self, name)
             if not isinstance(value, cls):

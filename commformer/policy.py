@@ -16,7 +16,7 @@ other parameters are the lower level (``model_parameters``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from commformer.config import ModelConfig
 from commformer.gates import TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
 from commformer.layers.attention import CommBlock
+from commformer.layers.moe import MoEHead, MoEOutput
 
 __all__ = ["CommFormerPolicy", "PolicyOutput"]
 
@@ -48,6 +49,10 @@ class PolicyOutput:
     messages: Tensor
     """(*B,) number of off-diagonal edges actually used, float, no grad: after gates and dead senders, and
     counting only alive receivers (a dead agent's incoming edges carry nothing anyone acts on)."""
+    aux_loss: Tensor
+    """Scalar sum of the mixture-of-experts heads' auxiliary losses (balance + z); 0 without MoE heads."""
+    moe: dict[str, MoEOutput] = field(default_factory=dict)
+    """The MoE heads' outputs by head name (``policy``, ``value``), for losses and usage statistics."""
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -98,19 +103,40 @@ class CommFormerPolicy(nn.Module):
         self.blocks = nn.ModuleList(CommBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.num_blocks))
         # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
         self.norm = nn.LayerNorm(d)
-        logits_layer = nn.Linear(d, n_actions)
+        self.policy_head: nn.Module
+        last_weight: Tensor
+        last_bias: Tensor
+        if config.head == "moe":
+            moe_head = MoEHead(d, n_actions, config.moe)
+            self.policy_head, last_weight, last_bias = moe_head, moe_head.w2, moe_head.b2
+        else:
+            logits_layer = nn.Linear(d, n_actions)
+            self.policy_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), logits_layer)
+            last_weight, last_bias = logits_layer.weight, logits_layer.bias
         # Near-uniform initial policy (as the 0.01-gain output layer of PPO practice), for early exploration.
         with torch.no_grad():
-            logits_layer.weight.mul_(0.01)
-            logits_layer.bias.zero_()
-        self.policy_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), logits_layer)
+            last_weight.mul_(0.01)
+            last_bias.zero_()
         self.state_embed = (
             nn.Sequential(nn.LayerNorm(self.state_dim), nn.Linear(self.state_dim, d), nn.GELU())
             if self.state_dim is not None
             else None
         )
         value_in = 2 * d if self.state_embed is not None else d
-        self.value_head = _mlp(value_in, d, 1)
+        self.value_head: nn.Module = (
+            MoEHead(value_in, 1, config.moe) if config.value_head == "moe" else _mlp(value_in, d, 1)
+        )
+
+    def moe_heads(self) -> dict[str, MoEHead]:
+        """The heads that are mixtures of experts, by name."""
+        heads = {"policy": self.policy_head, "value": self.value_head}
+        return {name: head for name, head in heads.items() if isinstance(head, MoEHead)}
+
+    @torch.no_grad()
+    def set_moe_tau(self, value: float) -> None:
+        """Sets the temperature of every MoE head (a buffer: it travels with the weights to the EnvRunners)."""
+        for head in self.moe_heads().values():
+            head.set_tau(value)
 
     def graph_parameters(self) -> list[nn.Parameter]:
         """Upper-level parameters of the bi-level optimisation: the graph logits only."""
@@ -199,12 +225,20 @@ class CommFormerPolicy(nn.Module):
             h = block(h, adjacency)
         h = self.norm(h)  # (B, N, d)
 
-        logits = self.policy_head(h).reshape(*batch, n, a)  # (*B, N, A)
+        moe: dict[str, MoEOutput] = {}
+        head_out = self.policy_head(h)
+        if isinstance(head_out, MoEOutput):
+            moe["policy"], head_out = head_out, head_out.out
+        logits = head_out.reshape(*batch, n, a)  # (*B, N, A)
         if action_mask is not None:
             # finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
             logits = logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
 
-        values = self.value_head(self._value_input(h, state)).squeeze(-1)  # (B, N)
+        value_out = self.value_head(self._value_input(h, state))
+        if isinstance(value_out, MoEOutput):
+            moe["value"], value_out = value_out, value_out.out
+        values = value_out.squeeze(-1)  # (B, N)
+        aux_loss = sum((m.aux_loss for m in moe.values()), h.new_zeros(()))
 
         messages = _count_messages(adjacency, alive)  # (B,)
         return PolicyOutput(
@@ -215,4 +249,6 @@ class CommFormerPolicy(nn.Module):
             gate_prob=gate_prob.reshape(*batch, n),
             comm_cost=comm_cost,
             messages=messages.reshape(batch),
+            aux_loss=aux_loss,
+            moe=moe,
         )

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from commformer.config import _require_float, _require_int
+from commformer.validate import require_choice, require_float, require_int
 
 __all__ = ["GATES", "ActivationName", "GateName", "MoEConfig", "MoEHead", "MoEOutput", "Routing"]
 
@@ -68,13 +68,6 @@ ActivationName = Literal["sigmoid", "tanh", "gelu"]
 GATES: tuple[str, ...] = get_args(GateName)
 # sigma of the activation gate: smooth and not positively homogeneous (sigma(c z) != c sigma(z)).
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
-
-
-def _require_choice(path: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        expected = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{path}={value!r}; expected one of {expected}")
 
 
 @dataclass(frozen=True)
@@ -103,22 +96,22 @@ class MoEConfig:
     """Weight of the router z-loss in ``aux_loss`` (>= 0)."""
 
     def __post_init__(self) -> None:
-        _require_int("model.moe.experts", self.experts, 1)
-        _require_choice("model.moe.gate", self.gate, GATES)
-        _require_int("model.moe.k", self.k, 1)
+        require_int("model.moe.experts", self.experts, 1)
+        require_choice("model.moe.gate", self.gate, GATES)
+        require_int("model.moe.k", self.k, 1)
         if self.gate == "topk" and self.k > self.experts:
             raise ValueError(
                 f"model.moe.k={self.k} is larger than model.moe.experts={self.experts}; "
                 f"expected 1 <= k <= {self.experts}"
             )
         for name in ("tau_start", "tau_end"):
-            if _require_float(f"model.moe.{name}", getattr(self, name)) <= 0.0:
+            if require_float(f"model.moe.{name}", getattr(self, name)) <= 0.0:
                 raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
-        _require_choice("model.moe.activation", self.activation, tuple(_ACTIVATIONS))
+        require_choice("model.moe.activation", self.activation, tuple(_ACTIVATIONS))
         if self.hidden is not None:
-            _require_int("model.moe.hidden", self.hidden, 1)
+            require_int("model.moe.hidden", self.hidden, 1)
         for name in ("balance_coeff", "z_coeff"):
-            if _require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
+            if require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
                 raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
 
     def tau_at(self, progress: float) -> float:
@@ -187,8 +180,8 @@ class MoEHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, config: MoEConfig) -> None:
         super().__init__()
-        _require_int("in_dim", in_dim, 1)
-        _require_int("out_dim", out_dim, 1)
+        require_int("in_dim", in_dim, 1)
+        require_int("out_dim", out_dim, 1)
         if not isinstance(config, MoEConfig):
             raise ValueError(f"config is a {type(config).__name__}; expected a MoEConfig")
         self.config = config
@@ -205,7 +198,7 @@ class MoEHead(nn.Module):
     @torch.no_grad()
     def set_tau(self, value: float) -> None:
         """Set the temperature of the dense gates in place (e.g. to ``config.tau_at(progress)``)."""
-        tau = _require_float("tau", value)
+        tau = require_float("tau", value)
         if tau <= 0.0:
             raise ValueError(f"tau={value}; expected a number > 0")
         self.tau.fill_(tau)

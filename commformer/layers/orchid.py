@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from commformer.config import _require_int
+from commformer.validate import require_int
 
 __all__ = [
     "CrossCorrelationConditioner",
@@ -107,18 +107,18 @@ class OrchidConfig:
     """Sinusoidal bands in h0's positional features [t, cos(2 pi b t), sin(2 pi b t)], b = 1..filter_bands."""
 
     def __post_init__(self) -> None:
-        _require_int("model.orchid.max_len", self.max_len, 1)
-        _require_int("model.orchid.short_kernel", self.short_kernel, 1)
+        require_int("model.orchid.max_len", self.max_len, 1)
+        require_int("model.orchid.short_kernel", self.short_kernel, 1)
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
-        _require_int("model.orchid.cond_kernel", self.cond_kernel, 1)
+        require_int("model.orchid.cond_kernel", self.cond_kernel, 1)
         if self.cond_kernel % 2 == 0:
             raise ValueError(
                 f"model.orchid.cond_kernel={self.cond_kernel}; expected an odd integer (the conv over frequency is "
                 "centred)"
             )
-        _require_int("model.orchid.filter_order", self.filter_order, 1)
-        _require_int("model.orchid.filter_bands", self.filter_bands, 1)
+        require_int("model.orchid.filter_order", self.filter_order, 1)
+        require_int("model.orchid.filter_bands", self.filter_bands, 1)
 
 
 def _causal_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -307,7 +307,7 @@ class OrchidBlock(nn.Module):
 
     def __init__(self, d_model: int, config: OrchidConfig) -> None:
         super().__init__()
-        _require_int("d_model", d_model, 1)
+        require_int("d_model", d_model, 1)
         self.d_model = d_model
         self.config = config
         self.in_proj = nn.Linear(d_model, 3 * d_model)
@@ -386,7 +386,7 @@ class OrchidBlock(nn.Module):
         Returns:
             (..., T, D).
         """
-        _require_int("window", window, 1)
+        require_int("window", window, 1)
         if x.dim() < 2 or x.shape[-1] != self.d_model:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., T, {self.d_model})")
         padded = F.pad(x, (0, 0, window - 1, 0))  # (..., T + window - 1, D)

@@ -91,3 +91,46 @@ def test_freeze_stops_graph_steps(ray_session):
     before, after, metrics = _one_iteration(["training.graph_every=1", "training.graph_freeze_fraction=0.0"])
     assert metrics["graph_steps"] == 0
     assert not _moved(before, after, "graph.logits")
+
+
+def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consistency(ray_session, monkeypatch):
+    """tau changes after each update and reaches the EnvRunner with the weights: in every iteration the
+    learner's first recomputation still equals the rollout's logits exactly."""
+    import agents.learner
+
+    first_diffs: list[float] = []
+    calls = {"n": 0}
+    real = agents.learner.ppo_team_loss
+
+    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+        calls["n"] += 1
+        if calls["n"] in (1, 6):  # the first gradient step of iteration 1 and of iteration 2 (5 steps each)
+            first_diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
+        return real(logits, old_logits, actions, advantages, weight, clip_param)
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
+    config = load_config(
+        "configs/signal.yaml",
+        [
+            *BASE,
+            "training.graph_every=1000",
+            "model.head=moe",
+            "model.moe.gate=dense_to_sparse",
+            "model.moe.tau_start=1.0",
+            "model.moe.tau_end=0.01",
+            "stop.env_steps=512",
+        ],
+    )
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    try:
+        taus = []
+        for _ in range(2):
+            metrics = algo.train()["learners"]["default_policy"]
+            assert metrics["gradient_steps"] == 5  # keeps the call indices above honest
+            taus.append(metrics["moe_tau"])
+        runner_tau = float(algo.env_runner.module.policy.policy_head.tau)
+    finally:
+        algo.stop()
+    assert taus[0] > taus[1] >= 0.01 and runner_tau == pytest.approx(taus[1])
+    assert first_diffs == [0.0, 0.0]
