@@ -8,6 +8,9 @@ Each run appends (env_steps, per-agent mean episode return, wall seconds) per it
 docs/benchmarks/learning/<algo>_seed<k>.csv, so a killed run keeps what it measured. Both algorithms sample in
 the driver (num_env_runners=0) and update on the local learner, on the same environment settings.
 
+`no_comm` is the ablation: the same pipeline and settings as `commformer` with `model.communicate=false`
+(every agent attends only to itself), which isolates what the learned communication contributes.
+
 `ppo_mlp` is what a user would otherwise pick: RLlib's stock PPO learner and default MLP module (64x64), the
 raw PettingZoo env through RLlib's ParallelPettingZooEnv, every agent mapped to one shared policy, 16 envs per
 runner. It gets the same PPO settings as configs/mpe_spread.yaml (4000 env steps per iteration, 5 epochs,
@@ -34,14 +37,14 @@ if TYPE_CHECKING:
 OUT = Path("docs/benchmarks/learning")
 MARKS = (250_000, 500_000, 1_000_000)
 N_AGENTS = 3
-ALGOS = ("commformer", "ppo_mlp")
+ALGOS = ("commformer", "no_comm", "ppo_mlp")
 
 
-def _commformer_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
+def _commformer_algo(seed: int, env_steps: int, extra: tuple[str, ...] = ()) -> tuple[Algorithm, float]:
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
 
-    config = load_config("configs/mpe_spread.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}"])
+    config = load_config("configs/mpe_spread.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}", *extra])
     probe_env(config)
     return build_ppo_config(config).build_algo(), 1.0
 
@@ -90,7 +93,11 @@ def run(algo_name: str, seed: int, env_steps: int) -> Path:
     from agents.train import init_ray
 
     init_ray()
-    make = {"commformer": _commformer_algo, "ppo_mlp": _ppo_mlp_algo}[algo_name]
+    make = {
+        "commformer": _commformer_algo,
+        "no_comm": lambda seed, steps: _commformer_algo(seed, steps, ("model.communicate=false",)),
+        "ppo_mlp": _ppo_mlp_algo,
+    }[algo_name]
     algo, scale = make(seed, env_steps)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{algo_name}_seed{seed}.csv"
@@ -162,7 +169,7 @@ def _plot(curves: dict[str, list[tuple[list[int], list[float]]]], path: Path) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    colors = {"commformer": "tab:blue", "ppo_mlp": "tab:orange"}
+    colors = {"commformer": "tab:blue", "no_comm": "tab:green", "ppo_mlp": "tab:orange"}
     for algo_name, runs in curves.items():
         for i, (steps, rets) in enumerate(runs):
             ax.plot(steps, rets, color=colors[algo_name], alpha=0.8, lw=1.2, label=algo_name if i == 0 else None)

@@ -108,6 +108,8 @@ class ModelConfig:
     """Add a learned per-agent-index embedding (breaks permutation equivariance on purpose)."""
     use_state: bool = True
     """Let the value heads read the global state when the environment provides one."""
+    communicate: bool = True
+    """False: the no-communication ablation (every agent attends only to itself; graph and gates unused)."""
     graph: GraphConfig = field(default_factory=GraphConfig)
     """The communication graph."""
     gates: GateConfig = field(default_factory=GateConfig)
@@ -129,6 +131,7 @@ class ModelConfig:
             )
         require_bool("model.agent_embedding", self.agent_embedding)
         require_bool("model.use_state", self.use_state)
+        require_bool("model.communicate", self.communicate)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
         parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig, "moe": MoEConfig}

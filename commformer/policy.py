@@ -213,7 +213,11 @@ class CommFormerPolicy(nn.Module):
         if self.agent_embed is not None:
             h = h + self.agent_embed.weight  # (N, d) broadcast over B
 
-        if self.gate is not None:
+        if not self.config.communicate:
+            # The no-communication ablation: every gate closed, so each agent attends to itself only.
+            gate_open = gate_prob = h.new_zeros(flat, n)
+            comm_cost = h.new_zeros(())
+        elif self.gate is not None:
             gate_open, gate_prob = self.gate(h)  # (B, N) each
             comm_cost = self.gate.cost(gate_prob, alive)
         else:

@@ -239,3 +239,20 @@ def test_use_state_false_ignores_state() -> None:
     assert policy.state_embed is None
     obs, _, _, state = _inputs((2,), 3)
     torch.testing.assert_close(policy(obs, state=state).values, policy(obs).values)
+
+
+def test_no_communication_ablation_ignores_the_other_agents():
+    """With communicate=False an agent's outputs depend on its own observation only, and no message is sent."""
+    config = ModelConfig(embed_dim=8, num_heads=2, communicate=False, use_state=False)
+    policy = _policy(3, config, state=False)
+    obs, mask, alive, _ = _inputs((4,), 3)
+    out = policy(obs, mask, alive)
+    changed = obs.clone()
+    changed[:, 1:] += 1.0  # every other agent sees something else
+    out2 = policy(changed, mask, alive)
+    torch.testing.assert_close(out.logits[:, 0], out2.logits[:, 0])
+    assert not torch.equal(out.values[:, 1], out2.values[:, 1])  # (logits start near-uniform)
+    torch.testing.assert_close(out.values[:, 0], out2.values[:, 0])
+    assert float(out.messages.sum()) == 0.0 and float(out.comm_cost) == 0.0
+    eye = torch.eye(3, dtype=out.adjacency.dtype).expand(4, 3, 3)
+    torch.testing.assert_close(out.adjacency, eye)
