@@ -91,8 +91,9 @@ class ResourcesConfig:
 
     num_env_runners: int = 0
     """Remote EnvRunner actors; 0 samples in the driver process (fastest on a 2-core machine)."""
-    num_envs_per_env_runner: int = 8
-    """Vectorised env copies per runner; inference is batched across them."""
+    num_envs_per_env_runner: int = 16
+    """Vectorised env copies per runner; inference is batched across them (8 -> 16 -> 32: 1,110 -> 1,220 ->
+    1,270 env steps/s on simple_spread here)."""
     num_cpus_per_env_runner: float = 1.0
     num_learners: int = 0
     """Remote Learner actors; 0 updates in the driver. With >= 2 the update is data-parallel (DDP)."""
