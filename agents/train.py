@@ -152,6 +152,8 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
         NUM_ENV_STEPS_SAMPLED_LIFETIME,
     )
 
+    # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
+    logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
     algo = build_ppo_config(config).build_algo()
     try:
         start_steps = 0
