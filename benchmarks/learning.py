@@ -56,8 +56,24 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
     from ray.tune.registry import register_env
 
+    class TimeLimitParallelPettingZooEnv(ParallelPettingZooEnv):
+        """Reports a time limit that ends every agent through `__all__` alone, so that RLlib bootstraps it.
+
+        RLlib 2.60's MultiAgentEpisode.add_env_step declares the whole episode *terminated* once every agent is
+        done, even when all of them were only truncated, and then marks each agent terminated: GAE drops V(s_T)
+        at max_cycles and the critic must fit time-to-go returns it cannot see (vf_explained_var ~0). With the
+        per-agent flags False and `__all__` True the episode and every agent end truncated, as in a
+        single-agent env (our own pipeline) and as the environment means it.
+        """
+
+        def step(self, action_dict):
+            obs, rewards, terminateds, truncateds, infos = super().step(action_dict)
+            if truncateds["__all__"] and not terminateds["__all__"]:
+                truncateds = {**dict.fromkeys(truncateds, False), "__all__": True}
+            return obs, rewards, terminateds, truncateds, infos
+
     def make(_config: dict) -> ParallelPettingZooEnv:
-        return ParallelPettingZooEnv(
+        return TimeLimitParallelPettingZooEnv(
             simple_spread_v3.parallel_env(N=N_AGENTS, local_ratio=0.5, max_cycles=25, continuous_actions=False)
         )
 
@@ -67,7 +83,9 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
         .environment("stock_simple_spread")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=16)  # as configs/mpe_spread.yaml
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
+        # A separate 64x64 value network: with the default shared trunk the unclipped value loss (returns ~-25
+        # to -90, squared errors in the hundreds) swamps the policy gradient in the shared layers.
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], vf_share_layers=False))
         .training(
             train_batch_size_per_learner=4000,
             minibatch_size=1000 * N_AGENTS,

@@ -1,6 +1,6 @@
 """Learning with mixture-of-experts policy heads: linear head vs the three gates, simple_spread N=3.
 
-    python -m benchmarks.moe_learning run --arm ARM --seed S [--env-steps 300000]
+    python -m benchmarks.moe_learning run --arm ARM --seed S [--env-steps 200000]
     python -m benchmarks.moe_learning summarize
 
 ARM is one of: linear (the default head), topk (K=2 of E=4), dense_to_sparse, activation (sigmoid), each the
@@ -29,7 +29,7 @@ ARMS: dict[str, tuple[str, ...]] = {
     "dense_to_sparse": (*MOE, "model.moe.gate=dense_to_sparse"),
     "activation": (*MOE, "model.moe.gate=activation", "model.moe.activation=sigmoid"),
 }
-MARKS = (100_000, 200_000, 300_000)
+MARKS = (50_000, 100_000, 200_000)
 
 
 def run(arm: str, seed: int, env_steps: int) -> Path:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--arm", choices=list(ARMS), required=True)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--env-steps", type=int, default=300_000)
+    r.add_argument("--env-steps", type=int, default=200_000)
     sub.add_parser("summarize")
     args = parser.parse_args(argv)
     if args.command == "run":
