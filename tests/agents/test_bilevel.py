@@ -134,3 +134,13 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
         algo.stop()
     assert taus[0] > taus[1] >= 0.01 and runner_tau == pytest.approx(taus[1])
     assert first_diffs == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("value_norm", [True, False])
+def test_value_norm_switch(ray_session, value_norm):
+    """training.value_norm=false leaves the statistics at the identity; true tracks the returns."""
+    _, _, metrics = _one_iteration([f"training.value_norm={str(value_norm).lower()}"])
+    if value_norm:
+        assert metrics["value_norm_mean"] > 0.5  # signal-env returns are positive
+    else:
+        assert metrics["value_norm_mean"] == 0.0 and metrics["value_norm_std"] == 1.0
