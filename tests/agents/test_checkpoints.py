@@ -40,7 +40,7 @@ def test_a_failing_fill_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
 def test_meta_errors_name_the_file(tmp_path):
     bad = tmp_path / "iter_000001"
     bad.mkdir()
-    with pytest.raises(ckpt.CheckpointError, match="meta.json' is missing"):
+    with pytest.raises(ckpt.CheckpointError, match=r"meta\.json' is missing"):
         ckpt.read_meta(bad)
     (bad / "meta.json").write_text(json.dumps({"iteration": 1}))
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):

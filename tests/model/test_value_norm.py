@@ -50,5 +50,5 @@ def test_statistics_are_buffers_saved_with_the_module():
 
 
 def test_bad_beta_is_refused():
-    with pytest.raises(ValueError, match="beta=1.0"):
+    with pytest.raises(ValueError, match=r"beta=1\.0"):
         ValueNorm(beta=1.0)
