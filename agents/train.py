@@ -56,7 +56,7 @@ class Progress:
 
     total_steps: int
     start_steps: int
-    out: TextIO = sys.stdout
+    out: TextIO
 
     def __post_init__(self) -> None:
         self.t0 = time.monotonic()
@@ -133,8 +133,82 @@ def prepare_run(config_path: str | None, overrides: list[str], resume: str | Non
     return config, run_dir
 
 
-def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: TextIO = sys.stdout) -> Path:
-    """Trains until `stop.env_steps`; returns the final checkpoint directory."""
+class _Run:
+    """One training run's moving parts: the Algorithm, its run directory, TensorBoard and the console line."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path, dims: TeamDims, algo: Any, out: TextIO) -> None:
+        self.config, self.run_dir, self.dims, self.algo, self.out = config, run_dir, dims, algo, out
+
+    def restore(self) -> int:
+        """Restores the newest checkpoint; returns its env-step count."""
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        try:
+            self.algo.restore_from_path(str((latest / ckpt.ALGORITHM).resolve()))
+        except Exception as err:  # RLlib raises many kinds on damaged files; name the checkpoint
+            raise ckpt.CheckpointError(f"'{latest}' could not be restored ({type(err).__name__}: {err})") from err
+        steps = ckpt.read_meta(latest)["env_steps"]
+        print(f"resumed from {latest} at {steps:,} env steps", file=self.out, flush=True)
+        return steps
+
+    def snapshot(self) -> CommFormerPolicy:
+        """The learner's current policy, copied to this process."""
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        assert self.algo.learner_group is not None
+        weights = self.algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
+        return policy_from_weights(self.config, weights, self.dims)
+
+    def save(self, iteration: int, env_steps: int) -> Path:
+        """A complete checkpoint (RLlib state + exported policy + config), written atomically."""
+
+        def fill(tmp: Path) -> None:
+            self.algo.save_to_path(str((tmp / ckpt.ALGORITHM).resolve()))
+            metadata = {
+                "env": read_yaml(self.run_dir / ckpt.CONFIG)["env"],
+                "iteration": iteration,
+                "env_steps": env_steps,
+            }
+            save_policy(self.snapshot(), tmp / ckpt.POLICY, dataclasses.asdict(self.dims), metadata)
+            shutil.copy(self.run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
+
+        return ckpt.write_checkpoint(self.run_dir, iteration, env_steps, fill, self.config.run.keep_checkpoints)
+
+    def loop(self, start_steps: int) -> Path | None:
+        """Iterates until stop.env_steps: logs, prints, checkpoints. Returns the last checkpoint written here."""
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+        run = self.config.run
+        logger = RunLogger(self.run_dir)
+        progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
+        env_steps, last, iteration = start_steps, None, self.algo.iteration
+        start_iteration = iteration
+        try:
+            while env_steps < self.config.stop.env_steps:
+                t0 = time.monotonic()
+                result = self.algo.train()
+                iteration, before = self.algo.iteration, env_steps
+                env_steps = int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+                fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
+                logger.log_result(result, env_steps, fps)
+                if iteration % run.graph_image_every == 0 or iteration == 1:
+                    logger.log_graph(self.snapshot().graph, env_steps)
+                ret = _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+                progress.print(iteration, env_steps, ret, fps, logger.summary(result))
+                if iteration % run.checkpoint_every == 0:
+                    last = self.save(iteration, env_steps)
+            if iteration != start_iteration and (last is None or ckpt.read_meta(last)["iteration"] != iteration):
+                last = self.save(iteration, env_steps)  # always end on a checkpoint of the final iteration
+        finally:
+            logger.close()
+        print(f"done: {env_steps:,} env steps; checkpoint {last}", file=self.out, flush=True)
+        return last
+
+
+def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: TextIO | None = None) -> Path:
+    """Trains until `stop.env_steps`; returns the newest checkpoint directory.
+
+    Resuming a run that already reached stop.env_steps trains nothing and writes nothing.
+    """
     limit_threads()
     from agents.build import build_ppo_config, probe_env
 
@@ -145,71 +219,15 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
 
     started_ray = init_ray()
     import ray
-    from ray.rllib.core import DEFAULT_MODULE_ID
-    from ray.rllib.utils.metrics import (
-        ENV_RUNNER_RESULTS,
-        EPISODE_RETURN_MEAN,
-        NUM_ENV_STEPS_SAMPLED_LIFETIME,
-    )
 
     # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
     logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
     algo = build_ppo_config(config).build_algo()
     try:
-        start_steps = 0
-        if resume:
-            latest = ckpt.latest_checkpoint(run_dir)
-            try:
-                algo.restore_from_path(str((latest / ckpt.ALGORITHM).resolve()))
-            except Exception as err:  # RLlib raises many kinds on damaged files; name the checkpoint
-                raise ckpt.CheckpointError(f"'{latest}' could not be restored ({type(err).__name__}: {err})") from err
-            start_steps = ckpt.read_meta(latest)["env_steps"]
-            print(f"resumed from {latest} at {start_steps:,} env steps", file=out, flush=True)
-
-        def snapshot() -> CommFormerPolicy:
-            assert algo.learner_group is not None
-            weights = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
-            return policy_from_weights(config, weights, dims)
-
-        def save(iteration: int, env_steps: int) -> Path:
-            def fill(tmp: Path) -> None:
-                algo.save_to_path(str((tmp / ckpt.ALGORITHM).resolve()))
-                metadata = {
-                    "env": read_yaml(run_dir / ckpt.CONFIG)["env"],
-                    "iteration": iteration,
-                    "env_steps": env_steps,
-                }
-                save_policy(snapshot(), tmp / ckpt.POLICY, dataclasses.asdict(dims), metadata)
-                shutil.copy(run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
-
-            return ckpt.write_checkpoint(run_dir, iteration, env_steps, fill, config.run.keep_checkpoints)
-
-        logger = RunLogger(run_dir)
-        progress = Progress(total_steps=config.stop.env_steps, start_steps=start_steps, out=out)
-        env_steps, iteration, last = start_steps, algo.iteration, None
-        try:
-            while env_steps < config.stop.env_steps:
-                t0 = time.monotonic()
-                result = algo.train()
-                iteration = algo.iteration
-                before, env_steps = (
-                    env_steps,
-                    int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)),
-                )
-                fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
-                logger.log_result(result, env_steps, fps)
-                if iteration % config.run.graph_image_every == 0 or iteration == 1:
-                    logger.log_graph(snapshot().graph, env_steps)
-                extra = logger.summary(result)
-                progress.print(iteration, env_steps, _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN), fps, extra)
-                if iteration % config.run.checkpoint_every == 0:
-                    last = save(iteration, env_steps)
-            if last is None or ckpt.read_meta(last)["iteration"] != iteration:
-                last = save(iteration, env_steps)
-        finally:
-            logger.close()
-        print(f"done: {env_steps:,} env steps; checkpoint {last}", file=out, flush=True)
-        return last
+        session = _Run(config, run_dir, dims, algo, out or sys.stdout)  # looked up now: tests swap sys.stdout
+        start_steps = session.restore() if resume else 0
+        last = session.loop(start_steps)
+        return last if last is not None else ckpt.latest_checkpoint(run_dir)
     finally:
         algo.stop()
         if started_ray:

@@ -255,3 +255,15 @@ def test_rollout_refuses_bad_env_options_by_name(capsys):
     assert "env.options.n_agents" in capsys.readouterr().err
     assert main(["rollout", "mpe_spread", "colour=red"]) == 2
     assert "unknown option env.options.colour" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_trains_and_writes_nothing(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "checkpoints").rglob("*"))
+    assert main(["train", "--resume", str(copy)]) == 0  # stop.env_steps=800 is already reached
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "checkpoints").rglob("*"))
+    assert before == after
+    assert "done: 800 env steps" in capsys.readouterr().out
