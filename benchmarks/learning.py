@@ -13,12 +13,25 @@ the driver (num_env_runners=0) and update on the local learner, on the same envi
 
 `ppo_mlp` is what a user would otherwise pick: RLlib's stock PPO learner and default MLP module (64x64), the
 raw PettingZoo env through RLlib's ParallelPettingZooEnv, every agent mapped to one shared policy, 16 envs per
-runner. It gets the same PPO settings as configs/mpe_spread.yaml (4000 env steps per iteration, 5 epochs,
-minibatches of 1000 env steps = 3000 agent steps, lr 5e-4, entropy 0.01, gamma 0.99, lambda 0.95): RLlib's
-defaults (30 epochs of 128-sample minibatches) run ~2,800 gradient steps per iteration, about 80 env steps/s
-here, too slow to reach 1M steps. Its value clip is lifted (ARCHITECTURE pitfall 4: with returns around -25 the
-default clip at 10 zeroes the value loss). Its episode_return_mean is the sum over agents, so it is divided by
-N to compare per-agent returns.
+runner. Its non-default settings, each for a reason:
+- the same PPO settings as configs/mpe_spread.yaml (4000 env steps per iteration = 12,000 agent steps, 5 epochs,
+  minibatches of 1000 env steps = 3000 agent steps, lr 5e-4, entropy 0.01, gamma 0.99, lambda 0.95): RLlib's
+  defaults (30 epochs of 128-sample minibatches) run ~2,800 gradient steps per iteration, about 80 env steps/s
+  here, too slow to reach 1M steps. Batch sizes count env steps, minibatches rows of the module's batch
+  (agent steps).
+- `vf_share_layers=False` (DefaultModelConfig's default is True): a separate 64x64 value network. With the
+  shared trunk the value loss (per-agent returns about -25, squared errors 50-600, coefficient 1) dominates the
+  trunk's gradient and the policy got worse than random (-33 at 220k env steps, vf_explained_var ~0); with
+  separate networks the same run reached -20.3 at 240k.
+- `vf_clip_param=inf` (default 10): with returns around -25 the clip at 10 zeroes the value loss (ARCHITECTURE
+  pitfall 4). Harmless now that the critic has its own network.
+Known limits, left as RLlib does them: the critic stays at vf_explained_var ~0 (at lr 5e-4 it is still chasing
+the mean of the unnormalised returns at 250k; the policy learns from the lambda=0.95 returns with standardised
+advantages), and RLlib 2.60 records an episode in which every agent is truncated at max_cycles as terminated
+(MultiAgentEpisode.add_env_step), so GAE does not bootstrap V at the time limit. Reporting the limit through
+`__all__` alone makes it bootstrap but did not help at 250k, and with rewards scaled by 0.01 (a critic that
+fits, explained variance 0.8) the policy collapsed (-59 at 240k): not adopted.
+Its episode_return_mean is the sum over agents, so it is divided by N to compare per-agent returns.
 """
 
 from __future__ import annotations
@@ -56,24 +69,8 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
     from ray.tune.registry import register_env
 
-    class TimeLimitParallelPettingZooEnv(ParallelPettingZooEnv):
-        """Reports a time limit that ends every agent through `__all__` alone, so that RLlib bootstraps it.
-
-        RLlib 2.60's MultiAgentEpisode.add_env_step declares the whole episode *terminated* once every agent is
-        done, even when all of them were only truncated, and then marks each agent terminated: GAE drops V(s_T)
-        at max_cycles and the critic must fit time-to-go returns it cannot see (vf_explained_var ~0). With the
-        per-agent flags False and `__all__` True the episode and every agent end truncated, as in a
-        single-agent env (our own pipeline) and as the environment means it.
-        """
-
-        def step(self, action_dict):
-            obs, rewards, terminateds, truncateds, infos = super().step(action_dict)
-            if truncateds["__all__"] and not terminateds["__all__"]:
-                truncateds = {**dict.fromkeys(truncateds, False), "__all__": True}
-            return obs, rewards, terminateds, truncateds, infos
-
     def make(_config: dict) -> ParallelPettingZooEnv:
-        return TimeLimitParallelPettingZooEnv(
+        return ParallelPettingZooEnv(
             simple_spread_v3.parallel_env(N=N_AGENTS, local_ratio=0.5, max_cycles=25, continuous_actions=False)
         )
 
@@ -83,8 +80,8 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
         .environment("stock_simple_spread")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=16)  # as configs/mpe_spread.yaml
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
-        # A separate 64x64 value network: with the default shared trunk the unclipped value loss (returns ~-25
-        # to -90, squared errors in the hundreds) swamps the policy gradient in the shared layers.
+        # A separate 64x64 value network: with the default shared trunk the unclipped value loss (returns ~-25,
+        # squared errors in the hundreds at first) swamps the policy gradient in the shared layers.
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], vf_share_layers=False))
         .training(
             train_batch_size_per_learner=4000,
