@@ -26,13 +26,18 @@ ENV_ID = "commformer_team_env"
 
 
 def env_config_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The plain-data env description that travels to the EnvRunners (RLlib's env_config is a dict)."""
+    """The plain-data env description that travels to the EnvRunners (RLlib's env_config is a dict).
+
+    `history` (the window the env adds to each observation) is derived from the model, its one source:
+    `model.history` for the orchid / attention encoders, 0 for mlp.
+    """
     env = config.env
     return {
         "name": env.name,
         "options": to_dict(env.options),
         "team_reward": env.team_reward,
         "use_state": env.use_state,
+        "history": config.model.env_history,
     }
 
 
@@ -43,6 +48,7 @@ def make_env_from_dict(env_config: dict[str, Any]) -> TeamEnv:
         env_config["options"],
         team_reward=env_config["team_reward"],
         use_state=env_config["use_state"],
+        history=env_config.get("history", 0),
     )
 
 

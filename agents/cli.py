@@ -97,19 +97,14 @@ def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
     return policy, metadata, checkpoint
 
 
-def _make_env(env_section: dict[str, Any], render: bool) -> Any:
-    """Builds the team env named by a config's env section; bad names or options become a ConfigError."""
+def _make_env(env_section: dict[str, Any], render: bool, policy: Any = None) -> Any:
+    """Builds the team env named by a config's env section, with the history window `policy` reads (if any);
+    bad names or options become a ConfigError."""
+    from agents.play import make_play_env
     from commformer.typed import ConfigError
-    from envs.registry import make_team_env
 
     try:
-        return make_team_env(
-            env_section["name"],
-            env_section.get("options"),
-            team_reward=env_section.get("team_reward", "mean"),
-            use_state=env_section.get("use_state", False),
-            render_mode="rgb_array" if render else None,
-        )
+        return make_play_env(env_section, policy, render_mode="rgb_array" if render else None)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
 
@@ -119,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     policy, metadata, checkpoint = _load_trained(args.path)
     env_section = metadata["env"]
-    env = _make_env(env_section, render=args.render is not None)
+    env = _make_env(env_section, render=args.render is not None, policy=policy)
     frames: list[Any] | None = [] if args.render else None
     try:
         # Record only the first episode: a GIF of twenty episodes is too long to watch.
@@ -156,6 +151,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     use_state = False
+    policy = None
     if args.checkpoint:
         policy, metadata, checkpoint = _load_trained(args.checkpoint)
         if metadata["env"]["name"] != args.env:
@@ -169,7 +165,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     else:
         actor = random_actor(args.seed)
         who = "random policy"
-    env = _make_env({"name": args.env, "options": options, "use_state": use_state}, render=args.render is not None)
+    env = _make_env(
+        {"name": args.env, "options": options, "use_state": use_state}, render=args.render is not None, policy=policy
+    )
     frames: list[Any] | None = [] if args.render else None
     print(f"{args.env}: {env.n_agents if hasattr(env, 'n_agents') else '?'} agents, {who}")
     try:

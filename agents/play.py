@@ -16,24 +16,48 @@ import numpy as np
 import torch
 
 from commformer.policy import CommFormerPolicy
+from envs.registry import make_team_env
 from envs.team import TeamEnv
 
 Actor = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, dict[str, float]]]
 """obs dict of one team -> (actions (N,), per-step stats such as messages and gate_open_rate)."""
 
 
+def make_play_env(
+    env_section: dict[str, Any], policy: CommFormerPolicy | None = None, render_mode: str | None = None
+) -> TeamEnv:
+    """The team env of a config's env section, with the history window `policy` reads (none without a policy).
+
+    The window length is not part of the env section: like training (agents/build.py), it is derived from the
+    model, here the exported policy's own config.
+    """
+    return make_team_env(
+        env_section["name"],
+        env_section.get("options"),
+        team_reward=env_section.get("team_reward", "mean"),
+        use_state=env_section.get("use_state", False),
+        history=policy.config.env_history if policy is not None else 0,
+        render_mode=render_mode,
+    )
+
+
 def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
-    """Argmax of the masked logits of an exported policy (batch of one team)."""
+    """Argmax of the masked logits of an exported policy (batch of one team).
+
+    A policy with a sequence encoder reads `obs["history"]`: play it on an env from `make_play_env`.
+    """
 
     @torch.no_grad()
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         state = torch.as_tensor(obs["state"]) if use_state and "state" in obs else None
+        history = torch.as_tensor(obs["history"]) if "history" in obs else None
         alive = torch.as_tensor(obs["alive"])
         out = policy(
             torch.as_tensor(obs["obs"]),
             action_mask=torch.as_tensor(obs["action_mask"]),
             alive=alive,
             state=state,
+            history=history,
         )
         receivers = float(alive.sum().clamp(min=1.0))
         stats = {

@@ -1,14 +1,14 @@
 """The RLlib face of `CommFormerPolicy`: one RLModule drives the whole team (ARCHITECTURE section 2).
 
-Observations arrive as the team env's Dict (`obs` (B, N, D), `action_mask` (B, N, A), `alive` (B, N) and, where
-the env has one, `state` (B, S)); actions leave as one MultiDiscrete vector of N entries. The action
-distribution inputs are the masked per-agent logits flattened to (B, N * A), so RLlib's MultiCategorical
-samples every agent's action and stores the joint log-prob; the learner views them back as (B, N, A) for
-per-agent PPO ratios.
+Observations arrive as the team env's Dict (`obs` (B, N, D), `action_mask` (B, N, A), `alive` (B, N), where
+the env has one `state` (B, S), and for the orchid / attention encoders `history` (B, L, N, D)); actions leave
+as one MultiDiscrete vector of N entries. The action distribution inputs are the masked per-agent logits
+flattened to (B, N * A), so RLlib's MultiCategorical samples every agent's action and stores the joint
+log-prob; the learner views them back as (B, N, A) for per-agent PPO ratios.
 
-Everything that shapes pi(a|s) here (the top-k graph, the temporal gates) is a deterministic function of the
-observation and the parameters, so the EnvRunner's forward and the Learner's recomputation agree exactly (the
-PPO consistency rule, ARCHITECTURE section 3).
+Everything that shapes pi(a|s) here (the top-k graph, the temporal gates, the history window, which is part of
+the observation) is a deterministic function of the observation and the parameters, so the EnvRunner's forward
+and the Learner's recomputation agree exactly (the PPO consistency rule, ARCHITECTURE section 3).
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ class TeamDims:
     obs_dim: int
     n_actions: int
     state_dim: int | None
+    history: int = 0
+    """L of the `history` entry (L, N, D); 0 when the observation has none."""
 
 
 def team_dims(observation_space: gym.Space | None, action_space: gym.Space | None) -> TeamDims:
-    """Reads N, D, A and S off the team env's spaces, refusing spaces that are not a team env's."""
+    """Reads N, D, A, S and L off the team env's spaces, refusing spaces that are not a team env's."""
     if not isinstance(observation_space, gym.spaces.Dict) or "obs" not in observation_space.spaces:
         raise ValueError(
             f"CommFormerRLModule expects the team env's Dict observation space with an 'obs' entry, "
@@ -55,16 +57,28 @@ def team_dims(observation_space: gym.Space | None, action_space: gym.Space | Non
         raise ValueError(f"CommFormerRLModule expects MultiDiscrete([A] * N) actions, got {action_space}")
     n_agents, obs_dim = observation_space["obs"].shape or (0, 0)
     state_space = observation_space.spaces.get("state")
+    history_space = observation_space.spaces.get("history")
     return TeamDims(
         n_agents=int(n_agents),
         obs_dim=int(obs_dim),
         n_actions=int(action_space.nvec[0]),
         state_dim=int(state_space.shape[0]) if state_space is not None and state_space.shape else None,
+        history=int(history_space.shape[0]) if history_space is not None and history_space.shape else 0,
     )
 
 
 def build_policy(config: ModelConfig, dims: TeamDims) -> CommFormerPolicy:
-    """The policy for a team of these sizes (the critic reads the state only if the model is told to)."""
+    """The policy for a team of these sizes (the critic reads the state only if the model is told to).
+
+    Raises:
+        ValueError: the env's history window does not have the length the model reads (`model.env_history`).
+    """
+    if dims.history != config.env_history:
+        raise ValueError(
+            f"the env's observation has a history window of {dims.history} steps but model.encoder="
+            f"{config.encoder!r} with model.history={config.history} reads {config.env_history}; expected an env "
+            f"built with history={config.env_history} (agents/build.py derives it from the model config)"
+        )
     return CommFormerPolicy(
         config,
         n_agents=dims.n_agents,
@@ -94,7 +108,8 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     def policy_output(self, batch: dict[str, Any]) -> PolicyOutput:
         obs = batch[Columns.OBS]
         state = obs.get("state") if self.model_cfg.use_state else None
-        return self.policy(obs["obs"], action_mask=obs["action_mask"], alive=obs["alive"], state=state)
+        history = obs.get("history") if self.model_cfg.env_history else None
+        return self.policy(obs["obs"], action_mask=obs["action_mask"], alive=obs["alive"], state=state, history=history)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         out = self.policy_output(batch)

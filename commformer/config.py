@@ -11,17 +11,24 @@ type.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from commformer.layers.moe import MoEConfig
+from commformer.layers.orchid import OrchidConfig
 from commformer.validate import require_bool, require_choice, require_float, require_int
 
-__all__ = ["HEADS", "GateConfig", "GraphConfig", "HeadName", "ModelConfig"]
+__all__ = ["ENCODERS", "HEADS", "EncoderName", "GateConfig", "GraphConfig", "HeadName", "ModelConfig"]
 
 HeadName = Literal["linear", "moe"]
 HEADS: tuple[str, ...] = get_args(HeadName)
+
+EncoderName = Literal["mlp", "orchid", "attention"]
+ENCODERS: tuple[str, ...] = get_args(EncoderName)
+
+_ORCHID_DEFAULT_MAX_LEN = OrchidConfig().max_len
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,15 @@ class ModelConfig:
     """Value head: ``linear`` or ``moe`` (same experts/gate settings as ``moe``, its own parameters)."""
     moe: MoEConfig = field(default_factory=MoEConfig)
     """Mixture-of-experts settings, used by whichever head is ``moe``."""
+    encoder: EncoderName = "mlp"
+    """Per-agent encoder before communication: ``mlp`` embeds the current observation only; ``orchid`` (an Orchid
+    block) and ``attention`` (causal softmax attention, the baseline) encode the agent's last ``history``
+    observations over time and keep the last position (commformer/history.py)."""
+    history: int = 1
+    """L, the steps each agent's action is computed from (the current one included). The team env supplies them
+    as ``obs["history"]`` (L, N, D), derived from this setting; must be 1 with ``encoder=mlp``."""
+    orchid: OrchidConfig = field(default_factory=OrchidConfig)
+    """The Orchid block of ``encoder=orchid``. Its ``max_len`` is set from ``history``: leave it out."""
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
@@ -134,7 +150,7 @@ class ModelConfig:
         require_bool("model.communicate", self.communicate)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
-        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig, "moe": MoEConfig}
+        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig, "moe": MoEConfig, "orchid": OrchidConfig}
         for name, cls in parts.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
@@ -142,3 +158,34 @@ class ModelConfig:
                     f"model.{name} is a {type(value).__name__}; expected a {cls.__name__} "
                     "(build nested parts as dataclasses, not dicts)"
                 )
+        self._check_history()
+
+    def _check_history(self) -> None:
+        """Validates ``encoder`` and ``history`` and derives ``orchid.max_len = history``.
+
+        A window with ``mlp`` is refused rather than ignored: the saved config would claim L steps while the
+        policy reads one, and the env would still build and store the unused window. ``orchid.max_len`` (the
+        block's longest input, and the scale of its positional features) is the window length by construction;
+        an explicit value other than ``history`` would be a second, contradicting source of the same fact.
+        """
+        require_choice("model.encoder", self.encoder, ENCODERS)
+        require_int("model.history", self.history, 1)
+        if self.encoder == "mlp" and self.history != 1:
+            raise ValueError(
+                f"model.history={self.history} but model.encoder='mlp' reads the current observation only; "
+                "expected model.history=1, or model.encoder=orchid / attention to use a window"
+            )
+        max_len = self.orchid.max_len
+        if max_len not in (self.history, _ORCHID_DEFAULT_MAX_LEN):
+            raise ValueError(
+                f"model.orchid.max_len={max_len} contradicts model.history={self.history}; the Orchid block's "
+                "max_len is set from model.history, so expected model.orchid.max_len left out"
+            )
+        # Frozen dataclass: the documented way to set a derived field in __post_init__.
+        object.__setattr__(self, "orchid", dataclasses.replace(self.orchid, max_len=self.history))
+
+    @property
+    def env_history(self) -> int:
+        """Steps of past observations the team env must supply as ``obs["history"]``: L for a sequence encoder,
+        0 (no window in the observation) for ``mlp``."""
+        return 0 if self.encoder == "mlp" else self.history

@@ -2,7 +2,12 @@
 
 A policy directory holds `policy.safetensors` (the `CommFormerPolicy` state dict) and `policy.json`:
 `{"format": "commformer-policy", "version": 1, "model": <ModelConfig>, "dims": {n_agents, obs_dim, n_actions,
-state_dim}, "metadata": {...}}`. Loading it rebuilds the policy without RLlib, Ray or pickle.
+state_dim[, history]}, "metadata": {...}}`. Loading it rebuilds the policy without RLlib, Ray or pickle.
+
+The model section carries the encoder (`encoder`, `history`, `orchid`), so a policy that reads a history window
+reloads as one; whoever plays it builds the env with `history=policy.config.env_history` (agents/play.py). Files
+written before the history encoders existed have no such keys and load as `encoder=mlp`, so the version is
+still 1. `dims.history`, when present, is the window of the env the policy was trained on and must agree.
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def load_policy(directory: str | Path) -> tuple[CommFormerPolicy, dict[str, Any]
             n_actions=int(dims["n_actions"]),
             state_dim=dims.get("state_dim"),
         )
+        if int(dims.get("history", config.env_history)) != config.env_history:
+            raise ValueError(
+                f"dims.history={dims['history']} but model.encoder={config.encoder!r} with "
+                f"model.history={config.history} reads a window of {config.env_history}"
+            )
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise PolicyFileError(f"'{spec_path}' does not describe a valid policy: {err}") from err
     try:

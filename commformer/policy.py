@@ -1,6 +1,8 @@
 """``CommFormerPolicy``: per-agent embedding -> gated learned graph -> graph attention -> policy/value heads.
 
-    obs (*B, N, D) --LN, Linear, GELU--> h (+ agent-index embedding)
+    encoder=mlp:               obs (*B, N, D) --LN, Linear, GELU--> h (*B, N, d)
+    encoder=orchid/attention:  history (*B, L, N, D) --per agent, over time: HistoryEncoder--> h (*B, N, d)
+    h (+ agent-index embedding)
     h --TemporalGate--> open (*B, N)          graph() (N, N) --gates, dead senders--> A_eff (*B, N, N)
     h --num_blocks x CommBlock(A_eff)--> LN --> policy head -> logits (*B, N, A), masked by action_mask
                                             \\-> value head (+ embedded global state) -> values (*B, N)
@@ -8,6 +10,13 @@
 Every stochastic-looking part is a deterministic function of (inputs, parameters): the graph is the hard
 top-k of the logits (Gumbel noise, if asked for, only touches its surrogate gradient) and the gates are hard
 thresholds. This keeps the PPO ratio exact (ARCHITECTURE.md section 3).
+
+History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
+its own last L observations, encoded over time (commformer/history.py) *before* the agents communicate; the
+graph attention then mixes the agents' encodings of the current step. The window ``history`` (*B, L, N, D) is
+part of the observation (the team env builds it, envs/team.py): it holds steps t - L + 1 .. t, so nothing
+after step t can reach the action at step t, and the learner recomputes from the very window the EnvRunner
+used. ``obs`` is still passed (it fixes the batch shape, and the mlp encoder reads it).
 
 The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
 other parameters are the lower level (``model_parameters``).
@@ -24,6 +33,7 @@ from torch import Tensor, nn
 from commformer.config import ModelConfig
 from commformer.gates import TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
+from commformer.history import HistoryEncoder
 from commformer.layers.attention import CommBlock
 from commformer.layers.moe import MoEHead, MoEOutput
 
@@ -94,7 +104,15 @@ class CommFormerPolicy(nn.Module):
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         self.state_dim = state_dim if config.use_state else None
 
-        self.obs_embed = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, d), nn.GELU())
+        # Exactly one encoder is built, so every parameter is used (and gets a gradient) in every forward.
+        self.obs_embed: nn.Sequential | None = None
+        self.history_encoder: HistoryEncoder | None = None
+        if config.encoder == "mlp":
+            self.obs_embed = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, d), nn.GELU())
+        else:
+            self.history_encoder = HistoryEncoder(
+                config.encoder, obs_dim, d, config.history, config.num_heads, config.orchid
+            )
         self.agent_embed = nn.Embedding(n_agents, d) if config.agent_embedding else None
         if self.agent_embed is not None:
             nn.init.normal_(self.agent_embed.weight, std=0.02)
@@ -171,12 +189,31 @@ class CommFormerPolicy(nn.Module):
         # Every agent's value head sees the same state embedding beside its own features.
         return torch.cat([h, s.unsqueeze(1).expand(flat, n, s.shape[-1])], dim=-1)  # (B, N, 2d)
 
+    def _encode(self, x: Tensor, history: Tensor | None, batch: torch.Size) -> Tensor:
+        """Per-agent embeddings (B, N, d) from the current observations x (B, N, D) or from the windows."""
+        if self.obs_embed is not None:
+            return self.obs_embed(x)  # (B, N, d)
+        assert self.history_encoder is not None
+        n, length, dim = self.n_agents, self.config.history, self.obs_dim
+        if history is None:
+            raise ValueError(
+                f"history is None but model.encoder={self.config.encoder!r} computes each action from the last "
+                f"model.history={length} observations; expected history (*B, {length}, {n}, {dim}) (the team env's "
+                f'obs["history"], built with history={length})'
+            )
+        self._check("history", history, (length, n, dim), batch)
+        flat = x.shape[0]
+        seq = history.reshape(flat, length, n, dim).transpose(1, 2)  # (B, N, L, D)
+        seq = seq.reshape(flat * n, length, dim)  # (B * N, L, D): one sequence per agent
+        return self.history_encoder(seq).reshape(flat, n, -1)  # (B, N, d)
+
     def forward(
         self,
         obs: Tensor,
         action_mask: Tensor | None = None,
         alive: Tensor | None = None,
         state: Tensor | None = None,
+        history: Tensor | None = None,
         *,
         gumbel: bool = False,
     ) -> PolicyOutput:
@@ -189,6 +226,9 @@ class CommFormerPolicy(nn.Module):
                 communication cost. Their own outputs are left as they are (losses mask them).
             state: (*B, S) global state; required when the policy was built with ``state_dim`` and
                 ``config.use_state``, ignored when ``use_state`` is false.
+            history: (*B, L, N, D) each agent's last L = ``config.history`` observations, oldest first, the
+                current step last (the team env's ``obs["history"]``); required by the orchid / attention
+                encoders, ignored by mlp.
             gumbel: add Gumbel noise to the graph's surrogate gradient (upper-level steps); the forward
                 values do not change.
 
@@ -209,7 +249,7 @@ class CommFormerPolicy(nn.Module):
         if state is not None and self.state_dim is not None:
             self._check("state", state, (self.state_dim,), batch)
 
-        h = self.obs_embed(x)  # (B, N, d)
+        h = self._encode(x, history, batch)  # (B, N, d)
         if self.agent_embed is not None:
             h = h + self.agent_embed.weight  # (N, d) broadcast over B
 

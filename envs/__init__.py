@@ -1,6 +1,7 @@
 """Environment adapters: every environment becomes one team `gymnasium.Env` (ARCHITECTURE section 2).
 
-- `TeamEnv` wraps any PettingZoo ParallelEnv: obs (N, D), action_mask (N, A), alive (N,), optional state.
+- `TeamEnv` wraps any PettingZoo ParallelEnv: obs (N, D), action_mask (N, A), alive (N,), optional state, and
+  with `history=L` the last L team observations (L, N, D) for the policy's history encoders.
 - `ENVS` is the one table of env names; `make_team_env(name, options)` builds one, `make_options` only checks
   the options.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs import mpe
+from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
 from envs.team import TeamEnv
@@ -32,6 +33,10 @@ class EnvEntry:
 
 def _make_signal(options: SignalOptions, render_mode: str | None = None) -> SignalEnv:
     return SignalEnv(options, render_mode=render_mode)
+
+
+def _make_memory(options: MemoryOptions, render_mode: str | None = None) -> MemoryEnv:
+    return MemoryEnv(options, render_mode=render_mode)
 
 
 ENVS: dict[str, EnvEntry] = {
@@ -54,6 +59,11 @@ ENVS: dict[str, EnvEntry] = {
         SignalOptions,
         _make_signal,
         "each agent must name its neighbour's private symbol; solvable only by communicating",
+    ),
+    "memory": EnvEntry(
+        MemoryOptions,
+        _make_memory,
+        "each agent must repeat a private cue seen `delay` steps earlier; solvable only with a long enough history",
     ),
 }
 
@@ -96,6 +106,7 @@ def make_team_env(
     *,
     team_reward: str = "mean",
     use_state: bool = False,
+    history: int = 0,
     render_mode: str | None = None,
 ) -> TeamEnv:
     """Build the registered env `name` and wrap it as a `TeamEnv`.
@@ -105,6 +116,7 @@ def make_team_env(
         options: the env's options dataclass, a mapping of its fields (checked strictly), or None (defaults).
         team_reward: "mean" or "sum" of the agents' rewards (see `TeamEnv`).
         use_state: add the raw env's global state as `obs["state"]`.
+        history: L > 0 adds the last L team observations as `obs["history"]` (L, N, D); 0 adds none.
         render_mode: None, or a mode the raw env supports ("rgb_array" for all envs here).
 
     Raises:
@@ -117,4 +129,5 @@ def make_team_env(
         lambda: entry.make(resolved, render_mode),
         team_reward=team_reward,
         use_state=use_state,
+        history=history,
     )

@@ -10,6 +10,8 @@ CommFormer attends across agents at each time step, so one observation must hold
                 observation dict with "action_mask", or `infos[agent]["action_mask"]`); padded actions are 0.
 - `alive`       float32 (N,) in {0, 1}.
 - `state`       float32 (S,), only with `use_state=True`: the raw env's `state()`, flattened.
+- `history`     float32 (L, N, D), only with `history=L > 0`: the team's last L `obs` arrays, oldest first, the
+                current step last (row L - 1 equals `obs`), zero rows before the episode's first step.
 
 Decisions written down here (not in the architecture notes):
 
@@ -35,6 +37,9 @@ Decisions written down here (not in the architecture notes):
   values differ between agents, or that would overwrite one of ours, is given per agent as a float64 (N,)
   array in `info["agent_info"][key]` (0 for agents that did not report it).
 
+The history window is part of the observation on purpose (exact PPO ratios, no future, bounded memory:
+envs/history.py); `reset` clears it.
+
 Speed: `TeamEnv` sits on the training hot path. Buffers are preallocated and rows are only rewritten for
 agents present in the step; the only per-step copies are the returned arrays (callers keep them, e.g. in
 episodes). `benchmarks/env_speed.py` measures the overhead against the raw env.
@@ -50,6 +55,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from envs.history import HistoryWindow
 from envs.team_spaces import (
     AgentSpec,
     RawEnv,
@@ -83,10 +89,12 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         team_reward: "mean" (default; sum over all N agents / N) or "sum" of the agents' rewards.
         use_state: add the raw env's global `state()` as `obs["state"]`; the raw env must define
             `state_space` and `state()` (mpe2 envs do).
+        history: L > 0 adds `obs["history"]` (L, N, D), the last L team observations; 0 (default) adds none.
 
     Raises:
-        ValueError: unknown `team_reward`, a raw env without agents, non-Discrete actions, a render mode the
-            raw env does not declare, or `use_state` on an env without a state.
+        ValueError: unknown `team_reward`, a negative or non-integer `history`, a raw env without agents,
+            non-Discrete actions, a render mode the raw env does not declare, or `use_state` on an env without a
+            state.
     """
 
     def __init__(
@@ -95,13 +103,18 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         *,
         team_reward: str = "mean",
         use_state: bool = False,
+        history: int = 0,
     ) -> None:
         if team_reward not in TEAM_REWARDS:
             raise ValueError(f"unknown team_reward {team_reward!r}; expected one of: {', '.join(TEAM_REWARDS)}")
+        if isinstance(history, bool) or not isinstance(history, int | np.integer) or history < 0:
+            raise ValueError(f"history={history!r}; expected an integer >= 0 (0: no history window)")
         self._env = resolve_env(env)
         self._team_sum = team_reward == "sum"
         self.team_reward = team_reward
         self.use_state = use_state
+        self.history = int(history)
+        """L, the steps in `obs["history"]`; 0 when there is none."""
 
         names = list(self._env.possible_agents)
         if not names:
@@ -146,6 +159,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._terminated = [False] * n
         self._action_counts = [spec.n_actions for spec in self.specs]
         self._needs_reset = True
+        self._window = HistoryWindow(self.history, (n, d)) if self.history else None
 
         space_dict: dict[str, spaces.Space[Any]] = {
             "obs": spaces.Box(obs_low, obs_high, dtype=np.float32),
@@ -162,6 +176,8 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             low, high = flat_bounds(state_space)
             self._state_dim = low.shape[0]
             space_dict["state"] = spaces.Box(low, high, dtype=np.float32)
+        if self._window is not None:
+            space_dict["history"] = self._window.space(obs_low, obs_high)
         self.observation_space: spaces.Dict = spaces.Dict(space_dict)
         self.action_space: TeamActionSpace = TeamActionSpace(n, a, self._mask)
 
@@ -198,6 +214,8 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._dynamic_mask = [False] * n
         self._terminated = [False] * n
         self._needs_reset = False
+        if self._window is not None:
+            self._window.clear()
         info: dict[str, Any] = {}
         self._write_agents(raw_obs, raw_infos or {}, {}, {}, info)
         self._pass_through_infos(raw_infos or {}, info)
@@ -386,7 +404,10 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             info.setdefault("agent_info", {})[key] = per_agent
 
     def _observation(self, info: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The returned observation of this reset or step (called exactly once each: it advances the history)."""
         out = {"obs": self._obs.copy(), "action_mask": self._mask.copy(), "alive": self._alive.copy()}
+        if self._window is not None:
+            out["history"] = self._window.push(self._obs)  # (L, N, D), oldest first
         if self.use_state:
             # np.array copies: the raw env may hand out its own buffer, and the caller keeps ours.
             state = np.array(self._env.state(), dtype=np.float32).reshape(-1)

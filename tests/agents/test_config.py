@@ -78,6 +78,11 @@ def test_defaults_without_env_section_have_typed_options():
         ("env.team_reward=max", r"env\.team_reward='max'; expected one of: mean, sum"),
         ("stop.env_steps=0", r"stop\.env_steps=0"),
         ("run.seed", r"not of the form dotted\.key=value"),
+        ("model.encoder=lstm", r"model\.encoder='lstm'; expected one of: mlp, orchid, attention"),
+        ("model.history=8", r"model\.history=8 but model\.encoder='mlp'"),
+        ("model.history=0", r"model\.history=0; expected an integer >= 1"),
+        ("model.orchid.max_len=5", r"model\.orchid\.max_len=5 contradicts model\.history=1"),
+        ("model.orchid.conditioning=type3", r"model\.orchid\.conditioning='type3'"),
     ],
 )
 def test_bad_values_are_refused_by_name(override, message):
@@ -104,3 +109,26 @@ def test_missing_and_malformed_files(tmp_path):
     scalar.write_text("3\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(scalar)
+
+
+def test_the_env_window_is_derived_from_the_model():
+    """The user sets model.history only; the env config that travels to the EnvRunners carries it."""
+    from agents.build import env_config_dict, make_env_from_dict
+
+    config = load_config("configs/memory_orchid.yaml", ["model.history=70"])
+    assert config.model.encoder == "orchid" and config.model.orchid.max_len == 70
+    env = make_env_from_dict(env_config_dict(config))
+    assert env.observation_space["history"].shape == (70, 2, 6)
+    mlp = load_config("configs/memory_orchid.yaml", ["model.encoder=mlp", "model.history=1"])
+    assert env_config_dict(mlp)["history"] == 0
+    assert "history" not in make_env_from_dict(env_config_dict(mlp)).observation_space.spaces
+
+
+def test_a_policy_refuses_an_env_window_of_another_length():
+    from agents.rl_module import TeamDims, build_policy
+
+    config = load_config("configs/memory_orchid.yaml")
+    with pytest.raises(
+        ValueError, match=r"history window of 10 steps but model\.encoder='orchid' with model\.history=72"
+    ):
+        build_policy(config.model, TeamDims(n_agents=2, obs_dim=6, n_actions=4, state_dim=None, history=10))

@@ -326,3 +326,66 @@ def test_continuous_actions_are_rejected_naming_the_agent() -> None:
 
     with pytest.raises(ValueError, match="agent 'a' has action space Box"):
         TeamEnv(Continuous())
+
+
+# ---------------------------------------------------------------------------------------------- history window
+
+
+def _rows(t: int) -> list[list[float]]:
+    """ScriptedEnv's team observation at step t: agent i sees 10 * i + t in both columns."""
+    return [[10 * i + t] * 2 for i in range(3)]
+
+
+def test_history_window_is_the_last_steps_oldest_first_with_zeros_before_the_start() -> None:
+    env = TeamEnv(ScriptedEnv(episode_len=10), history=4)
+    assert env.observation_space["history"].shape == (4, 3, 2)
+    zeros = [[0.0, 0.0]] * 3
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs["history"], [zeros, zeros, zeros, _rows(0)])
+    expected = {1: [zeros, zeros, _rows(0), _rows(1)], 4: [_rows(1), _rows(2), _rows(3), _rows(4)]}
+    expected[6] = [_rows(3), _rows(4), _rows(5), _rows(6)]
+    for t in range(1, 7):
+        obs, *_ = env.step(np.zeros(3, dtype=np.int64))
+        np.testing.assert_array_equal(obs["history"][-1], obs["obs"])  # the current step is the last row
+        if t in expected:
+            np.testing.assert_array_equal(obs["history"], expected[t])
+    assert obs["history"].dtype == np.float32
+    # Returned windows are copies: a later step does not rewrite what a caller (an episode buffer) holds.
+    kept = obs["history"].copy()
+    env.step(np.zeros(3, dtype=np.int64))
+    np.testing.assert_array_equal(obs["history"], kept)
+
+
+def test_reset_clears_the_history() -> None:
+    env = TeamEnv(ScriptedEnv(episode_len=3), history=5)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.zeros(3, dtype=np.int64))
+    obs, _ = env.reset()
+    np.testing.assert_array_equal(obs["history"][:-1], np.zeros((4, 3, 2)))
+    np.testing.assert_array_equal(obs["history"][-1], _rows(0))
+
+
+def test_history_holds_dead_agents_as_zero_rows_and_length_one_is_the_current_obs() -> None:
+    env = TeamEnv(ScriptedEnv(die_at={"b": 1}, episode_len=10), history=1)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs["history"], obs["obs"][None])
+    obs, *_ = env.step(np.zeros(3, dtype=np.int64))
+    np.testing.assert_array_equal(obs["history"], [[[1, 1], [0, 0], [21, 21]]])
+
+
+def test_without_history_there_is_no_window() -> None:
+    env = TeamEnv(ScriptedEnv())
+    obs, _ = env.reset(seed=0)
+    assert "history" not in obs and "history" not in env.observation_space.spaces
+
+
+@pytest.mark.parametrize("history", [-1, 2.0, True])
+def test_bad_history_is_refused_by_name(history: Any) -> None:
+    with pytest.raises(ValueError, match=r"history=.*expected an integer >= 0"):
+        TeamEnv(ScriptedEnv(), history=history)
+
+
+def test_history_passes_env_checker() -> None:
+    env = TeamEnv(ScriptedEnv(obs_dims=(2, 3, 1), n_actions=(2, 3, 4), die_at={"c": 2}), history=6)
+    check_env(env, skip_render_check=True)

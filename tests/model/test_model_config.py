@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from commformer.config import GateConfig, GraphConfig, ModelConfig
+from commformer.layers.orchid import OrchidConfig
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,31 @@ def test_defaults_are_valid_and_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.embed_dim = 32  # type: ignore[misc]
     assert dataclasses.replace(config, graph=GraphConfig(k=2)).graph.k == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"encoder": "lstm"}, r"model\.encoder='lstm'; expected one of 'mlp', 'orchid', 'attention'"),
+        ({"encoder": "orchid", "history": 0}, r"model\.history=0; expected an integer >= 1"),
+        ({"encoder": "orchid", "history": 8.0}, r"model\.history=8\.0 \(float\); expected an integer"),
+        ({"history": 8}, r"model\.history=8 but model\.encoder='mlp' reads the current observation only"),
+        (
+            {"encoder": "orchid", "history": 8, "orchid": OrchidConfig(max_len=16)},
+            r"model\.orchid\.max_len=16 contradicts model\.history=8",
+        ),
+        ({"orchid": {"max_len": 8}}, r"model\.orchid is a dict; expected a OrchidConfig"),
+    ],
+)
+def test_encoder_and_history_errors_name_the_field(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_orchid_window_is_derived_from_history() -> None:
+    config = ModelConfig(encoder="orchid", history=1024)
+    assert config.orchid.max_len == 1024 and config.env_history == 1024
+    # Stating the same value again is allowed; the default is replaced.
+    assert ModelConfig(encoder="orchid", history=64, orchid=OrchidConfig(max_len=64)).orchid.max_len == 64
+    assert ModelConfig(encoder="attention", history=3).env_history == 3
+    assert ModelConfig().env_history == 0 and ModelConfig().history == 1
