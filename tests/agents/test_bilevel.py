@@ -20,18 +20,6 @@ BASE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from agents.train import init_ray
-
-    started = init_ray()
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _one_iteration(overrides: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     config = load_config("configs/signal.yaml", [*BASE, *overrides])
     probe_env(config)

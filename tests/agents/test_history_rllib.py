@@ -26,18 +26,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from agents.train import init_ray
-
-    started = init_ray()
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.parametrize("encoder", ["orchid", "attention"])
 def test_rollout_and_update_agree_with_a_history_encoder(ray_session, monkeypatch, encoder):
     """The learner's first recomputation of the logits equals the EnvRunner's exactly (PPO ratio 1): the window
