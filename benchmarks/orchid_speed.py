@@ -10,15 +10,17 @@ and one backward of ``out.sum()``; the median over ``--repeats`` calls after ``-
 reported. The default clock is the process' CPU time (``--clock cpu``), which time slices lost to other
 processes on a busy machine do not inflate; with one thread it equals wall time on an idle machine.
 
-Memory. Each (model, L) entry runs in a fresh subprocess, with glibc's mmap threshold fixed at 64 KiB so that
-every large tensor gets its own mapping and is returned to the OS when freed (RSS then follows the live
-tensors). After the warm-up calls the child resets its peak resident set (writes 5 to /proc/self/clear_refs,
-which resets VmHWM) and notes its current RSS; after the timed calls it reports VmHWM minus that RSS: the peak of
-what one steady-state forward and backward holds at once (activations, gradients, FFT and attention workspaces),
-without the interpreter, torch, the parameters or one-off first-call costs. Where the reset is refused, the
-child reports VmHWM minus the RSS measured before the model was built (an upper bound that includes those;
-marked with "*"). torch.cuda memory statistics do not exist on CPU, and tracemalloc does not see torch's
-allocations.
+Memory. Each (model, L) entry runs in a fresh subprocess. The timed calls run with glibc's default allocator
+(what a user gets). Then the child fixes glibc's mmap threshold at 64 KiB (``mallopt``), so that every large
+tensor gets its own mapping and is returned to the OS when freed (RSS then follows the live tensors), trims the
+heap, makes one more untimed call, resets its peak resident set (writes 5 to /proc/self/clear_refs, which resets
+VmHWM), notes its current RSS, makes one last call and reports VmHWM minus that RSS: the peak of what one
+steady-state forward and backward holds at once (activations, gradients, FFT and attention workspaces), without
+the interpreter, torch, the parameters or one-off first-call costs. (Timing with the fixed threshold instead
+would charge every temporary tensor an mmap and its page faults: the Orchid block, with many mid-sized
+temporaries, then measured 2.6x slower at L = 4096.) Where the reset is refused, the child reports VmHWM minus
+the RSS measured before the model was built (an upper bound that includes those; marked with "*").
+torch.cuda memory statistics do not exist on CPU, and tracemalloc does not see torch's allocations.
 
 Caps. Before each entry, its time and memory are predicted from the same model's last measured length, with
 the model's growth (attention time and materialised memory ~ L^2, the rest ~ L; Orchid time ~ L^1.2 to err on
@@ -38,6 +40,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import ctypes
 import json
 import math
 import statistics
@@ -58,6 +61,8 @@ MODELS = ("orchid", "sdpa", "materialised")
 TIME_GROWTH = {"orchid": 1.2, "sdpa": 2.0, "materialised": 2.0}
 MEMORY_GROWTH = {"orchid": 1.0, "sdpa": 1.0, "materialised": 2.0}
 STARTUP_SLACK_S = 60.0
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt parameter number for the mmap threshold (malloc.h)."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -120,18 +125,29 @@ def _child(args: argparse.Namespace) -> dict[str, float | str | bool]:
         spent += _call(module, x, clock)
         if spent > args.max_seconds:
             return {"skipped": f"over {args.max_seconds:g} s"}
-    try:  # after warm-up, so that one-off costs (lazily loaded kernels, FFT plans) are not counted
-        Path("/proc/self/clear_refs").write_text("5")
-        baseline, exact = _status_kb("VmRSS"), True
-    except OSError:
-        baseline, exact = rss_before_build, False
     times = []
     for _ in range(args.repeats):
         times.append(_call(module, x, clock))
         if spent + sum(times) > args.max_seconds:
             return {"skipped": f"over {args.max_seconds:g} s"}
-    peak_bytes = (_status_kb("VmHWM") - baseline) * 1024
+    peak_bytes, exact = _peak_bytes(module, x, rss_before_build)
     return {"seconds": statistics.median(times), "peak_bytes": peak_bytes, "exact_memory": exact}
+
+
+def _peak_bytes(module: nn.Module, x: Tensor, rss_before_build: int) -> tuple[float, bool]:
+    """Peak bytes one forward + backward holds, and whether the peak could be reset (see the module docstring)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 65536)  # every allocation >= 64 KiB: its own mapping, unmapped when freed
+    libc.malloc_trim(0)
+    _call(module, x, time.process_time)  # settles the allocator under the new threshold
+    libc.malloc_trim(0)  # hands back the pages that call freed, so the measured call must fault them in again
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        baseline, exact = _status_kb("VmRSS"), True
+    except OSError:
+        baseline, exact = rss_before_build, False
+    _call(module, x, time.process_time)
+    return (_status_kb("VmHWM") - baseline) * 1024.0, exact
 
 
 @dataclass
@@ -153,7 +169,7 @@ class Entry:
 
 def _predicted_skip(model: str, length: int, last: tuple[int, Entry] | None, args: argparse.Namespace) -> str | None:
     """A skip reason if the entry is predicted over a cap, else None."""
-    calls = args.warmup + args.repeats
+    calls = args.warmup + args.repeats + 2  # the two memory calls of _peak_bytes
     memory = 3 * 4 * args.batch * args.heads * length**2 if model == "materialised" else 0.0
     seconds = 0.0
     if last is not None and last[1].seconds is not None and last[1].peak_bytes is not None:
@@ -172,14 +188,10 @@ def _run_entry(model: str, length: int, args: argparse.Namespace) -> Entry:
     command = [sys.executable, "-m", "benchmarks.orchid_speed", "--child", model, "--length", str(length)]
     for name in ("batch", "width", "heads", "conditioning", "repeats", "warmup", "threads", "clock", "max_seconds"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    # A fixed mmap threshold sends every large tensor to its own mmap, returned to the OS when freed, so RSS
-    # follows live tensors instead of glibc's retained heap (the dynamic threshold would keep freed blocks).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     try:
         done = subprocess.run(
             command,
             cwd=ROOT,
-            env=env,
             capture_output=True,
             text=True,
             timeout=args.max_seconds + STARTUP_SLACK_S,

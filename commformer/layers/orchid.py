@@ -143,12 +143,54 @@ def _centred_conv(x: Tensor, conv: nn.Conv1d) -> Tensor:
     return F.conv1d(x, conv.weight.to(x.dtype), bias, padding=conv.kernel_size[0] // 2, groups=conv.groups)
 
 
+class _CausalFFTConv(torch.autograd.Function):
+    """``irfft(rfft(x, 2L) * rfft(k, 2L), 2L)[:L]`` with a backward written as two FFT cross-correlations.
+
+    Autograd's own backward of ``rfft(·, n)`` runs a complex-to-complex FFT of size n per input (about twice a
+    real one) and re-derives both spectra. Here the forward keeps X and K, and the backward needs one rfft of
+    the incoming gradient g and two irfft: with G = rfft(g, 2L),
+    ``grad_x[s] = sum_{t >= s} g[t] k[t - s] = irfft(G * conj(K))[s]`` and
+    ``grad_k[j] = sum_{t >= j} g[t] x[t - j] = irfft(G * conj(X))[j]`` for s, j in 0..L-1. The circular lags
+    that wrap around (t - s < 0) land on indices >= L + 1 of the zero-padded k (or x), which are zero, so both
+    are exact. That is 3 real FFTs forward and 3 backward instead of 3 forward and 2 complex + 1 real backward;
+    tests/layers/test_orchid.py checks both gradients against the naive loop in float64.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, kernel: Tensor) -> Tensor:
+        length = x.shape[-1]
+        n = 2 * length
+        x_f = torch.fft.rfft(x, n=n)  # (B, C, L + 1)
+        k_f = torch.fft.rfft(kernel, n=n)  # (B or 1, C, L + 1)
+        ctx.save_for_backward(x_f, k_f)
+        ctx.kernel_batch = kernel.shape[0]  # type: ignore[attr-defined]
+        return torch.fft.irfft(x_f * k_f, n=n)[..., :length]  # (B, C, L)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x_f, k_f = ctx.saved_tensors  # type: ignore[attr-defined]
+        length = grad.shape[-1]
+        n = 2 * length
+        g_f = torch.fft.rfft(grad, n=n)  # (B, C, L + 1)
+        grad_x = grad_k = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            grad_x = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :length]  # (B, C, L)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            cross = g_f * x_f.conj()  # (B, C, L + 1)
+            if ctx.kernel_batch == 1 and cross.shape[0] != 1:  # type: ignore[attr-defined]
+                cross = cross.sum(dim=0, keepdim=True)  # the kernel was broadcast over the batch
+            grad_k = torch.fft.irfft(cross, n=n)[..., :length]  # (B or 1, C, L)
+        return grad_x, grad_k
+
+
 def fft_causal_conv(x: Tensor, kernel: Tensor, skip: Tensor) -> Tensor:
     """Causal linear convolution per channel with a skip: ``y[t] = sum_{s<=t} k[t - s] x[s] + skip * x[t]``.
 
     FFTs of size n = 2L: the product of two length-L sequences' spectra is the spectrum of their length-(2L - 1)
     linear convolution, which fits in n, so taking [:L] of the inverse is exact (no circular wrap-around).
-    Call it in float32 or float64 (torch.fft has no bf16).
+    Call it in float32 or float64 (torch.fft has no bf16). The backward reuses the forward's spectra
+    (`_CausalFFTConv`).
 
     Args:
         x: (B, C, L).
@@ -158,10 +200,9 @@ def fft_causal_conv(x: Tensor, kernel: Tensor, skip: Tensor) -> Tensor:
     Returns:
         (B, C, L).
     """
-    length = x.shape[-1]
-    n = 2 * length
-    spectrum = torch.fft.rfft(x, n=n) * torch.fft.rfft(kernel, n=n)  # (B, C, L + 1)
-    y = torch.fft.irfft(spectrum, n=n)[..., :length]  # (B, C, L)
+    if kernel.shape[0] not in (1, x.shape[0]) or kernel.shape[1:] != x.shape[1:]:
+        raise ValueError(f"kernel has shape {tuple(kernel.shape)}; expected (1 or {x.shape[0]}, *{tuple(x.shape[1:])})")
+    y = _CausalFFTConv.apply(x, kernel)  # (B, C, L)
     return y + x * skip.to(x.dtype)[:, None]
 
 

@@ -78,6 +78,32 @@ def test_global_conv_is_linear_not_circular() -> None:
     torch.testing.assert_close(y[..., :-1], torch.zeros(1, 2, 7), rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("kernel_batch", [1, 3])
+@pytest.mark.parametrize("length", [1, 5, 8])
+def test_fft_conv_gradients_match_direct_sum(kernel_batch: int, length: int) -> None:
+    """The hand-written backward (two FFT cross-correlations) against autograd through the direct double sum."""
+    gen = torch.Generator().manual_seed(length)
+    x = torch.randn(3, 2, length, dtype=torch.float64, generator=gen, requires_grad=True)
+    kernel = torch.randn(kernel_batch, 2, length, dtype=torch.float64, generator=gen, requires_grad=True)
+    skip = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
+    upstream = torch.randn(3, 2, length, dtype=torch.float64, generator=gen)
+    direct = (
+        torch.stack([sum(kernel[..., t - s] * x[..., s] for s in range(t + 1)) for t in range(length)], dim=-1)
+        + x * skip[:, None]
+    )
+    fast = fft_causal_conv(x, kernel, skip)
+    torch.testing.assert_close(fast, direct, rtol=1e-10, atol=1e-12)
+    grads_fast = torch.autograd.grad((fast * upstream).sum(), (x, kernel, skip))
+    grads_direct = torch.autograd.grad((direct * upstream).sum(), (x, kernel, skip))
+    for name, g_fast, g_direct in zip(("x", "kernel", "skip"), grads_fast, grads_direct, strict=True):
+        torch.testing.assert_close(g_fast, g_direct, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_fft_conv_refuses_a_kernel_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"kernel has shape \(2, 2, 8\); expected \(1 or 3"):
+        fft_causal_conv(torch.zeros(3, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2))
+
+
 def test_static_kernel_does_not_depend_on_window_length() -> None:
     block = _block(3, "none", seed=0)
     torch.testing.assert_close(block.implicit_filter(5, torch.float64), block.implicit_filter(16, torch.float64)[:, :5])
