@@ -16,11 +16,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from commformer.early_exit import EarlyExitConfig
 from commformer.layers.moe import MoEConfig
 from commformer.layers.orchid import OrchidConfig
 from commformer.validate import require_bool, require_choice, require_float, require_int
 
-__all__ = ["ENCODERS", "HEADS", "EncoderName", "GateConfig", "GraphConfig", "HeadName", "ModelConfig"]
+__all__ = [
+    "ENCODERS",
+    "HEADS",
+    "EarlyExitConfig",
+    "EncoderName",
+    "GateConfig",
+    "GraphConfig",
+    "HeadName",
+    "ModelConfig",
+]
 
 HeadName = Literal["linear", "moe"]
 HEADS: tuple[str, ...] = get_args(HeadName)
@@ -136,6 +146,9 @@ class ModelConfig:
     as ``obs["history"]`` (L, N, D), derived from this setting; must be 1 with ``encoder=mlp``."""
     orchid: OrchidConfig = field(default_factory=OrchidConfig)
     """The Orchid block of ``encoder=orchid``. Its ``max_len`` is set from ``history``: leave it out."""
+    early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
+    """JEI-DNN early exits: a head and a gate after the encoder and each block but the last
+    (commformer/early_exit.py)."""
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
@@ -150,7 +163,13 @@ class ModelConfig:
         require_bool("model.communicate", self.communicate)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
-        parts: dict[str, type] = {"graph": GraphConfig, "gates": GateConfig, "moe": MoEConfig, "orchid": OrchidConfig}
+        parts: dict[str, type] = {
+            "graph": GraphConfig,
+            "gates": GateConfig,
+            "moe": MoEConfig,
+            "orchid": OrchidConfig,
+            "early_exit": EarlyExitConfig,
+        }
         for name, cls in parts.items():
             value = getattr(self, name)
             if not isinstance(value, cls):

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
+from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
 from commformer.gates import TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
 from commformer.history import HistoryEncoder
@@ -63,6 +64,8 @@ class PolicyOutput:
     """Scalar sum of the mixture-of-experts heads' auxiliary losses (balance + z); 0 without MoE heads."""
     moe: dict[str, MoEOutput] = field(default_factory=dict)
     """The MoE heads' outputs by head name (``policy``, ``value``), for losses and usage statistics."""
+    exits: ExitOutput | None = None
+    """Every early exit's logits and gates (``model.early_exit.enabled``), else None."""
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -144,6 +147,10 @@ class CommFormerPolicy(nn.Module):
         self.value_head: nn.Module = (
             MoEHead(value_in, 1, config.moe) if config.value_head == "moe" else _mlp(value_in, d, 1)
         )
+        # Built last, so that every other module draws the same initial weights with exits on or off.
+        self.exits = (
+            EarlyExits(d, n_actions, config.num_blocks, config.early_exit) if config.early_exit.enabled else None
+        )
 
     def moe_heads(self) -> dict[str, MoEHead]:
         """The heads that are mixtures of experts, by name."""
@@ -207,34 +214,17 @@ class CommFormerPolicy(nn.Module):
         seq = seq.reshape(flat * n, length, dim)  # (B * N, L, D): one sequence per agent
         return self.history_encoder(seq).reshape(flat, n, -1)  # (B, N, d)
 
-    def forward(
+    def _trunk_input(
         self,
         obs: Tensor,
-        action_mask: Tensor | None = None,
-        alive: Tensor | None = None,
-        state: Tensor | None = None,
-        history: Tensor | None = None,
-        *,
-        gumbel: bool = False,
-    ) -> PolicyOutput:
-        """One forward pass over any leading batch dims ``*B``.
-
-        Args:
-            obs: (*B, N, D) per-agent observations.
-            action_mask: optional (*B, N, A), nonzero = available.
-            alive: optional (*B, N), 1 alive / 0 dead; dead agents send nothing and do not count in the
-                communication cost. Their own outputs are left as they are (losses mask them).
-            state: (*B, S) global state; required when the policy was built with ``state_dim`` and
-                ``config.use_state``, ignored when ``use_state`` is false.
-            history: (*B, L, N, D) each agent's last L = ``config.history`` observations, oldest first, the
-                current step last (the team env's ``obs["history"]``); required by the orchid / attention
-                encoders, ignored by mlp.
-            gumbel: add Gumbel noise to the graph's surrogate gradient (upper-level steps); the forward
-                values do not change.
-
-        Returns:
-            ``PolicyOutput`` with shapes restored to ``*B``.
-        """
+        action_mask: Tensor | None,
+        alive: Tensor | None,
+        state: Tensor | None,
+        history: Tensor | None,
+        gumbel: bool,
+    ) -> tuple[torch.Size, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """Checks shapes; returns (batch, h (B, N, d), adjacency (B, N, N), alive (B, N) or None, gate_open,
+        gate_prob (B, N), comm_cost): everything before the first communication block."""
         n, a = self.n_agents, self.n_actions
         if obs.dim() < 2 or obs.shape[-2:] != (n, self.obs_dim):
             raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
@@ -264,19 +254,74 @@ class CommFormerPolicy(nn.Module):
             gate_open = gate_prob = h.new_ones(flat, n)
             comm_cost = h.new_zeros(())
         adjacency = gate_adjacency(self.graph(gumbel=gumbel).to(h.dtype), gate_open, alive)  # (B, N, N)
+        return batch, h, adjacency, alive, gate_open, gate_prob, comm_cost
 
-        for block in self.blocks:
-            h = block(h, adjacency)
-        h = self.norm(h)  # (B, N, d)
-
-        moe: dict[str, MoEOutput] = {}
+    def _final_logits(self, h: Tensor, action_mask: Tensor | None) -> tuple[Tensor, MoEOutput | None]:
+        """The final head's masked logits (B, N, A) from the normalised last block's output h (B, N, d)."""
         head_out = self.policy_head(h)
+        moe = None
         if isinstance(head_out, MoEOutput):
-            moe["policy"], head_out = head_out, head_out.out
-        logits = head_out.reshape(*batch, n, a)  # (*B, N, A)
+            moe, head_out = head_out, head_out.out
         if action_mask is not None:
             # finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
-            logits = logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
+            head_out = head_out.masked_fill(action_mask == 0, torch.finfo(head_out.dtype).min)
+        return head_out, moe
+
+    def forward(
+        self,
+        obs: Tensor,
+        action_mask: Tensor | None = None,
+        alive: Tensor | None = None,
+        state: Tensor | None = None,
+        history: Tensor | None = None,
+        *,
+        gumbel: bool = False,
+        exit_depth: Tensor | None = None,
+    ) -> PolicyOutput:
+        """One full-depth forward pass over any leading batch dims ``*B`` (every block, head and exit runs).
+
+        Args:
+            obs: (*B, N, D) per-agent observations.
+            action_mask: optional (*B, N, A), nonzero = available.
+            alive: optional (*B, N), 1 alive / 0 dead; dead agents send nothing and do not count in the
+                communication cost. Their own outputs are left as they are (losses mask them).
+            state: (*B, S) global state; required when the policy was built with ``state_dim`` and
+                ``config.use_state``, ignored when ``use_state`` is false.
+            history: (*B, L, N, D) each agent's last L = ``config.history`` observations, oldest first, the
+                current step last (the team env's ``obs["history"]``); required by the orchid / attention
+                encoders, ignored by mlp.
+            gumbel: add Gumbel noise to the graph's surrogate gradient (upper-level steps); the forward
+                values do not change.
+            exit_depth: optional (*B,) int depths recorded when the action was taken with early exits
+                (``act``); ``logits`` then come from the head at that depth (the PPO consistency rule).
+                Needs ``model.early_exit.enabled``.
+
+        Returns:
+            ``PolicyOutput`` with shapes restored to ``*B``.
+        """
+        n, a = self.n_agents, self.n_actions
+        batch, h, adjacency, alive, gate_open, gate_prob, comm_cost = self._trunk_input(
+            obs, action_mask, alive, state, history, gumbel
+        )
+        flat = h.shape[0]
+        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
+
+        stream = []  # the residual stream before each block: the early exits' inputs
+        for block in self.blocks:
+            stream.append(h)
+            h = block(h, adjacency)
+        h = self.norm(h)  # (B, N, d)
+        logits, policy_moe = self._final_logits(h, mask)  # (B, N, A)
+        moe: dict[str, MoEOutput] = {} if policy_moe is None else {"policy": policy_moe}
+        exits = None
+        if self.exits is not None:
+            if exit_depth is not None:
+                self._check("exit_depth", exit_depth, (), batch)
+                exit_depth = exit_depth.reshape(h.shape[0])
+            exits = self.exits.all_exits(stream, logits, mask, exit_depth)
+            logits = select_depth(exits)  # the recorded path's logits (the final head's without a record)
+        elif exit_depth is not None:
+            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
 
         value_out = self.value_head(self._value_input(h, state))
         if isinstance(value_out, MoEOutput):
@@ -286,7 +331,7 @@ class CommFormerPolicy(nn.Module):
 
         messages = _count_messages(adjacency, alive)  # (B,)
         return PolicyOutput(
-            logits=logits,
+            logits=logits.reshape(*batch, n, a),
             values=values.reshape(*batch, n),
             adjacency=adjacency.reshape(*batch, n, n),
             gate_open=gate_open.reshape(*batch, n),
@@ -295,4 +340,63 @@ class CommFormerPolicy(nn.Module):
             messages=messages.reshape(batch),
             aux_loss=aux_loss,
             moe=moe,
+            exits=None if exits is None else exits.reshape(batch),
         )
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Tensor,
+        action_mask: Tensor | None = None,
+        alive: Tensor | None = None,
+        state: Tensor | None = None,
+        history: Tensor | None = None,
+        *,
+        early_exit: bool = True,
+        force_depth: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The acting path: masked logits (*B, N, A) and the depth they come from (*B,), no value head.
+
+        With exits (``early_exit`` and ``model.early_exit.enabled``) a team leaves at the first depth whose
+        gates all say exit (``team_exit_depth``) and the blocks beyond it are *not run* for that team: the
+        teams still going are gathered into a smaller batch before each block. ``force_depth`` makes every
+        team exit at that depth (running the same modules a natural exit there runs): it is how ``exit_macs``
+        measures each exit's cost. Without exits this is the plain full-depth path (depth G for every team).
+        ``state`` is accepted for a uniform signature and unused (only the critic reads it).
+        """
+        del state
+        n, a = self.n_agents, self.n_actions
+        batch, h, adjacency, alive, _, _, _ = self._trunk_input(obs, action_mask, alive, None, history, False)
+        flat = h.shape[0]
+        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
+        n_blocks = len(self.blocks)
+        if self.exits is None or not early_exit:
+            for block in self.blocks:
+                h = block(h, adjacency)
+            logits, _ = self._final_logits(self.norm(h), mask)
+            depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
+            return logits.reshape(*batch, n, a), depth.reshape(batch)
+
+        threshold = self.config.early_exit.threshold
+        out = h.new_empty(flat, n, a)
+        depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
+        rows = torch.arange(flat, device=h.device)  # which original teams are still running
+        for here, block in enumerate(self.blocks):
+            logits = self.exits.head_logits(here, h, mask)  # (b, N, A)
+            gates = torch.sigmoid(self.exits.gate_logit(here, logits))  # (b, N)
+            if force_depth is None:
+                leave = team_exit_depth(gates.unsqueeze(-1), alive, threshold) == 0  # (b,)
+            else:
+                leave = torch.full_like(rows, here == force_depth, dtype=torch.bool)
+            out[rows[leave]] = logits[leave]
+            depth[rows[leave]] = here
+            stay = ~leave
+            if not bool(stay.any()):  # the one host synchronisation: nothing left to run
+                return out.reshape(*batch, n, a), depth.reshape(batch)
+            rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
+            mask = mask[stay] if mask is not None else None
+            alive = alive[stay] if alive is not None else None
+            h = block(h, adjacency)
+        logits, _ = self._final_logits(self.norm(h), mask)
+        out[rows] = logits
+        return out.reshape(*batch, n, a), depth.reshape(batch)
