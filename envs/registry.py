@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from envs import mpe
+from envs import magent, mpe
 from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
@@ -64,6 +64,11 @@ ENVS: dict[str, EnvEntry] = {
         MemoryOptions,
         _make_memory,
         "each agent must repeat a private cue seen `delay` steps earlier; solvable only with a long enough history",
+    ),
+    "magent_battle": EnvEntry(
+        magent.BattleOptions,
+        magent.magent_battle,
+        "magent2 battle: n_agents per side on a grid, the team against a fixed random or scripted opponent",
     ),
 }
 
