@@ -1,8 +1,9 @@
 """`commformer` command line: train, evaluate, rollout, envs.
 
     commformer train [CONFIG] [key=value ...] [--resume RUN_DIR]
-    commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--json FILE] [--render FILE.gif]
-    commformer rollout ENV [--checkpoint C] [--episodes N] [--seed S] [--render FILE.gif] [option=value ...]
+    commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--early-exit] [--json FILE] [--render FILE.gif]
+    commformer rollout ENV [--checkpoint C [--early-exit]] [--episodes N] [--seed S] [--render FILE.gif]
+                       [option=value ...]
     commformer envs
 
 Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = "configs/mpe_spread.yaml"
+EARLY_EXIT_HELP = "act through the learned early exits (model.early_exit) and report depths, MACs and calibration"
 
 
 def _positive_int(text: str) -> int:
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--episodes", type=_positive_int, default=20)
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     evaluate.add_argument("--json", metavar="FILE", help="write the results as JSON")
     evaluate.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record the first episode")
 
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("env", help="env name (see `commformer envs`)")
     rollout.add_argument("options", nargs="*", metavar="option=value", help="env options, e.g. n_agents=5")
     rollout.add_argument("--checkpoint", metavar="C", help="act with this run's / checkpoint's policy")
+    rollout.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     rollout.add_argument("--episodes", type=_positive_int, default=3)
     rollout.add_argument("--seed", type=int, default=0)
     rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
@@ -88,6 +92,32 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"  {key:<{width}}  {text}")
 
 
+def _print_early_exit(report: dict[str, Any]) -> None:
+    """The early-exit section of evaluate / rollout as a table (nested values flattened to one line)."""
+    print("  early exits:")
+    flat = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {'n/a' if v is None else round(v, 4)}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join("n/a" if v is None else str(round(v, 4)) for v in value)
+        flat[f"  {key}"] = value
+    _print_table(flat)
+
+
+def _actor(policy: Any, use_state: bool, early_exit: bool) -> Any:
+    """The greedy actor, or the early-exit actor (`--early-exit`); a policy without exits is an input error."""
+    from agents.play import EarlyExitActor, greedy_actor
+    from commformer.typed import ConfigError
+
+    if not early_exit:
+        return greedy_actor(policy, use_state=use_state)
+    try:
+        return EarlyExitActor(policy, use_state=use_state)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
     from agents import checkpoints as ckpt
     from commformer.export import load_policy
@@ -110,7 +140,7 @@ def _make_env(env_section: dict[str, Any], render: bool, policy: Any = None) -> 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from agents.play import greedy_actor, play, write_gif
+    from agents.play import play, write_gif
 
     policy, metadata, checkpoint = _load_trained(args.path)
     env_section = metadata["env"]
@@ -118,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     frames: list[Any] | None = [] if args.render else None
     try:
         # Record only the first episode: a GIF of twenty episodes is too long to watch.
-        actor = greedy_actor(policy, use_state=bool(env_section.get("use_state")))
+        actor = _actor(policy, bool(env_section.get("use_state")), args.early_exit)
         stats = play(env, actor, 1, seed=args.seed, frames=frames)
         rest = play(env, actor, args.episodes - 1, seed=args.seed + 1)
     finally:
@@ -128,8 +158,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for key, values in rest.step_stats.items():
         stats.step_stats.setdefault(key, []).extend(values)
     summary = {"checkpoint": str(checkpoint), "env": env_section["name"], **stats.summary()}
+    if args.early_exit:
+        summary["early_exit"] = actor.report()
     print(f"evaluated {checkpoint} on {env_section['name']} ({args.episodes} greedy episodes)")
-    _print_table({k: v for k, v in summary.items() if k not in ("checkpoint", "env")})
+    _print_table({k: v for k, v in summary.items() if k not in ("checkpoint", "env", "early_exit")})
+    if args.early_exit:
+        _print_early_exit(summary["early_exit"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -141,9 +175,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from agents.config import ConfigError, parse_override
-    from agents.play import greedy_actor, play, random_actor, write_gif
+    from agents.play import play, random_actor, write_gif
     from envs.registry import ENVS
 
+    if args.early_exit and not args.checkpoint:
+        raise ConfigError("--early-exit acts through a trained policy's exits; expected --checkpoint C as well")
     if args.env not in ENVS:
         raise ConfigError(f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}")
     options: dict[str, Any] = {}
@@ -160,8 +196,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             )
         options = {**(metadata["env"].get("options") or {}), **options}
         use_state = bool(metadata["env"].get("use_state"))
-        actor = greedy_actor(policy, use_state=use_state)
-        who = f"policy of {checkpoint}"
+        actor = _actor(policy, use_state, args.early_exit)
+        who = f"policy of {checkpoint}" + (" (early exits)" if args.early_exit else "")
     else:
         actor = random_actor(args.seed)
         who = "random policy"
@@ -182,6 +218,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     finally:
         env.close()
     _print_table(stats.summary())
+    if args.early_exit:
+        _print_early_exit(actor.report())
     if frames is not None:
         print(f"wrote {write_gif(frames, args.render)}")
     return 0

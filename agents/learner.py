@@ -10,6 +10,13 @@ RLlib's cyclic minibatch iterator does not expose epoch boundaries. A held-out s
 bi-level) would halve the data of both levels; with PPO's clipped surrogate already bounding each step, the
 shared batch keeps the sample efficiency. After `graph_freeze_fraction` of the run the graph stops moving.
 
+Early exits (`model.early_exit`, commformer/early_exit.py): the heads learn to imitate the final head
+(distillation) and the gates learn the JEI-DNN surrogate target, jointly with PPO inside the same loss; heads and
+gates take turns (`EarlyExitConfig.phase` of the gradient-step counter) after a warm-up in which only the heads
+learn. Both exit losses reach only the exit modules (detached inputs), and they are ordinary lower-level
+parameters: the "model" optimizer steps them, graph steps leave them alone. When the EnvRunners acted with exits
+the PPO ratio is taken on the recorded head (agents/rl_module.py replays the depth).
+
 Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ratio whose clip range shrinks
 per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents and
 RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
@@ -31,7 +38,16 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
 
-from agents.rl_module import POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
+from agents.rl_module import EXIT_DEPTH, POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
+from commformer.early_exit import (
+    EarlyExitConfig,
+    distill_kl,
+    exit_macs,
+    gate_loss,
+    gate_targets,
+    surrogate_target,
+    team_exit_depth,
+)
 from commformer.policy import PolicyOutput
 
 MODEL_OPTIMIZER = "model"
@@ -79,6 +95,46 @@ def ppo_team_loss(
     }
 
 
+def early_exit_loss(
+    out: PolicyOutput, weight: Tensor, costs: Tensor, config: EarlyExitConfig, phase: str
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The exits' share of the loss at one gradient step, and its statistics.
+
+    Args:
+        out: a full-depth forward with exits.  weight: (B, N) 0/1 agents that count.
+        costs: (G + 1,) relative MACs C_l of reaching each exit (``ExitMacs.relative``).
+        phase: ``heads`` (distillation, weight ``distill_weight``) or ``gates`` (surrogate BCE, ``gate_weight``).
+
+    Per team, loss_l = mean over counted agents of KL(pi_final || pi_l) and loss_G = 0; the target exit is
+    l* = argmin_l loss_l + lambda * C_l (commformer/early_exit.py).
+    """
+    assert out.exits is not None
+    exits = out.exits
+    kl = distill_kl(exits.final_logits, exits.head_logits)  # (B, G, N)
+    w = weight.unsqueeze(1)  # (B, 1, N)
+    distill = (kl * w).sum() / (w.sum() * kl.shape[1]).clamp(min=1.0)
+    with torch.no_grad():
+        team_kl = (kl * w).sum(-1) / w.sum(-1).clamp(min=1.0)  # (B, G)
+        losses = torch.cat([team_kl, torch.zeros_like(team_kl[:, :1])], dim=-1)  # (B, G + 1)
+        optimal = surrogate_target(losses, costs, config.cost_weight)  # (B,)
+        valid_team = weight.sum(-1) > 0  # (B,)
+        gates = torch.sigmoid(exits.gate_logits)
+        depth = team_exit_depth(gates, weight, config.threshold).to(kl.dtype)  # the rule's choice on this batch
+    gates_loss = gate_loss(exits.gate_logits, gate_targets(optimal, kl.shape[1]), weight)
+    total = config.distill_weight * distill if phase == "heads" else config.gate_weight * gates_loss
+    teams = valid_team.to(kl.dtype)
+    stats = {
+        "exit_phase_gates": torch.tensor(float(phase == "gates")),
+        "exit_distill_kl": distill.detach(),
+        "exit_gate_loss": gates_loss.detach(),
+        "exit_target_depth_mean": (optimal.to(kl.dtype) * teams).sum() / teams.sum().clamp(min=1.0),
+        "exit_depth_mean": (depth * teams).sum() / teams.sum().clamp(min=1.0),
+    }
+    for layer in range(kl.shape[1]):
+        stats[f"exit_kl_{layer}"] = ((kl[:, layer] * weight).sum() / weight.sum().clamp(min=1.0)).detach()
+    return total, stats
+
+
 def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, delta: float) -> Tensor:
     """Huber loss of per-agent normalised values (B, N) against the team's normalised targets (B,)."""
     err = F.huber_loss(values_norm, targets_norm.unsqueeze(-1).expand_as(values_norm), reduction="none", delta=delta)
@@ -101,6 +157,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._use_value_norm = bool(settings["value_norm"])
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
+        self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
 
     # -- optimizers ---------------------------------------------------------------------------------------------
 
@@ -200,6 +257,21 @@ class CommFormerPPOLearner(PPOTorchLearner):
 
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
         total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"] + out.comm_cost
+        if out.exits is not None:
+            exit_cfg = module.model_cfg.early_exit
+            if module_id not in self._exit_costs:
+                self._exit_costs[module_id] = exit_macs(module.policy).relative().to(logits.device)
+            exit_total, exit_stats = early_exit_loss(
+                out, weight, self._exit_costs[module_id], exit_cfg, exit_cfg.phase(self._grad_steps)
+            )
+            total = total + exit_total
+            recorded = batch.get(EXIT_DEPTH)
+            if recorded is not None and module.acts_with_exits:
+                steps = weight.amax(-1)  # (B,) steps that count
+                exit_stats["exit_rollout_depth_mean"] = (recorded.to(steps.dtype) * steps).sum() / steps.sum().clamp(
+                    min=1.0
+                )
+            self.metrics.log_dict(exit_stats, key=module_id, window=1)
         with torch.no_grad():
             receivers = alive.sum().clamp(min=1.0)
             self.metrics.log_dict(

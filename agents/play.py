@@ -2,6 +2,14 @@
 
 Needs no Ray: the policy is the exported `CommFormerPolicy` (safetensors + JSON), or a uniform random policy
 over each agent's available actions.
+
+`EarlyExitActor` acts through the early exits (`--early-exit`): the blocks after a team's exit are not run, and
+it reports the exit depths, the MACs executed against the full-depth policy (counted once by FlopCounterMode on
+the policy's own modules, commformer/early_exit.py) and the calibration of the exits. Calibration has no labels
+in RL; the reference is the full-depth policy's greedy action, i.e. the action the exit stands in for: an exit's
+confidence (its top probability) is compared with how often its greedy action agrees with the final head's.
+That check runs one extra full forward per step, for measurement only: it is not counted in the MACs, and it
+never changes an action.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from commformer.early_exit import ece, exit_macs
 from commformer.policy import CommFormerPolicy
 from envs.registry import make_team_env
 from envs.team import TeamEnv
@@ -67,6 +76,98 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
         return out.logits.argmax(-1).numpy(), stats
 
     return act
+
+
+def _tensors(
+    obs: dict[str, np.ndarray], use_state: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """obs, action_mask, alive, state (or None), history (or None) of one team as tensors."""
+    return (
+        torch.as_tensor(obs["obs"]),
+        torch.as_tensor(obs["action_mask"]),
+        torch.as_tensor(obs["alive"]),
+        torch.as_tensor(obs["state"]) if use_state and "state" in obs else None,
+        torch.as_tensor(obs["history"]) if "history" in obs else None,
+    )
+
+
+class EarlyExitActor:
+    """Greedy actions of an exported policy through its early exits (batch of one team), with exit statistics.
+
+    Raises:
+        ValueError: the policy was trained without ``model.early_exit.enabled``.
+    """
+
+    def __init__(self, policy: CommFormerPolicy, use_state: bool) -> None:
+        if policy.exits is None:
+            raise ValueError(
+                "--early-exit needs a policy trained with model.early_exit.enabled=true; this one has no exits"
+            )
+        self.policy, self.use_state = policy, use_state
+        self.macs = exit_macs(policy)
+        self.n_exits = policy.exits.n_exits
+        self.depths: list[int] = []
+        self.agree: list[bool] = []  # per agent decision: the action taken equals the full-depth greedy action
+        self.head_conf: list[list[float]] = [[] for _ in range(self.n_exits)]  # every head, every step
+        self.head_correct: list[list[bool]] = [[] for _ in range(self.n_exits)]
+        self.exit_conf: list[list[float]] = [[] for _ in range(self.n_exits)]  # the head the team exited at
+        self.exit_correct: list[list[bool]] = [[] for _ in range(self.n_exits)]
+
+    @torch.no_grad()
+    def __call__(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+        x, mask, alive, state, history = _tensors(obs, self.use_state)
+        logits, depth = self.policy.act(x, mask, alive, history=history)
+        actions = logits.argmax(-1)  # (N,)
+        d = int(depth)
+        full = self.policy(x, mask, alive, state, history)
+        assert full.exits is not None
+        reference = full.exits.final_logits.argmax(-1)  # (N,) the full-depth greedy action
+        counted = alive > 0
+        for layer in range(self.n_exits):
+            probs = torch.softmax(full.exits.head_logits[layer], -1)  # (N, A)
+            conf, choice = probs.max(-1)
+            correct = choice == reference
+            self.head_conf[layer].extend(conf[counted].tolist())
+            self.head_correct[layer].extend(correct[counted].tolist())
+            if layer == d:
+                self.exit_conf[layer].extend(conf[counted].tolist())
+                self.exit_correct[layer].extend(correct[counted].tolist())
+        self.depths.append(d)
+        self.agree.extend((actions == reference)[counted].tolist())
+        receivers = float(alive.sum().clamp(min=1.0))
+        stats = {
+            "messages": float(full.messages) if d > 0 else 0.0,  # no block ran, no message was read
+            "gate_open_rate": float((full.gate_open * alive).sum()) / receivers,
+            "exit_depth": float(d),
+            "macs": float(self.macs.per_exit[d]),
+        }
+        return actions.numpy(), stats
+
+    def report(self) -> dict[str, Any]:
+        """Exit depths, MACs executed vs full depth, calibration and agreement (JSON-ready)."""
+        n = self.macs.n_agents
+        executed = float(np.mean([self.macs.per_exit[d] for d in self.depths])) if self.depths else math.nan
+        histogram = {str(depth): self.depths.count(depth) for depth in range(self.n_exits + 1)}
+
+        def _ece(conf: list[float], correct: list[bool]) -> float | None:
+            return ece(torch.tensor(conf), torch.tensor(correct)) if conf else None
+
+        return {
+            "num_exits": self.n_exits + 1,
+            "exit_depth_mean": float(np.mean(self.depths)) if self.depths else math.nan,
+            "exit_depth_histogram": histogram,
+            "macs_per_step_executed": executed,
+            "macs_per_step_full_depth": float(self.macs.full_depth),
+            "macs_per_action_executed": executed / n,
+            "macs_per_action_full_depth": self.macs.full_depth / n,
+            "macs_saved_fraction": 1.0 - executed / self.macs.full_depth,
+            "macs_per_exit": list(self.macs.per_exit),
+            "agreement_with_full_depth": float(np.mean(self.agree)) if self.agree else None,
+            "ece_at_exit": {
+                str(layer): _ece(self.exit_conf[layer], self.exit_correct[layer]) for layer in range(self.n_exits)
+            },
+            "ece_per_head": [_ece(self.head_conf[layer], self.head_correct[layer]) for layer in range(self.n_exits)],
+        }
 
 
 def random_actor(seed: int | None) -> Actor:

@@ -9,6 +9,12 @@ log-prob; the learner views them back as (B, N, A) for per-agent PPO ratios.
 Everything that shapes pi(a|s) here (the top-k graph, the temporal gates, the history window, which is part of
 the observation) is a deterministic function of the observation and the parameters, so the EnvRunner's forward
 and the Learner's recomputation agree exactly (the PPO consistency rule, ARCHITECTURE section 3).
+
+Early exits (`model.early_exit.rollout`): the EnvRunner acts with `CommFormerPolicy.act`, which stops running
+blocks once the team exits, and returns the exit depth of every step as `EXIT_DEPTH`; RLlib keeps every forward
+output as an extra model output of the episode, so the depth reaches the train batch, and `_forward_train`
+replays it (the logits come from the head the action was sampled from). The gates keep learning between
+rollouts, so a depth is recorded, not recomputed. By default rollouts run the full depth and no depth is stored.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from commformer.value_norm import ValueNorm
 # Keys of `_forward_train`'s output read by the learner.
 VALUES_NORMALIZED = "values_normalized"
 POLICY_OUTPUT = "commformer_policy_output"
+EXIT_DEPTH = "commformer_exit_depth"
+"""(B,) int: the depth each step's action was taken at (rollouts with `model.early_exit.rollout`)."""
 
 
 @dataclass(frozen=True)
@@ -105,20 +113,38 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         lens = [self.n_actions] * self.n_agents
         self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=lens)  # type: ignore[misc]
 
-    def policy_output(self, batch: dict[str, Any]) -> PolicyOutput:
+    def policy_output(self, batch: dict[str, Any], exit_depth: Tensor | None = None) -> PolicyOutput:
         obs = batch[Columns.OBS]
         state = obs.get("state") if self.model_cfg.use_state else None
         history = obs.get("history") if self.model_cfg.env_history else None
-        return self.policy(obs["obs"], action_mask=obs["action_mask"], alive=obs["alive"], state=state, history=history)
+        return self.policy(
+            obs["obs"],
+            action_mask=obs["action_mask"],
+            alive=obs["alive"],
+            state=state,
+            history=history,
+            exit_depth=exit_depth,
+        )
+
+    @property
+    def acts_with_exits(self) -> bool:
+        """Whether the EnvRunners act with early exits (and record the depths)."""
+        return self.model_cfg.early_exit.enabled and self.model_cfg.early_exit.rollout
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if self.acts_with_exits:
+            obs = batch[Columns.OBS]
+            history = obs.get("history") if self.model_cfg.env_history else None
+            logits, depth = self.policy.act(obs["obs"], obs["action_mask"], obs["alive"], history=history)
+            return {Columns.ACTION_DIST_INPUTS: logits.flatten(-2), EXIT_DEPTH: depth}  # (B, N * A), (B,)
         out = self.policy_output(batch)
         return {Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        out = self.policy_output(batch)
+        exit_depth = batch.get(EXIT_DEPTH) if self.acts_with_exits else None
+        out = self.policy_output(batch, exit_depth=exit_depth)
         return {
-            Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A)
+            Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A), along the recorded exit path
             VALUES_NORMALIZED: out.values,  # (B, N), in ValueNorm units
             POLICY_OUTPUT: out,
         }
