@@ -388,14 +388,18 @@ class CommFormerPolicy(nn.Module):
                 leave = team_exit_depth(gates.unsqueeze(-1), alive, threshold) == 0  # (b,)
             else:
                 leave = torch.full_like(rows, here == force_depth, dtype=torch.bool)
-            out[rows[leave]] = logits[leave]
-            depth[rows[leave]] = here
-            stay = ~leave
-            if not bool(stay.any()):  # the one host synchronisation: nothing left to run
+            leaving = int(leave.sum())  # the one host synchronisation per depth: how many teams stop here
+            if leaving == rows.shape[0]:  # everyone: no copy into the batch, no block
+                out[rows] = logits
+                depth[rows] = here
                 return out.reshape(*batch, n, a), depth.reshape(batch)
-            rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
-            mask = mask[stay] if mask is not None else None
-            alive = alive[stay] if alive is not None else None
+            if leaving:  # some: record them, and run the next block on the others only
+                out[rows[leave]] = logits[leave]
+                depth[rows[leave]] = here
+                stay = ~leave
+                rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
+                mask = mask[stay] if mask is not None else None
+                alive = alive[stay] if alive is not None else None
             h = block(h, adjacency)
         logits, _ = self._final_logits(self.norm(h), mask)
         out[rows] = logits
