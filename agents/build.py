@@ -16,6 +16,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from agents.config import ConfigError, ExperimentConfig, to_dict
+from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
 from agents.rl_module import CommFormerRLModule, team_dims
 from envs.registry import make_team_env
@@ -94,6 +95,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
             f"resources.num_learners={res.num_learners}; expected a multiple"
         )
     freeze_steps = int(train.graph_freeze_fraction * config.stop.env_steps)
+    faults = config.faults
     return (
         PPOConfig()
         .framework("torch")
@@ -102,10 +104,19 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,  # type: ignore[arg-type]  # RLlib takes floats
+            custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
             rollout_fragment_length="auto",
         )
+        .fault_tolerance(
+            restart_failed_env_runners=faults.restart_env_runners,
+            max_num_env_runner_restarts=faults.max_env_runner_restarts,
+            delay_between_env_runner_restarts_s=faults.env_runner_restart_delay_s,
+            restart_failed_sub_environments=faults.restart_failed_envs,
+        )
+        .callbacks(NonFiniteCounter)
         .learners(
             num_learners=res.num_learners,
+            num_cpus_per_learner=res.num_cpus_per_learner,
             num_gpus_per_learner=res.num_gpus_per_learner,
             learner_class=CommFormerPPOLearner,
             learner_config_dict={

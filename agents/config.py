@@ -87,7 +87,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """How the work is spread over processes and devices."""
+    """How the work is spread over processes, nodes and devices (checked against the cluster before training)."""
 
     num_env_runners: int = 0
     """Remote EnvRunner actors; 0 samples in the driver process (fastest on a 2-core machine)."""
@@ -95,15 +95,69 @@ class ResourcesConfig:
     """Vectorised env copies per runner; inference is batched across them (8 -> 16 -> 32: 1,110 -> 1,220 ->
     1,270 env steps/s on simple_spread here)."""
     num_cpus_per_env_runner: float = 1.0
+    custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources each remote EnvRunner needs, e.g. `{rollout: 1}` to place the runners on the nodes
+    started with `ray start --resources='{"rollout": N}'` (docker/cluster.yaml's CPU rollout nodes)."""
     num_learners: int = 0
     """Remote Learner actors; 0 updates in the driver. With >= 2 the update is data-parallel (DDP)."""
+    num_cpus_per_learner: float = 1.0
+    """CPUs each remote Learner reserves (with no GPU it also computes on them)."""
     num_gpus_per_learner: float = 0.0
+    """GPUs per Learner (per remote Learner, or for the driver's own Learner when num_learners = 0)."""
 
     def __post_init__(self) -> None:
         _positive(self, "resources", ("num_envs_per_env_runner",))
-        for name in ("num_env_runners", "num_learners", "num_gpus_per_learner", "num_cpus_per_env_runner"):
+        for name in (
+            "num_env_runners",
+            "num_learners",
+            "num_gpus_per_learner",
+            "num_cpus_per_env_runner",
+            "num_cpus_per_learner",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)}; expected a value >= 0")
+        for name, amount in self.custom_resources_per_env_runner.items():
+            if amount <= 0:
+                raise ConfigError(f"resources.custom_resources_per_env_runner.{name}={amount}; expected a value > 0")
+        if self.custom_resources_per_env_runner and self.num_env_runners == 0:
+            raise ConfigError(
+                "resources.custom_resources_per_env_runner is set but resources.num_env_runners=0 (sampling in the "
+                "driver places no EnvRunner); expected num_env_runners >= 1"
+            )
+
+    def demand(self) -> dict[str, float]:
+        """What the remote actors of a run reserve in total, per Ray resource (the driver's own use aside)."""
+        runners, learners = self.num_env_runners, self.num_learners
+        total: dict[str, float] = {
+            "CPU": runners * self.num_cpus_per_env_runner + learners * self.num_cpus_per_learner,
+            "GPU": max(learners, 1) * self.num_gpus_per_learner,
+        }
+        for name, amount in self.custom_resources_per_env_runner.items():
+            total[name] = runners * amount
+        return {name: amount for name, amount in total.items() if amount > 0}
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """What a run survives and when it gives up (docs/DESIGN.md, "Faults")."""
+
+    restart_env_runners: bool = True
+    """Replace a remote EnvRunner that dies; training goes on with the others meanwhile."""
+    max_env_runner_restarts: int = 1000
+    env_runner_restart_delay_s: float = 2.0
+    """Wait between an EnvRunner's death and its restart (Ray's own default is 60 s)."""
+    restart_failed_envs: bool = True
+    """An env that raises in reset() or step() is rebuilt and sampling goes on: the episodes in flight on that
+    EnvRunner are dropped (RLlib rebuilds its whole vector of envs) and counted as env errors."""
+    max_bad_iterations: int = 5
+    """Stop with an error after this many iterations in a row that each saw a non-finite observation or skipped
+    an update for a non-finite loss (a run that keeps producing them is broken, not unlucky)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "faults", ("max_bad_iterations",))
+        for name in ("max_env_runner_restarts", "env_runner_restart_delay_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"faults.{name}={getattr(self, name)}; expected a value >= 0")
 
 
 @dataclass(frozen=True)
@@ -141,6 +195,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

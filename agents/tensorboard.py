@@ -78,6 +78,12 @@ class RunLogger:
         self.writer.add_scalar("perf/env_steps_per_s", fps, env_steps)
         self.writer.flush()
 
+    def log_faults(self, totals: dict[str, float], env_steps: int) -> None:
+        """Lifetime fault counters (agents/faults.py), one `faults/<name>` scalar each."""
+        for name, value in totals.items():
+            self.writer.add_scalar(f"faults/{name}", value, env_steps)
+        self.writer.flush()
+
     def log_graph(self, graph: CommGraph, env_steps: int) -> None:
         """The hard graph (who listens to whom: row = receiver, column = sender) and the sender probabilities."""
         with torch.no_grad():

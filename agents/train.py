@@ -18,6 +18,7 @@ import torch
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, ExperimentConfig, load_config, read_yaml, save_config
+from agents.faults import FaultTracker, check_resources
 from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
 from commformer.export import save_policy
@@ -180,6 +181,7 @@ class _Run:
         run = self.config.run
         logger = RunLogger(self.run_dir)
         progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
+        faults = FaultTracker(self.config.faults.max_bad_iterations)
         env_steps, last, iteration = start_steps, None, self.algo.iteration
         start_iteration = iteration
         try:
@@ -193,7 +195,11 @@ class _Run:
                 if iteration % run.graph_image_every == 0 or iteration == 1:
                     logger.log_graph(self.snapshot().graph, env_steps)
                 ret = _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
-                progress.print(iteration, env_steps, ret, fps, logger.summary(result))
+                try:
+                    faults.update(result)
+                finally:  # the iteration that breaks the limit is still shown and logged
+                    logger.log_faults(faults.totals, env_steps)
+                    progress.print(iteration, env_steps, ret, fps, logger.summary(result) + faults.summary())
                 if iteration % run.checkpoint_every == 0:
                     last = self.save(iteration, env_steps)
             if iteration != start_iteration and (last is None or ckpt.read_meta(last)["iteration"] != iteration):
@@ -219,6 +225,13 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
 
     started_ray = init_ray()
     import ray
+
+    try:
+        check_resources(config, ray.cluster_resources(), torch.cuda.is_available())
+    except ConfigError:
+        if started_ray:
+            ray.shutdown()
+        raise
 
     # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
     logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)

@@ -44,6 +44,14 @@ def convert(tp: Any, value: Any, path: str, converters: Mapping[type, Converter]
         if value not in choices:
             raise ConfigError(f"{path}={value!r}; expected one of: {', '.join(map(str, choices))}")
         return value
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}={value!r}; expected a mapping of names to values")
+        return {
+            convert(key_tp, k, path, converters): convert(value_tp, v, f"{path}.{k}", converters)
+            for k, v in value.items()
+        }
     if isinstance(tp, type) and tp in converters:
         return converters[tp](value, path)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -105,4 +113,6 @@ def to_dict(config: Any) -> Any:
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, tuple | list):
         return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
     return config

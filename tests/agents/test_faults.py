@@ -1,0 +1,235 @@
+"""Faults a run survives (an env that raises, a dead EnvRunner, NaN observations) and the give-up rule."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents import checkpoints as ckpt
+from agents.config import ConfigError, load_config
+from agents.faults import FaultLimitError, FaultTracker, check_resources
+from envs.registry import ENVS, EnvEntry
+from envs.signal import SignalEnv, SignalOptions
+
+TINY = [
+    "training.train_batch_size=256",
+    "training.minibatch_size=128",
+    "training.num_epochs=1",
+    "model.embed_dim=16",
+    "resources.num_envs_per_env_runner=2",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The counters and the give-up rule, on hand-built results.
+
+
+def _result(env_errors: float = 0, restarts: float = 0, nonfinite: float = 0, skipped: float = 0) -> dict[str, Any]:
+    return {
+        "env_runners": {"num_env_step_failures": env_errors, "nonfinite_obs_steps": nonfinite},
+        "fault_tolerance": {"num_remote_worker_restarts": restarts},
+        "learners": {"default_policy": {"skipped_updates_lifetime": skipped}},
+    }
+
+
+def test_tracker_reports_increments_of_the_lifetime_counters() -> None:
+    tracker = FaultTracker(max_bad_iterations=3)
+    assert tracker.update(_result()) == dict.fromkeys(tracker.totals, 0.0)
+    assert tracker.summary() == ""
+    deltas = tracker.update(_result(env_errors=2, restarts=1))
+    assert deltas == {"env_errors": 2, "env_runner_restarts": 1, "nonfinite_obs_steps": 0, "skipped_updates": 0}
+    assert tracker.bad_streak == 0  # crashes that were repaired are not "bad": nothing keeps coming
+    assert tracker.summary() == " | faults: 2 env errors, 1 runner restart"
+    assert tracker.update(_result(env_errors=3, restarts=1))["env_errors"] == 1
+
+
+def test_tracker_stops_after_max_bad_iterations_in_a_row() -> None:
+    tracker = FaultTracker(max_bad_iterations=3)
+    tracker.update(_result(nonfinite=5))
+    tracker.update(_result(nonfinite=5, skipped=1))
+    tracker.update(_result(nonfinite=5, skipped=1))  # a clean iteration resets the streak
+    tracker.update(_result(nonfinite=9, skipped=1))
+    tracker.update(_result(nonfinite=9, skipped=2))
+    with pytest.raises(FaultLimitError, match=r"3 iterations in a row saw non-finite values .* 4 env steps"):
+        tracker.update(_result(nonfinite=13, skipped=2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resources the cluster does not have are refused before any actor is started.
+
+
+def test_gpu_learner_in_a_driver_without_cuda_is_refused() -> None:
+    config = load_config("configs/signal.yaml", ["resources.num_gpus_per_learner=1"])
+    with pytest.raises(ConfigError, match=r"num_gpus_per_learner=1.0 with resources.num_learners=0 .* no CUDA"):
+        check_resources(config, {"CPU": 2.0}, cuda_in_driver=False)
+    check_resources(config, {"CPU": 2.0}, cuda_in_driver=True)  # the driver's own GPU: fine
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["resources.num_learners=1", "resources.num_gpus_per_learner=1"], r"asks for 1 GPUs .* cluster has 0"),
+        (["resources.num_env_runners=3"], r"asks for 3 CPUs .* cluster has 2"),
+        (
+            ["resources.num_env_runners=1", "resources.custom_resources_per_env_runner.rollout=1"],
+            r"1 units of the custom resource 'rollout' .* cluster has 0",
+        ),
+    ],
+)
+def test_resources_the_cluster_lacks_are_refused(overrides: list[str], message: str) -> None:
+    config = load_config("configs/signal.yaml", overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_resources(config, {"CPU": 2.0}, cuda_in_driver=False)
+
+
+def test_resources_the_cluster_has_are_accepted() -> None:
+    config = load_config(
+        "configs/signal.yaml",
+        [
+            "resources.num_env_runners=2",
+            "resources.num_cpus_per_env_runner=0.5",
+            "resources.custom_resources_per_env_runner.rollout=1",
+            "resources.num_learners=2",
+            "resources.num_gpus_per_learner=0.5",
+        ],
+    )
+    assert config.resources.demand() == {"CPU": 3.0, "GPU": 1.0, "rollout": 2.0}
+    check_resources(config, {"CPU": 3.0, "GPU": 1.0, "rollout": 2.0}, cuda_in_driver=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("resources.custom_resources_per_env_runner.rollout=0", r"custom_resources_per_env_runner.rollout=0"),
+        ("resources.custom_resources_per_env_runner=3", r"custom_resources_per_env_runner=3; expected a mapping"),
+        ("faults.max_bad_iterations=0", r"faults.max_bad_iterations=0; expected a value > 0"),
+        ("faults.env_runner_restart_delay_s=-1", r"faults.env_runner_restart_delay_s=-1.0; expected a value >= 0"),
+    ],
+)
+def test_bad_fault_and_resource_keys_are_named(override: str, message: str) -> None:
+    overrides = ["resources.num_env_runners=1", override]
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/signal.yaml", overrides)
+
+
+def test_custom_resources_without_remote_runners_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"num_env_runners=0 .* expected num_env_runners >= 1"):
+        load_config("configs/signal.yaml", ["resources.custom_resources_per_env_runner.rollout=1"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real training with injected faults (sampling in the driver, so the test's env table is the one used).
+
+
+class _FaultySignal(SignalEnv):
+    """The signal env, raising in step() at the given counts of steps (over all copies), or with NaN observations.
+
+    RLlib restarts the sample() call in which an env fails, so failures must be rarer than one per iteration for
+    an iteration to complete (as real env errors are).
+    """
+
+    steps = 0  # shared by every copy in this process
+
+    def __init__(self, options: SignalOptions, *, raise_at: tuple[int, ...] = (), nan: bool = False) -> None:
+        super().__init__(options)
+        self.raise_at, self.nan = raise_at, nan
+
+    def step(self, actions: dict[str, Any]) -> Any:
+        type(self).steps += 1
+        if type(self).steps in self.raise_at:
+            raise RuntimeError("injected env failure")
+        obs, *rest = super().step(actions)
+        if self.nan:
+            obs = {agent: np.full_like(o, np.nan) for agent, o in obs.items()}
+        return (obs, *rest)
+
+
+@pytest.fixture
+def faulty_env(monkeypatch: pytest.MonkeyPatch):
+    def install(**kwargs: Any) -> str:
+        entry = EnvEntry(SignalOptions, lambda options, render_mode=None: _FaultySignal(options, **kwargs), "faulty")
+        monkeypatch.setitem(ENVS, "faulty_signal", entry)
+        return "faulty_signal"
+
+    return install
+
+
+def _train(tmp_path: Path, overrides: list[str]) -> tuple[Path, str]:
+    from agents.train import prepare_run, train
+
+    config, run_dir = prepare_run("configs/signal.yaml", [*TINY, f"run.output_dir={tmp_path}", *overrides], None)
+    out = io.StringIO()
+    try:
+        train(config, run_dir, out=out)
+    finally:
+        print(out.getvalue())
+    return run_dir, out.getvalue()
+
+
+def test_env_that_raises_drops_episodes_and_training_goes_on(ray_session, tmp_path, faulty_env) -> None:
+    _FaultySignal.steps = 0
+    name = faulty_env(raise_at=(100, 700))
+    run_dir, out = _train(tmp_path, [f"env.name={name}", "stop.env_steps=1024", "run.name=r"])
+    meta = ckpt.read_meta(ckpt.latest_checkpoint(run_dir))
+    assert meta["env_steps"] >= 1024
+    assert out.rstrip().splitlines()[-2].endswith("| faults: 2 env errors")  # the last progress line
+
+
+def test_nan_observations_are_counted_and_a_run_that_keeps_them_stops(ray_session, tmp_path, faulty_env) -> None:
+    name = faulty_env(nan=True)
+    with pytest.raises(FaultLimitError, match="2 iterations in a row saw non-finite values"):
+        _train(
+            tmp_path,
+            [
+                f"env.name={name}",
+                "stop.env_steps=5000",
+                "run.name=n",
+                "faults.max_bad_iterations=2",
+                "run.checkpoint_every=1",
+            ],
+        )
+    latest = ckpt.latest_checkpoint(tmp_path / "n")  # the iteration before the stop was saved and is resumable
+    ckpt.check_resumable(latest)
+    assert ckpt.read_meta(latest)["iteration"] == 1
+
+
+def test_dead_env_runner_is_replaced(ray_session, tmp_path) -> None:
+    """Kill the only remote EnvRunner's process between iterations: RLlib restarts it and sampling goes on."""
+    from agents.build import build_ppo_config, probe_env
+
+    config = load_config(
+        "configs/signal.yaml",
+        [
+            *TINY,
+            "resources.num_env_runners=1",
+            "resources.num_cpus_per_env_runner=0.5",
+            "faults.env_runner_restart_delay_s=0",
+        ],
+    )
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    tracker = FaultTracker(config.faults.max_bad_iterations)
+    try:
+        first = algo.train()
+        pid = algo.env_runner_group.foreach_env_runner(lambda runner: os.getpid(), local_env_runner=False)[0]
+        os.kill(pid, signal.SIGKILL)
+        steps = first["env_runners"]["num_env_steps_sampled_lifetime"]
+        restarts = 0.0
+        for _ in range(6):
+            result = algo.train()
+            tracker.update(result)
+            restarts = tracker.totals["env_runner_restarts"]
+            if restarts >= 1 and result["env_runners"]["num_env_steps_sampled_lifetime"] > steps + 256:
+                break
+        assert restarts >= 1
+        assert result["env_runners"]["num_env_steps_sampled_lifetime"] > steps + 256
+        assert math.isfinite(result["env_runners"].get("episode_return_mean", math.nan))
+    finally:
+        algo.stop()
