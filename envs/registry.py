@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from envs import magent, mpe
+from envs import magent, mpe, smacv2
 from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
@@ -69,6 +69,11 @@ ENVS: dict[str, EnvEntry] = {
         magent.BattleOptions,
         magent.magent_battle,
         "magent2 battle: n_agents per side on a grid, the team against a fixed random or scripted opponent",
+    ),
+    "smacv2": EnvEntry(
+        smacv2.SMACv2Options,
+        smacv2.smacv2_env,
+        "SMACv2 (StarCraft II, needs smacv2 and SC2PATH): n_units allies against n_enemies of the built-in AI",
     ),
 }
 

@@ -336,3 +336,31 @@ def test_rollout_cli_with_the_standin(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert main(["rollout", "smacv2", "n_units=4", "n_enemies=6", "--episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert "smacv2: 4 agents, random policy" in out and "episode 2:" in out and "win_rate" in out
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("smacv2_*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_name_their_scenario_and_fit_the_model(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/smacv2_<race>_<n>v<m>.yaml: the options say that scenario, and the model fits it (stand-in)."""
+    from agents.build import probe_env
+    from agents.config import load_config
+
+    race, sizes = path.stem.split("_")[1:]
+    n, m = (int(x) for x in sizes.split("v"))
+    config = load_config(path)
+    assert (config.env.options.race, config.env.options.n_units, config.env.options.n_enemies) == (race, n, m)
+
+    def make(options: SMACv2Options, render_mode: str | None = None) -> SMACv2Env:
+        return SMACv2Env(options, factory=standin_factory(), render_mode=render_mode)
+
+    monkeypatch.setitem(ENVS, "smacv2", dataclasses.replace(ENVS["smacv2"], make=make))
+    assert probe_env(config).n_agents == n
+
+
+def test_there_are_the_scenarios_of_the_issue() -> None:
+    names = {p.stem for p in CONFIGS}
+    assert {f"smacv2_{r}_5v5" for r in ("protoss", "terran", "zerg")} <= names
+    assert {f"smacv2_{r}_10v10" for r in ("protoss", "terran", "zerg")} <= names
+    assert "smacv2_protoss_5v6" in names
