@@ -29,6 +29,9 @@ class EnvEntry:
     make: Callable[[Any, str | None], Any]
     """`make(options, render_mode)` -> the raw PettingZoo ParallelEnv."""
     description: str
+    unavailable: Callable[[], str | None] = lambda: None
+    """Why the env cannot be built on this machine (a missing optional package or binary, with how to install
+    it), or None. Generic checks over the whole table skip such rows with this reason."""
 
 
 def _make_signal(options: SignalOptions, render_mode: str | None = None) -> SignalEnv:
@@ -74,6 +77,7 @@ ENVS: dict[str, EnvEntry] = {
         smacv2.SMACv2Options,
         smacv2.smacv2_env,
         "SMACv2 (StarCraft II, needs smacv2 and SC2PATH): n_units allies against n_enemies of the built-in AI",
+        smacv2.unavailable_reason,
     ),
 }
 

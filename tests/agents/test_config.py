@@ -34,8 +34,13 @@ def test_every_config_loads_and_round_trips(path, tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_fits_its_env(path):
     from agents.build import probe_env
+    from envs.registry import ENVS
 
-    spaces = probe_env(load_config(path))
+    config = load_config(path)
+    reason = ENVS[config.env.name].unavailable()
+    if reason is not None:  # tests/envs/test_smacv2.py fits these configs against the smacv2 stand-in
+        pytest.skip(reason)
+    spaces = probe_env(config)
     assert spaces.n_agents >= 1
 
 
