@@ -223,7 +223,26 @@ class CommFormerPPOLearner(PPOTorchLearner):
             else:
                 self._params[ref].grad = None
         self._grad_steps += 1
-        return kept
+        return self._skip_if_not_finite(kept)
+
+    def _skip_if_not_finite(self, grads: ParamDict) -> ParamDict:
+        """No update at all (no Adam step, no moment update) when any gradient has a NaN or inf.
+
+        RLlib's default would zero the bad entries and step anyway, which still moves Adam's moments. The check
+        reads the gradients after DDP's all-reduce, which spreads a NaN of one Learner to all of them, so every
+        Learner skips the same steps and their parameters stay identical. One host sync per gradient step.
+        """
+        if not grads:
+            return grads
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all())
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
+            self.metrics.log_value((module_id, "skipped_updates"), float(not finite), reduce="sum")
+            self.metrics.log_value((module_id, "skipped_updates_lifetime"), float(not finite), reduce="lifetime_sum")
+        if finite:
+            return grads
+        for ref in grads:
+            self._params[ref].grad = None
+        return {}
 
     # -- loss -----------------------------------------------------------------------------------------------------
 

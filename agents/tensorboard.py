@@ -38,6 +38,10 @@ LEARNER_KEYS = (
     "graph_steps",
 )
 
+PREFIXED_GROUPS = ("moe", "exit")
+"""Learner metrics named `<group>_<name>` (MoE usage / losses / temperature; early-exit losses and depths) go to
+TensorBoard as `<group>/<name>`."""
+
 
 def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
     """A (3, H, W) uint8 image of a matrix with values in [0, 1]: dark = 0, bright yellow = 1 (viridis-like).
@@ -71,10 +75,11 @@ class RunLogger:
             if value is not None:
                 group = "comm" if key in ("comm_cost", "gate_open_rate", "messages_per_step", "graph_steps") else "loss"
                 self.writer.add_scalar(f"{group}/{key}", value, env_steps)
-        for key, raw in learner.items():  # mixture-of-experts usage, losses and temperature
-            value = _as_float(raw) if key.startswith("moe_") else None
+        for key, raw in learner.items():  # mixture-of-experts and early-exit metrics, in their own groups
+            group = key.split("_", 1)[0]
+            value = _as_float(raw) if group in PREFIXED_GROUPS else None
             if value is not None:
-                self.writer.add_scalar(f"moe/{key[len('moe_') :]}", value, env_steps)
+                self.writer.add_scalar(f"{group}/{key[len(group) + 1 :]}", value, env_steps)
         self.writer.add_scalar("perf/env_steps_per_s", fps, env_steps)
         self.writer.flush()
 
@@ -99,6 +104,9 @@ class RunLogger:
             parts.append(f"gates {gate:.2f}")
         if msgs is not None:
             parts.append(f"msgs {msgs:.1f}")
+        depth = _as_float(learner.get("exit_rollout_depth_mean"))
+        if depth is not None:
+            parts.append(f"exit depth {depth:.2f}")
         return (" | " + " ".join(parts)) if parts else ""
 
     def close(self) -> None:

@@ -132,3 +132,41 @@ def test_value_norm_switch(ray_session, value_norm):
         assert metrics["value_norm_mean"] > 0.5  # signal-env returns are positive
     else:
         assert metrics["value_norm_mean"] == 0.0 and metrics["value_norm_std"] == 1.0
+
+
+def test_non_finite_loss_skips_the_update_entirely(ray_session, monkeypatch):
+    """A NaN in the loss moves no parameter and no Adam moment, and every skipped step is counted."""
+    import agents.learner
+
+    real = agents.learner.ppo_team_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) % 2 == 1:  # steps 1, 3, ... are NaN
+            terms["policy_loss"] = terms["policy_loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", poisoned)
+    before, after, metrics = _one_iteration(["training.graph_every=1000"])
+    assert metrics["gradient_steps"] >= 4
+    assert metrics["skipped_updates"] == len(calls) - len(calls) // 2  # the odd steps
+    assert all(torch.isfinite(v).all() for v in after.values())  # no NaN leaked into the weights
+    assert _moved(before, after, "policy_head.0.weight")  # the finite steps still learned
+
+
+def test_all_steps_non_finite_leaves_the_policy_untouched(ray_session, monkeypatch):
+    import agents.learner
+
+    real = agents.learner.ppo_team_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        terms["policy_loss"] = terms["policy_loss"] * float("inf")
+        return terms
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", poisoned)
+    before, after, metrics = _one_iteration(["training.graph_every=2"])
+    assert metrics["skipped_updates"] == metrics["gradient_steps"] >= 4
+    assert not any(_moved(before, after, k) for k in before)

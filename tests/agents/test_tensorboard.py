@@ -21,3 +21,25 @@ def test_heatmap_shape_and_colour_ends():
 def test_heatmap_default_size_scales_with_the_team():
     assert heatmap(np.zeros((3, 3))).shape == (3, 192, 192)
     assert heatmap(np.zeros((64, 64))).shape == (3, 256, 256)  # at least 4 pixels per agent
+
+
+def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.tensorboard import RunLogger
+
+    logger = RunLogger(tmp_path)
+    learner = {"policy_loss": 0.5, "moe_policy_usage_entropy": 1.2, "exit_distill_kl": 0.03, "other_key": 9.0}
+    result = {"env_runners": {"episode_return_mean": -20.0}, "learners": {"default_policy": learner}}
+    logger.log_result(result, env_steps=4000, fps=1000.0)
+    logger.log_faults({"env_errors": 2.0, "skipped_updates": 0.0}, env_steps=4000)
+    logger.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag)[-1] for tag in events.Tags()["scalars"]}
+    assert scalars["moe/policy_usage_entropy"].value == np.float32(1.2)
+    assert scalars["exit/distill_kl"].value == np.float32(0.03)
+    assert scalars["loss/policy_loss"].value == 0.5 and scalars["loss/policy_loss"].step == 4000
+    assert scalars["faults/env_errors"].value == 2.0 and scalars["faults/skipped_updates"].value == 0.0
+    assert scalars["return/episode_return_mean"].value == -20.0
+    assert not any("other_key" in tag for tag in scalars)  # only the known groups are written
