@@ -7,7 +7,7 @@
     commformer envs
 
 Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
-with status 2.
+with status 2. A run stopped by the fault limit (faults.max_bad_iterations) exits with status 3.
 """
 
 from __future__ import annotations
@@ -253,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, PolicyFileError) as err:
         print(f"commformer {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from agents.faults import FaultLimitError
+
+        if not isinstance(err, FaultLimitError):
+            raise
+        print(f"commformer {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"commformer {args.command}: interrupted; the last complete checkpoint is intact", file=sys.stderr)
         return 130

@@ -274,7 +274,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         targets_norm = module.value_norm.normalize(targets)
         vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
 
-        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        entropy_coeff = float(self.entropy_coeff_schedulers_per_module[module_id].get_current_value())
         total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"] + out.comm_cost
         if out.exits is not None:
             exit_cfg = module.model_cfg.early_exit

@@ -35,6 +35,9 @@ def limit_threads() -> None:
 def init_ray() -> bool:
     """Starts an embedded local Ray, or joins the cluster named by RAY_ADDRESS (e.g. under `ray submit`).
 
+    Without RAY_ADDRESS the local Ray is always a new one (`address="local"`): a bare `ray.init()` would instead
+    join any cluster that `ray start` left running on this machine, and die with it.
+
     Returns whether this call connected (and so should shut down); False if Ray was already up.
     """
     import ray
@@ -47,7 +50,13 @@ def init_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
     return True
 
 
