@@ -2,6 +2,12 @@
 
 Also checks, before Ray starts, what can only be checked against the environment itself: the env builds, its
 spaces are a team env's, and the model fits its agent count (e.g. `model.graph.k` <= N - 1).
+
+Natively vectorised envs (the env table's `make_vector`, e.g. SMAX) reach RLlib as one gymnasium VectorEnv per
+EnvRunner: `gym_env_vectorize_mode="vector_entry_point"` makes RLlib call the registered creator with
+`env_config | {"num_envs": B}`, and `make_env_from_dict` builds the B-env VectorEnv for it. Every other env is
+built B times as a `TeamEnv` and stepped by gymnasium's SyncVectorEnv (RLlib's default). `probe_env` reads the
+spaces from the single team env either way (the VectorEnv's single spaces are the same).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from agents.config import ConfigError, ExperimentConfig, to_dict
 from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
 from agents.rl_module import CommFormerRLModule, team_dims
-from envs.registry import make_team_env
+from envs.registry import is_vectorised, make_team_env, make_team_vector_env
 from envs.team import TeamEnv
 
 ENV_ID = "commformer_team_env"
@@ -42,8 +48,18 @@ def env_config_dict(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def make_env_from_dict(env_config: dict[str, Any]) -> TeamEnv:
-    """RLlib env creator: the inverse of `env_config_dict`."""
+def make_env_from_dict(env_config: dict[str, Any]) -> TeamEnv | gym.vector.VectorEnv:
+    """RLlib env creator: the inverse of `env_config_dict`; with "num_envs" (RLlib's vector entry point call) the
+    VectorEnv of that many envs."""
+    if "num_envs" in env_config:
+        return make_team_vector_env(
+            env_config["name"],
+            env_config["options"],
+            num_envs=env_config["num_envs"],
+            team_reward=env_config["team_reward"],
+            use_state=env_config["use_state"],
+            history=env_config.get("history", 0),
+        )
     return make_team_env(
         env_config["name"],
         env_config["options"],
@@ -62,8 +78,15 @@ class TeamSpaces:
 
 def probe_env(config: ExperimentConfig) -> TeamSpaces:
     """Builds the env once in this process to read its spaces and check the model against them."""
+    env_config = env_config_dict(config)
     try:
-        env = make_env_from_dict(env_config_dict(config))
+        env = make_team_env(
+            env_config["name"],
+            env_config["options"],
+            team_reward=env_config["team_reward"],
+            use_state=env_config["use_state"],
+            history=env_config["history"],
+        )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"env '{config.env.name}' could not be built: {err}") from err
     try:
@@ -96,6 +119,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
         )
     freeze_steps = int(train.graph_freeze_fraction * config.stop.env_steps)
     faults = config.faults
+    vectorize_mode = "vector_entry_point" if is_vectorised(config.env.name) else "sync"
     return (
         PPOConfig()
         .framework("torch")
@@ -106,6 +130,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,  # type: ignore[arg-type]  # RLlib takes floats
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
             rollout_fragment_length="auto",
+            gym_env_vectorize_mode=vectorize_mode,
         )
         .fault_tolerance(
             restart_failed_env_runners=faults.restart_env_runners,

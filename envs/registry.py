@@ -4,16 +4,24 @@ Adding an environment means adding one row to `ENVS` (no registration on import,
 options dataclass, a factory `make(options, render_mode) -> PettingZoo ParallelEnv`, and a one-line
 description. Everything the trainer sees is built by `make_team_env`, which checks the name and the options
 (unknown keys, wrong types, out-of-range values) before building anything.
+
+A natively vectorised env (SMAX: B battles in one jitted step) also gives `make_vector`, a factory of a
+gymnasium `VectorEnv` of B team envs with the same single-env spaces as `make_team_env`'s. Training builds that
+one (`make_team_vector_env`; agents/build.py hands it to RLlib as a vector entry point); rollout, evaluate and
+the space probe keep using the single team env.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from envs import magent, mpe, smacv2
+import gymnasium
+
+from envs import magent, mpe, smacv2, smax
 from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
@@ -32,6 +40,9 @@ class EnvEntry:
     unavailable: Callable[[], str | None] = lambda: None
     """Why the env cannot be built on this machine (a missing optional package or binary, with how to install
     it), or None. Generic checks over the whole table skip such rows with this reason."""
+    make_vector: Callable[[Any, int, str, bool, int], gymnasium.vector.VectorEnv] | None = None
+    """Natively vectorised envs only: `make_vector(options, num_envs, team_reward, use_state, history)` -> a
+    VectorEnv of `num_envs` team envs (NEXT_STEP auto-reset) whose single spaces are `make_team_env`'s."""
 
 
 def _make_signal(options: SignalOptions, render_mode: str | None = None) -> SignalEnv:
@@ -79,6 +90,16 @@ ENVS: dict[str, EnvEntry] = {
         "SMACv2 (StarCraft II, needs smacv2 and SC2PATH): n_units allies against n_enemies of the built-in AI",
         smacv2.unavailable_reason,
     ),
+    **{
+        f"smax_{scenario}": EnvEntry(
+            smax.SMAXOptions,
+            functools.partial(smax.smax_env, scenario),
+            f"SMAX {scenario} (jaxmarl, JAX on CPU): the allies against jaxmarl's heuristic enemies; vectorised",
+            smax.unavailable_reason,
+            functools.partial(smax.smax_vector_env, scenario),
+        )
+        for scenario in smax.TABLE_SCENARIOS
+    },
 }
 
 
@@ -145,3 +166,32 @@ def make_team_env(
         use_state=use_state,
         history=history,
     )
+
+
+def is_vectorised(name: str) -> bool:
+    """Whether env `name` is natively vectorised (its row has `make_vector`)."""
+    return env_entry(name).make_vector is not None
+
+
+def make_team_vector_env(
+    name: str,
+    options: Mapping[str, Any] | Any | None = None,
+    *,
+    num_envs: int,
+    team_reward: str = "mean",
+    use_state: bool = False,
+    history: int = 0,
+) -> gymnasium.vector.VectorEnv:
+    """`num_envs` copies of the natively vectorised env `name` as one gymnasium VectorEnv of team envs.
+
+    Arguments as `make_team_env`; the VectorEnv's `single_observation_space` / `single_action_space` are the
+    team env's.
+
+    Raises:
+        ValueError / TypeError: as `make_options`; a name whose env is not natively vectorised.
+    """
+    entry = env_entry(name)
+    if entry.make_vector is None:
+        vectorised = [key for key, row in ENVS.items() if row.make_vector is not None]
+        raise ValueError(f"env {name!r} is not natively vectorised; expected one of: {', '.join(vectorised)}")
+    return entry.make_vector(make_options(name, options), num_envs, team_reward, use_state, history)
