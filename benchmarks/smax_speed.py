@@ -1,0 +1,139 @@
+"""SMAX speed: the raw jitted stepping rate at B = 1, 16, 64, 256, and training env steps/s on SMAX 3m with the
+split of time between env stepping, policy inference and the learner.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.smax_speed [--seconds 3] [--iterations 6]
+        [--config configs/smax_3m.yaml] [key=value ...] [--sizes 1 16 64 256]
+
+(`--sizes` takes every number after it: give the key=value overrides before it.)
+
+(1) For each B, `SMAXVectorEnv("3m", num_envs=B)` steps for --seconds with random available actions: "vector
+env" is the whole `step()` (action checks, the jitted step, the info dict), "jitted core" calls the compiled
+step alone with pre-drawn actions (the floor the Python around it adds to). Compilation is excluded.
+(2) The config trains for --iterations iterations in this process (resources.num_env_runners=0); env steps/s is
+over all iterations but the first (start-up, compilation). The split is timed here around the EnvRunner's
+`VectorEnv.step`, the RLModule's `forward_exploration` and `sample()`; the rest of `train()` is the learner
+update with its batch preparation. RLlib's own timers are EMAs that carry the first iteration's compilation for
+many iterations, so they are not used.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def raw_rates(scenario: str, num_envs: int, seconds: float) -> tuple[float, float]:
+    """(vector env steps/s, jitted core steps/s) with random available actions, after compilation."""
+    from envs.smax import SMAXVectorEnv
+
+    env = SMAXVectorEnv(scenario, num_envs=num_envs)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())  # compile
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        env.step(env.action_space.sample())
+        steps += num_envs
+    vector = steps / (time.perf_counter() - start)
+
+    actions = [env.action_space.sample().astype(np.int32) for _ in range(64)]
+    resetting = np.zeros(num_envs, dtype=bool)
+    carry = env._carry
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for acts in actions:
+            carry, out = env._jit_step(carry, resetting, acts)
+        out["obs"].block_until_ready()
+        resetting = np.asarray(out["terminated"]) | np.asarray(out["truncated"])
+        steps += num_envs * len(actions)
+    core = steps / (time.perf_counter() - start)
+    env.close()
+    return vector, core
+
+
+def _timed(fn: Callable[..., Any], clock: dict[str, float], key: str) -> Callable[..., Any]:
+    """`fn`, adding its wall time to clock[key]."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clock[key] += time.perf_counter() - t0
+
+    return timed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--config", default="configs/smax_3m.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    if args.iterations < 2:
+        parser.error("--iterations must be >= 2 (the first one is not timed)")
+
+    import torch
+
+    torch.set_num_threads(1)
+    print("raw SMAX 3m, random available actions (compilation excluded):")
+    print(f"  {'B':>5}  {'vector env step()':>18}  {'jitted core':>12}   env steps/s")
+    for size in args.sizes:
+        vector, core = raw_rates("3m", size, args.seconds)
+        print(f"  {size:>5}  {vector:>18,.0f}  {core:>12,.0f}")
+
+    from agents.build import build_ppo_config, probe_env
+    from agents.config import load_config
+    from agents.train import init_ray
+
+    config = load_config(args.config, args.overrides)
+    probe_env(config)
+    init_ray()
+    algo = build_ppo_config(config).build_algo()
+    runner = algo.env_runner  # num_env_runners=0: sampling runs here, so it can be timed from here
+    if runner is None or config.resources.num_env_runners != 0:
+        parser.error("the split needs resources.num_env_runners=0 (sampling in this process)")
+    clock = {"env": 0.0, "inference": 0.0, "sample": 0.0}
+    env = runner.env.unwrapped
+    runner.env.unwrapped.step = _timed(env.step, clock, "env")
+    runner.module.forward_exploration = _timed(runner.module.forward_exploration, clock, "inference")
+    runner.sample = _timed(runner.sample, clock, "sample")
+    steps, walls, splits = [], [], []
+    for _ in range(args.iterations):
+        before = dict(clock)
+        t0 = time.perf_counter()
+        result = algo.train()
+        walls.append(time.perf_counter() - t0)
+        steps.append(int(result["env_runners"]["num_env_steps_sampled"]))
+        splits.append({k: clock[k] - before[k] for k in clock})
+    algo.stop()
+
+    train_fps = sum(steps[1:]) / sum(walls[1:])
+    wall = sum(walls[1:])
+    env_s, inference_s, sample_s = (sum(split[k] for split in splits[1:]) for k in ("env", "inference", "sample"))
+    print(f"training: {args.config} {' '.join(args.overrides)}")
+    print(f"  env steps/s (iterations 2..{args.iterations}): {train_fps:,.0f}   ({steps[-1]} env steps per iteration)")
+    print(f"  time of iterations 2..{args.iterations} ({wall:.2f} s):")
+    rows = [
+        ("env stepping (SMAXVectorEnv.step)", env_s),
+        ("policy inference (forward_exploration)", inference_s),
+        ("rest of sampling (connectors, episodes)", sample_s - env_s - inference_s),
+        ("learner update and the rest of train()", wall - sample_s),
+    ]
+    for name, seconds in rows:
+        print(f"    {name:<42} {seconds:7.3f} s  {100 * seconds / wall:5.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
