@@ -73,8 +73,11 @@ class FaultTracker:
     """Reads the fault counters from each iteration's result and applies the give-up rule."""
 
     max_bad_iterations: int
+    env_runners: int = 0
+    """Remote EnvRunners the run asked for; fewer healthy ones are shown while they are being replaced."""
     totals: dict[str, float] = field(default_factory=lambda: {name: 0.0 for name, _ in COUNTERS})
     bad_streak: int = 0
+    healthy_runners: int | None = None
 
     def update(self, result: Mapping[str, Any]) -> dict[str, float]:
         """Takes one iteration's result; returns this iteration's increments per counter.
@@ -87,6 +90,8 @@ class FaultTracker:
             total = _lookup(result, path)
             deltas[name] = max(total - self.totals[name], 0.0)  # a restarted runner may restart its own count
             self.totals[name] = max(total, self.totals[name])
+        healthy = result.get("fault_tolerance", {}).get("num_healthy_workers")
+        self.healthy_runners = int(healthy) if isinstance(healthy, int | float) else None
         self.bad_streak = self.bad_streak + 1 if any(deltas[name] > 0 for name in BAD) else 0
         if self.bad_streak >= self.max_bad_iterations:
             raise FaultLimitError(
@@ -99,7 +104,7 @@ class FaultTracker:
         return deltas
 
     def summary(self) -> str:
-        """' | faults: 2 env errors, 1 runner restart' when anything happened so far, else ''."""
+        """' | faults: 0/2 runners up, 2 env errors, 1 runner restart' when anything happened so far, else ''."""
         labels = {
             "env_errors": "env error",
             "env_runner_restarts": "runner restart",
@@ -107,6 +112,8 @@ class FaultTracker:
             "skipped_updates": "skipped update",
         }
         parts = []
+        if self.healthy_runners is not None and self.healthy_runners < self.env_runners:
+            parts.append(f"{self.healthy_runners}/{self.env_runners} runners up")
         for name, label in labels.items():
             count = int(self.totals[name])
             if count:

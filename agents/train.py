@@ -190,7 +190,7 @@ class _Run:
         run = self.config.run
         logger = RunLogger(self.run_dir)
         progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
-        faults = FaultTracker(self.config.faults.max_bad_iterations)
+        faults = FaultTracker(self.config.faults.max_bad_iterations, self.config.resources.num_env_runners)
         env_steps, last, iteration = start_steps, None, self.algo.iteration
         start_iteration = iteration
         try:
