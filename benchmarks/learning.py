@@ -174,24 +174,32 @@ def summarize() -> None:
             vals = [r[2 + i] for r in rows if r[0] == algo_name and r[2 + i] is not None]
             per_mark.append(f"{sum(vals) / len(vals):.2f} (n={len(vals)})" if vals else "-")
         print(f"| {algo_name} | mean | " + " | ".join(per_mark) + " | |")
-    _plot(curves, OUT / "simple_spread_curves.png")
+    colors = {"commformer": "tab:blue", "no_comm": "tab:green", "ppo_mlp": "tab:orange"}
+    title = "mpe2 simple_spread, N=3 (one line per seed)"
+    plot_curves(curves, colors, (-26.5, "random (-26.5)"), title, OUT / "simple_spread_curves.png")
 
 
-def _plot(curves: dict[str, list[tuple[list[int], list[float]]]], path: Path) -> None:
+def plot_curves(
+    curves: dict[str, list[tuple[list[int], list[float]]]],
+    colors: dict[str, str],
+    baseline: tuple[float, str],
+    title: str,
+    path: Path,
+) -> None:
+    """One line per run (env steps vs per-agent return), one colour per arm, a dotted baseline; a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    colors = {"commformer": "tab:blue", "no_comm": "tab:green", "ppo_mlp": "tab:orange"}
-    for algo_name, runs in curves.items():
+    for arm, runs in curves.items():
         for i, (steps, rets) in enumerate(runs):
-            ax.plot(steps, rets, color=colors[algo_name], alpha=0.8, lw=1.2, label=algo_name if i == 0 else None)
-    ax.axhline(-26.5, color="gray", ls=":", lw=1, label="random (-26.5)")
+            ax.plot(steps, rets, color=colors[arm], alpha=0.8, lw=1.2, label=arm if i == 0 else None)
+    ax.axhline(baseline[0], color="gray", ls=":", lw=1, label=baseline[1])
     ax.set_xlabel("env steps")
     ax.set_ylabel("per-agent mean episode return")
-    ax.set_title("mpe2 simple_spread, N=3 (one line per seed)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

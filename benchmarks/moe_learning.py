@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.learning import _at, _commformer_algo
+from benchmarks.learning import _at, _commformer_algo, plot_curves
 
 OUT = Path("docs/benchmarks/moe_learning")
 MOE = ("model.head=moe", "model.moe.experts=4", "model.moe.tau_start=1.0", "model.moe.tau_end=0.1")
@@ -63,23 +65,31 @@ def run(arm: str, seed: int, env_steps: int) -> Path:
 def summarize() -> None:
     print("| arm | seeds | " + " | ".join(f"{m // 1000}k" for m in MARKS) + " | usage entropy at the end |")
     print("|---|---|" + "---|" * len(MARKS) + "---|")
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
     for arm in ARMS:
         runs = []
         for path in sorted(OUT.glob(f"{arm}_seed*.csv")):
             with path.open() as f:
                 rows = list(csv.DictReader(f))
+            if not rows:
+                continue
             steps = [int(r["env_steps"]) for r in rows]
             rets = [float(r["return_per_agent"]) for r in rows]
-            runs.append(([_at(steps, rets, m) for m in MARKS], float(rows[-1]["usage_entropy"]) if rows else None))
+            curves.setdefault(arm, []).append((steps, rets))
+            runs.append(([_at(steps, rets, m) for m in MARKS], float(rows[-1]["usage_entropy"])))
         if not runs:
             continue
         cells = []
         for i in range(len(MARKS)):
             vals = [r[0][i] for r in runs if r[0][i] is not None]
-            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "-")
-        ents = [r[1] for r in runs if r[1] is not None and r[1] == r[1]]
-        ent = f"{sum(ents) / len(ents):.3f}" if ents else "n/a"
+            spread = f" +- {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
+            cells.append(f"{statistics.fmean(vals):.2f}{spread} (n={len(vals)})" if vals else "-")
+        ents = [r[1] for r in runs if math.isfinite(r[1])]
+        ent = " / ".join(f"{e:.3f}" for e in ents) if ents else "n/a"
         print(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {ent} |")
+    colors = {"linear": "black", "topk": "tab:blue", "dense_to_sparse": "tab:green", "activation": "tab:red"}
+    title = "simple_spread N=3: policy heads (one line per seed)"
+    plot_curves(curves, colors, (-26.5, "random (-26.5)"), title, OUT / "moe_curves.png")
 
 
 def main(argv: list[str] | None = None) -> int:
