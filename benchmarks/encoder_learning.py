@@ -13,13 +13,10 @@ docs/benchmarks/encoder_learning/ records env steps, per-agent return and wall s
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.learning import _at, _read, plot_curves
+from benchmarks.learning import _at, _read, plot_curves, start_run, train_to_csv
 
 OUT = Path("docs/benchmarks/encoder_learning")
 ENVS = {
@@ -36,34 +33,16 @@ def overrides(env: str, encoder: str) -> tuple[str, ...]:
 
 
 def run(env: str, encoder: str, seed: int, env_steps: int) -> Path:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
+    start_run()
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
-    from agents.train import init_ray
 
-    init_ray()
-    config = load_config(ENVS[env][0], [f"run.seed={seed}", f"stop.env_steps={env_steps}", *overrides(env, encoder)])
+    config = load_config(
+        ENVS[env][0], [f"run.seed={seed}", f"stop.env_steps={env_steps}", *overrides(env, encoder)]
+    )
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{env}_{encoder}_seed{seed}.csv"
-    t0 = time.monotonic()
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["env_steps", "return_per_agent", "wall_s"])
-        steps = 0
-        while steps < env_steps:
-            result = algo.train()
-            steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
-            ret = float(result["env_runners"].get("episode_return_mean", float("nan")))
-            writer.writerow([steps, f"{ret:.4f}", f"{time.monotonic() - t0:.1f}"])
-            f.flush()
-            print(f"{env} {encoder} seed {seed}: {steps:>9,} steps  return/agent {ret:8.3f}", flush=True)
-    algo.stop()
-    return path
+    return train_to_csv(algo, OUT / f"{env}_{encoder}_seed{seed}.csv", env_steps, f"{env} {encoder} seed {seed}")
 
 
 def summarize() -> None:

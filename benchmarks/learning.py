@@ -41,8 +41,9 @@ import csv
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
@@ -100,7 +101,8 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
     return config.build_algo(), 1.0 / N_AGENTS
 
 
-def run(algo_name: str, seed: int, env_steps: int) -> Path:
+def start_run() -> None:
+    """One thread and a fresh local Ray in this benchmark process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -108,29 +110,53 @@ def run(algo_name: str, seed: int, env_steps: int) -> Path:
     from agents.train import init_ray
 
     init_ray()
-    make = {
-        "commformer": _commformer_algo,
-        "no_comm": lambda seed, steps: _commformer_algo(seed, steps, ("model.communicate=false",)),
-        "ppo_mlp": _ppo_mlp_algo,
-    }[algo_name]
-    algo, scale = make(seed, env_steps)
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{algo_name}_seed{seed}.csv"
+
+
+def train_to_csv(
+    algo: Algorithm,
+    path: Path,
+    env_steps: int,
+    label: str,
+    scale: float = 1.0,
+    extra: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+) -> Path:
+    """Trains until `env_steps`, one CSV row per iteration (flushed, so a killed run keeps what it measured):
+    env steps, per-agent return (RLlib's mean episode return times `scale`), wall seconds, then `extra`'s
+    columns. Stops the algorithm at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["env_steps", "return_per_agent", "wall_s"])
+        header_written = False
         steps = 0
         while steps < env_steps:
             result = algo.train()
             runners = result["env_runners"]
             steps = int(runners["num_env_steps_sampled_lifetime"])
             ret = float(runners.get("episode_return_mean", float("nan"))) * scale
-            writer.writerow([steps, f"{ret:.4f}", f"{time.monotonic() - t0:.1f}"])
+            columns = extra(result) if extra else {}
+            if not header_written:
+                writer.writerow(["env_steps", "return_per_agent", "wall_s", *columns])
+                header_written = True
+            writer.writerow(
+                [steps, f"{ret:.4f}", f"{time.monotonic() - t0:.1f}", *(f"{v:.4f}" for v in columns.values())]
+            )
             f.flush()
-            print(f"{algo_name} seed {seed}: {steps:>9,} steps  return/agent {ret:8.3f}", flush=True)
+            shown = "".join(f"  {k} {v:.3f}" for k, v in columns.items())
+            print(f"{label}: {steps:>9,} steps  return/agent {ret:8.3f}{shown}", flush=True)
     algo.stop()
     return path
+
+
+def run(algo_name: str, seed: int, env_steps: int) -> Path:
+    start_run()
+    make = {
+        "commformer": _commformer_algo,
+        "no_comm": lambda seed, steps: _commformer_algo(seed, steps, ("model.communicate=false",)),
+        "ppo_mlp": _ppo_mlp_algo,
+    }[algo_name]
+    algo, scale = make(seed, env_steps)
+    return train_to_csv(algo, OUT / f"{algo_name}_seed{seed}.csv", env_steps, f"{algo_name} seed {seed}", scale)
 
 
 def _read(path: Path) -> tuple[list[int], list[float], list[float]]:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-from benchmarks.learning import _at, _commformer_algo, plot_curves
+from benchmarks.learning import _at, _commformer_algo, plot_curves, start_run, train_to_csv
 
 OUT = Path("docs/benchmarks/moe_learning")
 MOE = ("model.head=moe", "model.moe.experts=4", "model.moe.tau_start=1.0", "model.moe.tau_end=0.1")
@@ -35,31 +34,14 @@ MARKS = (50_000, 100_000, 200_000)
 
 
 def run(arm: str, seed: int, env_steps: int) -> Path:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
-    from agents.train import init_ray
-
-    init_ray()
+    start_run()
     algo, _ = _commformer_algo(seed, env_steps, ARMS[arm])
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{arm}_seed{seed}.csv"
-    t0 = time.monotonic()
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["env_steps", "return_per_agent", "usage_entropy", "wall_s"])
-        steps = 0
-        while steps < env_steps:
-            result = algo.train()
-            steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
-            ret = float(result["env_runners"].get("episode_return_mean", float("nan")))
-            entropy = result["learners"]["default_policy"].get("moe_policy_usage_entropy", float("nan"))
-            writer.writerow([steps, f"{ret:.4f}", f"{float(entropy):.4f}", f"{time.monotonic() - t0:.1f}"])
-            f.flush()
-            print(f"{arm} seed {seed}: {steps:>9,} steps  return {ret:8.3f}  usage entropy {float(entropy):.3f}")
-    algo.stop()
-    return path
+
+    def usage_entropy(result: dict[str, Any]) -> dict[str, float]:
+        learner = result["learners"]["default_policy"]
+        return {"usage_entropy": float(learner.get("moe_policy_usage_entropy", float("nan")))}
+
+    return train_to_csv(algo, OUT / f"{arm}_seed{seed}.csv", env_steps, f"{arm} seed {seed}", extra=usage_entropy)
 
 
 def summarize() -> None:
