@@ -37,9 +37,7 @@ def run(env: str, encoder: str, seed: int, env_steps: int) -> Path:
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
 
-    config = load_config(
-        ENVS[env][0], [f"run.seed={seed}", f"stop.env_steps={env_steps}", *overrides(env, encoder)]
-    )
+    config = load_config(ENVS[env][0], [f"run.seed={seed}", f"stop.env_steps={env_steps}", *overrides(env, encoder)])
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
     return train_to_csv(algo, OUT / f"{env}_{encoder}_seed{seed}.csv", env_steps, f"{env} {encoder} seed {seed}")
