@@ -45,6 +45,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.options import check_field_types, require
+from envs.parallel import ParallelStep
 
 OPPONENTS = ("random", "scripted")
 """Valid values of `BattleOptions.opponent`."""
@@ -232,15 +233,7 @@ class BattleEnv(ParallelEnv):
         facts = {"won": False, "dead_allies": 0, "dead_enemies": 0}
         return {a: raw_obs[a] for a in self.agents}, {a: dict(facts) for a in self.agents}
 
-    def step(
-        self, actions: dict[str, Any]
-    ) -> tuple[
-        dict[str, np.ndarray],
-        dict[str, float],
-        dict[str, bool],
-        dict[str, bool],
-        dict[str, dict[str, Any]],
-    ]:
+    def step(self, actions: dict[str, Any]) -> ParallelStep[np.ndarray]:
         """Step the learning side with `actions` (one per live agent) and the opponent with its fixed policy."""
         if not self.agents:
             raise RuntimeError("BattleEnv.step() called before reset() or after the episode ended")

@@ -29,6 +29,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.options import check_field_types, require
+from envs.parallel import ParallelStep
 
 
 @dataclass(frozen=True)
@@ -108,15 +109,7 @@ class MemoryEnv(ParallelEnv):
         self._obs[:, k] = 1.0  # cue flag
         return self._observations(), {a: {} for a in self.agents}
 
-    def step(
-        self, actions: dict[str, Any]
-    ) -> tuple[
-        dict[str, np.ndarray],
-        dict[str, float],
-        dict[str, bool],
-        dict[str, bool],
-        dict[str, dict[str, Any]],
-    ]:
+    def step(self, actions: dict[str, Any]) -> ParallelStep[np.ndarray]:
         """Score the response at step `delay` (0 elsewhere) and advance one step."""
         if not self.agents:
             raise RuntimeError("MemoryEnv.step() called before reset() or after the episode ended")

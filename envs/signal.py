@@ -28,6 +28,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.options import check_field_types, require
+from envs.parallel import ParallelStep
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,7 @@ class SignalEnv(ParallelEnv):
         self._draw_symbols()
         return self._observations(), {a: {} for a in self.agents}
 
-    def step(
-        self, actions: dict[str, Any]
-    ) -> tuple[
-        dict[str, np.ndarray],
-        dict[str, float],
-        dict[str, bool],
-        dict[str, bool],
-        dict[str, dict[str, Any]],
-    ]:
+    def step(self, actions: dict[str, Any]) -> ParallelStep[np.ndarray]:
         """Score every agent's named symbol against its neighbour's, then draw new symbols."""
         if not self.agents:
             raise RuntimeError("SignalEnv.step() called before reset() or after the episode ended")

@@ -52,6 +52,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.options import check_field_types, field_path, require
+from envs.parallel import ParallelStep
 
 RACE_UNITS: dict[str, tuple[tuple[tuple[str, float], ...], tuple[str, ...]]] = {
     "protoss": ((("stalker", 0.45), ("zealot", 0.45), ("colossus", 0.1)), ()),
@@ -293,15 +294,7 @@ class SMACv2Env(ParallelEnv):
         self.agents = [a for i, a in enumerate(self.possible_agents) if not self._dead[i]]
         return self._observations(self.agents), self._infos(self.agents)
 
-    def step(
-        self, actions: dict[str, Any]
-    ) -> tuple[
-        dict[str, dict[str, np.ndarray]],
-        dict[str, float],
-        dict[str, bool],
-        dict[str, bool],
-        dict[str, dict[str, Any]],
-    ]:
+    def step(self, actions: dict[str, Any]) -> ParallelStep[dict[str, np.ndarray]]:
         """Send one action per live unit (the no-op for dead ones) and return the allies' transition."""
         if not self.agents:
             raise RuntimeError("SMACv2Env.step() called before reset() or after the episode ended")
