@@ -104,6 +104,9 @@ class ResourcesConfig:
     """CPUs each remote Learner reserves (with no GPU it also computes on them)."""
     num_gpus_per_learner: float = 0.0
     """GPUs per Learner (per remote Learner, or for the driver's own Learner when num_learners = 0)."""
+    wait_for_nodes_s: float = 600.0
+    """On a cluster joined through RAY_ADDRESS (ray submit, ray job submit): how long to wait for the autoscaler
+    to add the nodes the actors need before failing with an error. The embedded local Ray never waits."""
 
     def __post_init__(self) -> None:
         _positive(self, "resources", ("num_envs_per_env_runner",))
@@ -113,6 +116,7 @@ class ResourcesConfig:
             "num_gpus_per_learner",
             "num_cpus_per_env_runner",
             "num_cpus_per_learner",
+            "wait_for_nodes_s",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)}; expected a value >= 0")

@@ -6,8 +6,8 @@ What survives what:
 - An env that raises in `reset()` / `step()` is rebuilt by RLlib (`faults.restart_failed_envs`, RLlib's
   `restart_failed_sub_environments`); the episodes in flight on that EnvRunner are dropped, and the count is
   RLlib's `env_runners/num_env_step_failures`.
-- A non-finite observation or state is set to 0 by `TeamEnv` and flagged in its info; `NonFiniteCounter`
-  counts the flagged steps (`env_runners/nonfinite_obs_steps`).
+- A non-finite observation, state or reward is set to 0 by `TeamEnv` and flagged in its info;
+  `NonFiniteCounter` counts the flagged steps (`env_runners/nonfinite_obs_steps`).
 - A non-finite loss or gradient makes the learner skip that update (`learners/default_policy/skipped_updates`).
 - A run whose iterations keep seeing non-finite values stops with `FaultLimitError` (`FaultTracker`).
 
@@ -19,16 +19,18 @@ actor that cannot be placed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from agents.config import ConfigError, ExperimentConfig
 
 NONFINITE_OBS_STEPS = "nonfinite_obs_steps"
-"""EnvRunner metric (lifetime sum): env steps whose observation or state had a NaN / inf (zeroed by TeamEnv)."""
+"""EnvRunner metric (lifetime sum): env steps whose observation, state or reward had a NaN / inf (zeroed by
+TeamEnv)."""
 
 
 class FaultLimitError(RuntimeError):
@@ -40,7 +42,7 @@ class NonFiniteCounter(RLlibCallback):
 
     def on_episode_step(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         info = episode.get_infos(-1)
-        if info.get("nonfinite_obs") or info.get("nonfinite_state"):
+        if info.get("nonfinite_obs") or info.get("nonfinite_state") or info.get("nonfinite_reward"):
             metrics_logger.log_value(NONFINITE_OBS_STEPS, 1, reduce="lifetime_sum")
 
 
@@ -76,8 +78,20 @@ class FaultTracker:
     env_runners: int = 0
     """Remote EnvRunners the run asked for; fewer healthy ones are shown while they are being replaced."""
     totals: dict[str, float] = field(default_factory=lambda: {name: 0.0 for name, _ in COUNTERS})
+    """Faults of the whole run so far (across resumes)."""
+    last_raw: dict[str, float] = field(default_factory=lambda: {name: 0.0 for name, _ in COUNTERS})
+    """The counters as RLlib last reported them. They are lifetime counts, but some start again from 0: RLlib's
+    runner-restart count after a resume, a restarted EnvRunner's own counts."""
     bad_streak: int = 0
     healthy_runners: int | None = None
+
+    def state(self) -> dict[str, dict[str, float]]:
+        """What a checkpoint keeps, so that a resumed run neither forgets nor counts again its past faults."""
+        return {"totals": dict(self.totals), "last_raw": dict(self.last_raw)}
+
+    def load(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for part in ("totals", "last_raw"):
+            getattr(self, part).update({k: float(v) for k, v in state.get(part, {}).items() if k in self.totals})
 
     def update(self, result: Mapping[str, Any]) -> dict[str, float]:
         """Takes one iteration's result; returns this iteration's increments per counter.
@@ -87,9 +101,11 @@ class FaultTracker:
         """
         deltas = {}
         for name, path in COUNTERS:
-            total = _lookup(result, path)
-            deltas[name] = max(total - self.totals[name], 0.0)  # a restarted runner may restart its own count
-            self.totals[name] = max(total, self.totals[name])
+            total = _lookup(result, path)  # RLlib's lifetime count
+            last = self.last_raw[name]
+            deltas[name] = total - last if total >= last else total  # below the last value: counting restarted
+            self.last_raw[name] = total
+            self.totals[name] += deltas[name]
         healthy = result.get("fault_tolerance", {}).get("num_healthy_workers")
         self.healthy_runners = int(healthy) if isinstance(healthy, int | float) else None
         self.bad_streak = self.bad_streak + 1 if any(deltas[name] > 0 for name in BAD) else 0
@@ -122,8 +138,41 @@ class FaultTracker:
         return f" | faults: {', '.join(parts)}" if parts else ""
 
 
+def _actors(config: ExperimentConfig) -> list[tuple[str, dict[str, float]]]:
+    """(who, what it reserves) for every remote actor of the run, in Ray's resource names."""
+    res = config.resources
+    runner = {"CPU": res.num_cpus_per_env_runner, **res.custom_resources_per_env_runner}
+    learner = {"CPU": res.num_cpus_per_learner, "GPU": res.num_gpus_per_learner}
+    actors = [("EnvRunner", runner)] * res.num_env_runners + [("Learner", learner)] * res.num_learners
+    return [(who, {k: v for k, v in bundle.items() if v > 0}) for who, bundle in actors]
+
+
+def missing_resources(config: ExperimentConfig, available: Mapping[str, float]) -> str | None:
+    """What the run's actors reserve beyond `available` (a cluster's total resources), as a sentence, or None."""
+    res = config.resources
+    lacking = []
+    for name, amount in res.demand().items():
+        if name == "GPU" and res.num_learners == 0:
+            continue  # the driver's own GPU: Ray does not reserve it (check_resources looks for CUDA instead)
+        have = float(available.get(name, 0.0))
+        if amount > have + 1e-9:
+            users = sorted({who for who, bundle in _actors(config) if name in bundle})
+            what = {"CPU": "CPUs", "GPU": "GPUs"}.get(name, f"units of the custom resource '{name}'")
+            users_text = " and ".join(u + "s" for u in users)
+            lacking.append(f"{amount:g} {what} (for the {users_text}) but the cluster has {have:g}")
+    if not lacking:
+        return None
+    return (
+        f"the resources section asks for {'; and '.join(lacking)}; lower resources.num_env_runners / num_learners "
+        "or their per-actor amounts, or add nodes"
+    )
+
+
 def check_resources(config: ExperimentConfig, available: Mapping[str, float], cuda_in_driver: bool) -> None:
-    """Refuses a config that the cluster cannot place, naming the resource, before any actor is started.
+    """Refuses a config whose actors need more of a resource than the cluster has in total, naming it.
+
+    Only totals are compared: an actor bigger than any single node still waits in Ray (its size is the user's
+    per-actor setting). On a cluster that can grow, call `wait_for_resources` first.
 
     Args:
         config: the experiment.
@@ -137,14 +186,33 @@ def check_resources(config: ExperimentConfig, available: Mapping[str, float], cu
             "learner in this process, which sees no CUDA device; expected num_gpus_per_learner=0 here, or "
             "num_learners >= 1 on a cluster with GPU nodes"
         )
-    for name, amount in res.demand().items():
-        if name == "GPU" and res.num_learners == 0:
-            continue  # the driver's own GPU, checked above: Ray does not reserve it
-        have = float(available.get(name, 0.0))
-        if amount > have + 1e-9:
-            what = {"CPU": "CPUs", "GPU": "GPUs"}.get(name, f"units of the custom resource '{name}'")
-            raise ConfigError(
-                f"the resources section asks for {amount:g} {what} (EnvRunners and Learners together) but the Ray "
-                f"cluster has {have:g}; expected at most {have:g}: lower resources.num_env_runners / num_learners / "
-                "their per-actor amounts, or add nodes"
-            )
+    reason = missing_resources(config, available)
+    if reason is not None:
+        raise ConfigError(reason)
+
+
+def wait_for_resources(
+    config: ExperimentConfig,
+    read_available: Callable[[], Mapping[str, float]],
+    request: Callable[[list[dict[str, float]]], None] | None,
+    timeout_s: float,
+    out: TextIO,
+    poll_s: float = 5.0,
+) -> None:
+    """On a cluster that can grow: asks its autoscaler for the run's actors and waits until they fit.
+
+    Returns at once when they already fit. Otherwise `request` (Ray's `autoscaler.sdk.request_resources`)
+    receives one bundle per actor, so that an autoscaler starts the nodes (a cluster without one ignores it),
+    and the cluster is polled until `timeout_s`. Then `check_resources` gives the error.
+    """
+    reason = missing_resources(config, read_available())
+    if reason is None or timeout_s <= 0:
+        return
+    if request is not None:
+        request([bundle for _, bundle in _actors(config)])
+    print(f"waiting up to {timeout_s:g} s for the cluster to add nodes: {reason}", file=out, flush=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+        if missing_resources(config, read_available()) is None:
+            return

@@ -235,9 +235,11 @@ class CommFormerPPOLearner(PPOTorchLearner):
         if not grads:
             return grads
         finite = bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all())
+        # Every data-parallel Learner skips the same step and RLlib sums their metrics: each counts its share.
+        skipped = float(not finite) / max(self.config.num_learners, 1)
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
-            self.metrics.log_value((module_id, "skipped_updates"), float(not finite), reduce="sum")
-            self.metrics.log_value((module_id, "skipped_updates_lifetime"), float(not finite), reduce="lifetime_sum")
+            self.metrics.log_value((module_id, "skipped_updates"), skipped, reduce="sum")
+            self.metrics.log_value((module_id, "skipped_updates_lifetime"), skipped, reduce="lifetime_sum")
         if finite:
             return grads
         for ref in grads:
@@ -313,9 +315,11 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 stats = {"usage_entropy": moe.usage_entropy, "balance_loss": moe.balance_loss, "z_loss": moe.z_loss}
                 stats.update({f"usage_{i}": u for i, u in enumerate(moe.usage)})
                 self.metrics.log_dict({f"moe_{name}_{k}": v for k, v in stats.items()}, key=module_id, window=1)
-            # compute_gradients runs right after this loss, so the step about to be taken is this one
-            self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()), reduce="sum")
-            self.metrics.log_value((module_id, "gradient_steps"), 1.0, reduce="sum")
+            # compute_gradients runs right after this loss, so the step about to be taken is this one. Data-parallel
+            # Learners take the same steps and RLlib sums their metrics: each counts its share.
+            share = 1.0 / max(self.config.num_learners, 1)
+            self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()) * share, reduce="sum")
+            self.metrics.log_value((module_id, "gradient_steps"), share, reduce="sum")
         return cast(Tensor, total)
 
     # -- state ----------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -18,11 +19,14 @@ import torch
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, ExperimentConfig, load_config, read_yaml, save_config
-from agents.faults import FaultTracker, check_resources
+from agents.faults import FaultTracker, check_resources, wait_for_resources
 from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
 from commformer.export import save_policy
 from commformer.policy import CommFormerPolicy
+
+FAULTS_FILE = "faults.json"
+"""In each checkpoint: the fault counters (agents/faults.py), so that a resumed run goes on counting."""
 
 
 def limit_threads() -> None:
@@ -148,6 +152,7 @@ class _Run:
 
     def __init__(self, config: ExperimentConfig, run_dir: Path, dims: TeamDims, algo: Any, out: TextIO) -> None:
         self.config, self.run_dir, self.dims, self.algo, self.out = config, run_dir, dims, algo, out
+        self.faults = FaultTracker(config.faults.max_bad_iterations, config.resources.num_env_runners)
 
     def restore(self) -> int:
         """Restores the newest checkpoint; returns its env-step count."""
@@ -157,6 +162,8 @@ class _Run:
         except Exception as err:  # RLlib raises many kinds on damaged files; name the checkpoint
             raise ckpt.CheckpointError(f"'{latest}' could not be restored ({type(err).__name__}: {err})") from err
         steps = ckpt.read_meta(latest)["env_steps"]
+        if (latest / FAULTS_FILE).is_file():  # checkpoints of earlier versions have none: counting starts anew
+            self.faults.load(json.loads((latest / FAULTS_FILE).read_text()))
         print(f"resumed from {latest} at {steps:,} env steps", file=self.out, flush=True)
         return steps
 
@@ -179,6 +186,7 @@ class _Run:
                 "env_steps": env_steps,
             }
             save_policy(self.snapshot(), tmp / ckpt.POLICY, dataclasses.asdict(self.dims), metadata)
+            (tmp / FAULTS_FILE).write_text(json.dumps(self.faults.state()))
             shutil.copy(self.run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
 
         return ckpt.write_checkpoint(self.run_dir, iteration, env_steps, fill, self.config.run.keep_checkpoints)
@@ -190,7 +198,7 @@ class _Run:
         run = self.config.run
         logger = RunLogger(self.run_dir)
         progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
-        faults = FaultTracker(self.config.faults.max_bad_iterations, self.config.resources.num_env_runners)
+        faults = self.faults
         env_steps, last, iteration = start_steps, None, self.algo.iteration
         start_iteration = iteration
         try:
@@ -229,28 +237,35 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
 
     spaces = probe_env(config)
     dims = team_dims(spaces.observation_space, spaces.action_space)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / ckpt.CONFIG)
+    out = out or sys.stdout  # looked up now: tests swap sys.stdout
 
     started_ray = init_ray()
     import ray
 
+    algo = None
     try:
-        check_resources(config, ray.cluster_resources(), torch.cuda.is_available())
-    except ConfigError:
-        if started_ray:
-            ray.shutdown()
-        raise
+        if os.environ.get("RAY_ADDRESS"):  # a joined cluster may grow: ask its autoscaler and wait
+            from ray.autoscaler.sdk import request_resources
 
-    # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
-    logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
-    algo = build_ppo_config(config).build_algo()
-    try:
-        session = _Run(config, run_dir, dims, algo, out or sys.stdout)  # looked up now: tests swap sys.stdout
+            wait_for_resources(
+                config,
+                ray.cluster_resources,
+                lambda bundles: request_resources(bundles=bundles),
+                config.resources.wait_for_nodes_s,
+                out,
+            )
+        check_resources(config, ray.cluster_resources(), torch.cuda.is_available())
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves nothing behind
+        save_config(config, run_dir / ckpt.CONFIG)
+        # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
+        logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
+        algo = build_ppo_config(config).build_algo()
+        session = _Run(config, run_dir, dims, algo, out)
         start_steps = session.restore() if resume else 0
         last = session.loop(start_steps)
         return last if last is not None else ckpt.latest_checkpoint(run_dir)
     finally:
-        algo.stop()
+        if algo is not None:
+            algo.stop()
         if started_ray:
             ray.shutdown()

@@ -35,11 +35,22 @@ class ValueNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, targets: Tensor) -> None:
-        """Folds a batch of raw targets (any shape) into the running statistics."""
+        """Folds a batch of raw targets (any shape) into the running statistics.
+
+        Non-finite targets are left out (a batch of only such targets changes nothing): one NaN folded into the
+        running mean would stay there for good, and every later loss and checkpoint would carry it.
+        """
         targets = targets.detach().to(torch.float64)
-        self.running_mean.mul_(self.beta).add_(targets.mean() * (1.0 - self.beta))
-        self.running_mean_sq.mul_(self.beta).add_((targets**2).mean() * (1.0 - self.beta))
-        self.debiasing_term.mul_(self.beta).add_(1.0 - self.beta)
+        finite = torch.isfinite(targets)
+        count = finite.sum()
+        weight = (1.0 - self.beta) * (count > 0)  # 0 when nothing is finite: no update at all
+        clean = torch.where(finite, targets, torch.zeros_like(targets))
+        mean = clean.sum() / count.clamp(min=1)
+        mean_sq = (clean**2).sum() / count.clamp(min=1)
+        keep = 1.0 - weight
+        self.running_mean.mul_(keep).add_(mean * weight)
+        self.running_mean_sq.mul_(keep).add_(mean_sq * weight)
+        self.debiasing_term.mul_(keep).add_(weight)
 
     def mean_var(self) -> tuple[Tensor, Tensor]:
         """The debiased mean and variance (0 and 1 before the first update); no host synchronisation."""

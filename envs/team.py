@@ -29,9 +29,9 @@ Decisions written down here (not in the architecture notes):
   or masked out for a live agent raises; a dead agent's action is ignored (its no-op is sent if the raw env
   still lists it). So that random policies (including gymnasium's `check_env`) stay valid on heterogeneous or
   masked teams, `action_space.sample()` draws only from the actions available now (see `TeamActionSpace`).
-- Non-finite observations (or state) do not crash the run: they are set to 0 and reported with
-  `info["nonfinite_obs"]` / `info["nonfinite_state"] = True`, for the fault-tolerance counters. A wrong shape
-  is a bug in the raw env or in its declared space and raises.
+- Non-finite observations, state or rewards do not crash the run: they are set to 0 and reported with
+  `info["nonfinite_obs"]` / `info["nonfinite_state"]` / `info["nonfinite_reward"] = True`, for the
+  fault-tolerance counters. A wrong shape is a bug in the raw env or in its declared space and raises.
 - `info["agent_rewards"]` is float64 (N,). Scalar (bool or number) per-agent info values are passed through:
   a key on which all reporting agents agree is a team fact (e.g. `won`) and lands in `info[key]`; a key whose
   values differ between agents, or that would overwrite one of ours, is given per agent as a float64 (N,)
@@ -69,7 +69,7 @@ from envs.team_spaces import (
 TEAM_REWARDS = ("mean", "sum")
 """Valid values of `team_reward`."""
 
-RESERVED_INFO_KEYS = frozenset({"agent_rewards", "agent_info", "nonfinite_obs", "nonfinite_state"})
+RESERVED_INFO_KEYS = frozenset({"agent_rewards", "agent_info", "nonfinite_obs", "nonfinite_state", "nonfinite_reward"})
 """Info keys TeamEnv writes itself; raw per-agent info with these names goes to `info["agent_info"]`."""
 
 NOOP_ACTION = 0
@@ -251,6 +251,9 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._needs_reset = terminated or truncated
 
         info: dict[str, Any] = {"agent_rewards": agent_rewards}
+        if not math.isfinite(agent_rewards.sum()):  # NaN / inf would poison the returns and the value targets
+            np.nan_to_num(agent_rewards, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            info["nonfinite_reward"] = True
         raw_infos = raw_infos or {}
         self._write_agents(raw_obs, raw_infos, terminations, truncations, info)
         self._pass_through_infos(raw_infos, info)

@@ -153,7 +153,8 @@ class _CausalFFTConv(torch.autograd.Function):
     ``grad_k[j] = sum_{t >= j} g[t] x[t - j] = irfft(G * conj(X))[j]`` for s, j in 0..L-1. The circular lags
     that wrap around (t - s < 0) land on indices >= L + 1 of the zero-padded k (or x), which are zero, so both
     are exact. That is 3 real FFTs forward and 3 backward instead of 3 forward and 2 complex + 1 real backward;
-    tests/layers/test_orchid.py checks both gradients against the naive loop in float64.
+    tests/layers/test_orchid.py checks both gradients against the naive loop in float64. The backward is not
+    itself differentiable (`once_differentiable`): second-order gradients through the block raise.
     """
 
     @staticmethod

@@ -41,7 +41,10 @@ def test_two_learners_stay_identical(ray_session) -> None:
         algo.stop()
     assert len(last) == 2
     metrics = result["learners"]["default_policy"]
-    assert metrics["graph_steps"] >= 1 and metrics["gradient_steps"] > metrics["graph_steps"]
+    # 128 rows per learner, minibatches of 64, 2 epochs: 4 steps (or 5: RLlib's minibatch cycle may add one),
+    # counted once for the two learners, every 2nd a graph step.
+    steps = metrics["gradient_steps"]
+    assert 4 <= steps <= 5 and metrics["graph_steps"] in (steps // 2, (steps + 1) // 2)
     for name in last[0]:
         np.testing.assert_array_equal(last[0][name], last[1][name], err_msg=name)  # bit-identical replicas
     assert not np.array_equal(first[0]["graph.logits"], last[0]["graph.logits"])  # the graph did learn

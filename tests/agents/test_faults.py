@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, load_config
-from agents.faults import FaultLimitError, FaultTracker, check_resources
+from agents.faults import FaultLimitError, FaultTracker, check_resources, wait_for_resources
 from envs.registry import ENVS, EnvEntry
 from envs.signal import SignalEnv, SignalOptions
 
@@ -52,6 +53,20 @@ def test_tracker_reports_increments_of_the_lifetime_counters() -> None:
     assert tracker.update(_result(env_errors=3, restarts=1))["env_errors"] == 1
 
 
+def test_tracker_survives_a_resume_and_counters_that_restart() -> None:
+    """A resumed run neither counts its past faults again nor forgets them (the state travels in checkpoints)."""
+    tracker = FaultTracker(max_bad_iterations=1)
+    tracker.update(_result(env_errors=2, restarts=1))
+    resumed = FaultTracker(max_bad_iterations=1)
+    resumed.load(json.loads(json.dumps(tracker.state())))
+    # RLlib restores its lifetime metrics with the algorithm, but counts runner restarts from 0 again.
+    assert resumed.update(_result(env_errors=2, restarts=0, nonfinite=0)) == dict.fromkeys(resumed.totals, 0.0)
+    assert resumed.totals == {"env_errors": 2, "env_runner_restarts": 1, "nonfinite_obs_steps": 0, "skipped_updates": 0}
+    deltas = resumed.update(_result(env_errors=3, restarts=1))
+    assert deltas["env_errors"] == 1 and deltas["env_runner_restarts"] == 1
+    assert resumed.summary() == " | faults: 3 env errors, 2 runner restarts"
+
+
 def test_tracker_stops_after_max_bad_iterations_in_a_row() -> None:
     tracker = FaultTracker(max_bad_iterations=3)
     tracker.update(_result(nonfinite=5))
@@ -77,18 +92,59 @@ def test_gpu_learner_in_a_driver_without_cuda_is_refused() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["resources.num_learners=1", "resources.num_gpus_per_learner=1"], r"asks for 1 GPUs .* cluster has 0"),
-        (["resources.num_env_runners=3"], r"asks for 3 CPUs .* cluster has 2"),
+        (
+            ["resources.num_learners=1", "resources.num_gpus_per_learner=1"],
+            r"asks for 1 GPUs \(for the Learners\) but the cluster has 0",
+        ),
+        (["resources.num_env_runners=3"], r"asks for 3 CPUs \(for the EnvRunners\) but the cluster has 2"),
+        (
+            ["resources.num_env_runners=1", "resources.num_learners=1"],
+            r"asks for 2 CPUs \(for the EnvRunners and Learners\) but the cluster has 1",
+        ),
         (
             ["resources.num_env_runners=1", "resources.custom_resources_per_env_runner.rollout=1"],
-            r"1 units of the custom resource 'rollout' .* cluster has 0",
+            r"1 units of the custom resource 'rollout' \(for the EnvRunners\) but the cluster has 0",
         ),
     ],
 )
 def test_resources_the_cluster_lacks_are_refused(overrides: list[str], message: str) -> None:
     config = load_config("configs/signal.yaml", overrides)
+    cpus = 1.0 if "resources.num_learners=1" in overrides and "resources.num_env_runners=1" in overrides else 2.0
     with pytest.raises(ConfigError, match=message):
-        check_resources(config, {"CPU": 2.0}, cuda_in_driver=False)
+        check_resources(config, {"CPU": cpus}, cuda_in_driver=False)
+
+
+def test_a_growing_cluster_is_asked_for_the_actors_and_awaited() -> None:
+    """On a joined cluster the autoscaler gets one bundle per actor, and the run starts once the nodes are up."""
+    config = load_config(
+        "configs/signal.yaml",
+        [
+            "resources.num_env_runners=2",
+            "resources.custom_resources_per_env_runner.rollout=1",
+            "resources.num_learners=1",
+            "resources.num_gpus_per_learner=1",
+        ],
+    )
+    cluster = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 10.0, "GPU": 1.0, "rollout": 16.0}])
+    requested: list[list[dict[str, float]]] = []
+    out = io.StringIO()
+    wait_for_resources(config, lambda: next(cluster), requested.append, timeout_s=5, out=out, poll_s=0.01)
+    assert requested == [[{"CPU": 1.0, "rollout": 1.0}, {"CPU": 1.0, "rollout": 1.0}, {"CPU": 1.0, "GPU": 1.0}]]
+    assert out.getvalue().startswith("waiting up to 5 s for the cluster to add nodes: the resources section asks")
+
+
+def test_a_cluster_that_does_not_grow_in_time_is_refused_by_name() -> None:
+    config = load_config("configs/signal.yaml", ["resources.num_learners=1", "resources.num_gpus_per_learner=1"])
+    polls = []
+
+    def available() -> dict[str, float]:
+        polls.append(1)
+        return {"CPU": 4.0}
+
+    wait_for_resources(config, available, None, timeout_s=0.05, out=io.StringIO(), poll_s=0.01)
+    assert len(polls) >= 2  # it polled until the deadline
+    with pytest.raises(ConfigError, match=r"asks for 1 GPUs \(for the Learners\)"):
+        check_resources(config, available(), cuda_in_driver=False)
 
 
 def test_resources_the_cluster_has_are_accepted() -> None:

@@ -206,6 +206,24 @@ def test_nonfinite_observation_is_flagged_and_zeroed() -> None:
     assert "nonfinite_obs" not in info
 
 
+def test_nonfinite_reward_is_flagged_and_zeroed() -> None:
+    class NanReward(ScriptedEnv):
+        def step(self, actions: dict[str, int]) -> tuple[Any, Any, Any, Any, Any]:
+            obs, rewards, *rest = super().step(actions)
+            if self.t == 1:
+                rewards[self.possible_agents[1]] = float("inf")
+            return (obs, rewards, *rest)
+
+    env = TeamEnv(NanReward(), team_reward="sum")
+    env.reset(seed=0)
+    _, reward, *_, info = env.step(np.zeros(3, dtype=np.int64))
+    assert info["nonfinite_reward"] is True
+    np.testing.assert_array_equal(info["agent_rewards"], [1.0, 0.0, 3.0])  # the inf became 0, the others stay
+    assert reward == 4.0
+    _, reward, *_, info = env.step(np.zeros(3, dtype=np.int64))
+    assert "nonfinite_reward" not in info and reward == 2.0 + 4.0 + 6.0
+
+
 def test_invalid_actions_name_agent_and_action() -> None:
     env = TeamEnv(ScriptedEnv(names=("small", "big"), obs_dims=(1, 3), n_actions=(2, 4)))
     env.reset(seed=0)

@@ -52,3 +52,21 @@ def test_statistics_are_buffers_saved_with_the_module():
 def test_bad_beta_is_refused():
     with pytest.raises(ValueError, match=r"beta=1\.0"):
         ValueNorm(beta=1.0)
+
+
+def test_non_finite_targets_are_left_out():
+    """A NaN or inf target must not enter the running statistics: it would poison every later update."""
+    clean, dirty = ValueNorm(), ValueNorm()
+    clean.update(torch.tensor([1.0, 3.0]))
+    dirty.update(torch.tensor([1.0, float("nan"), 3.0, float("inf")]))
+    for a, b in zip(clean.mean_var(), dirty.mean_var(), strict=True):
+        torch.testing.assert_close(a, b)
+    before = [t.clone() for t in dirty.buffers()]
+    dirty.update(torch.tensor([float("nan"), float("-inf")]))  # nothing finite: no update at all
+    for a, b in zip(before, dirty.buffers(), strict=True):
+        torch.testing.assert_close(a, b)
+    dirty.update(torch.tensor([10.0, 20.0]))
+    clean.update(torch.tensor([10.0, 20.0]))
+    for a, b in zip(clean.mean_var(), dirty.mean_var(), strict=True):
+        assert torch.isfinite(b)
+        torch.testing.assert_close(a, b)
