@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.build import build_ppo_config, probe_env
-from agents.config import load_config
+from tests.agents.iteration import Params, one_iteration
 
 BASE = [
     "training.train_batch_size=256",
@@ -23,18 +22,8 @@ BASE = [
 ]
 
 
-def _one_iteration(overrides: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    config = load_config("configs/signal.yaml", [*BASE, *overrides])
-    probe_env(config)
-    algo = build_ppo_config(config).build_algo()
-    try:
-        module = algo.learner_group._learner.module["default_policy"]
-        before = {k: v.detach().clone() for k, v in module.policy.named_parameters()}
-        result = algo.train()
-        after = {k: v.detach().clone() for k, v in module.policy.named_parameters()}
-    finally:
-        algo.stop()
-    return before, after, result["learners"]["default_policy"]
+def _one_iteration(overrides: list[str]) -> tuple[Params, Params, dict]:
+    return one_iteration([*BASE, *overrides])
 
 
 def _moved(before: dict, after: dict, prefix: str) -> list[bool]:
