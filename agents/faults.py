@@ -38,12 +38,21 @@ class FaultLimitError(RuntimeError):
 
 
 class NonFiniteCounter(RLlibCallback):
-    """Counts the env steps that `TeamEnv` flagged as carrying a non-finite observation or state."""
+    """Counts the env steps that `TeamEnv` flagged as carrying a non-finite observation, state or reward.
 
-    def on_episode_step(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
-        info = episode.get_infos(-1)
-        if info.get("nonfinite_obs") or info.get("nonfinite_state") or info.get("nonfinite_reward"):
-            metrics_logger.log_value(NONFINITE_OBS_STEPS, 1, reduce="lifetime_sum")
+    Once per `sample()` call over the returned episodes, not per step: RLlib's per-step callback dispatch cost
+    ~0.14 ms per env step here (sampling 2.5 -> 3.05 s per 4,000 steps). Every sampled step is in exactly one
+    returned episode chunk; the chunks RLlib drops after an env error are not trained on and not counted.
+    """
+
+    def on_sample_end(self, *, samples: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
+        flagged = 0
+        for episode in samples:
+            for info in episode.get_infos():
+                if info.get("nonfinite_obs") or info.get("nonfinite_state") or info.get("nonfinite_reward"):
+                    flagged += 1
+        if flagged:
+            metrics_logger.log_value(NONFINITE_OBS_STEPS, flagged, reduce="lifetime_sum")
 
 
 # (name shown to the user, path in the result dict); every counter is a lifetime total.
