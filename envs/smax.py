@@ -57,7 +57,7 @@ from pettingzoo import ParallelEnv
 
 from envs.history import HistoryWindow
 from envs.options import check_field_types, require
-from envs.team import NOOP_ACTION, TEAM_REWARDS
+from envs.team import NOOP_ACTION, check_team_args
 
 SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units")
 """jaxmarl scenarios this adapter supports; smacv2_5_units draws unit types and start positions per battle."""
@@ -346,12 +346,9 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
         use_state: bool = False,
         history: int = 0,
     ) -> None:
-        if team_reward not in TEAM_REWARDS:
-            raise ValueError(f"unknown team_reward {team_reward!r}; expected one of: {', '.join(TEAM_REWARDS)}")
+        check_team_args(team_reward, history)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r}; expected an integer >= 1")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError(f"history={history!r}; expected an integer >= 0 (0: no history window)")
         self.game = game = SMAXGame(scenario, options or SMAXOptions())
         self.num_envs, self.use_state, self.history = num_envs, use_state, history
         self.team_reward = team_reward

@@ -69,6 +69,19 @@ from envs.team_spaces import (
 TEAM_REWARDS = ("mean", "sum")
 """Valid values of `team_reward`."""
 
+
+def check_team_args(team_reward: str, history: int) -> None:
+    """The arguments every team env takes (TeamEnv, envs.smax.SMAXVectorEnv): a known team reward, a window >= 0.
+
+    Raises:
+        ValueError: naming the argument and what was expected.
+    """
+    if team_reward not in TEAM_REWARDS:
+        raise ValueError(f"unknown team_reward {team_reward!r}; expected one of: {', '.join(TEAM_REWARDS)}")
+    if isinstance(history, bool) or not isinstance(history, int | np.integer) or history < 0:
+        raise ValueError(f"history={history!r}; expected an integer >= 0 (0: no history window)")
+
+
 RESERVED_INFO_KEYS = frozenset({"agent_rewards", "agent_info", "nonfinite_obs", "nonfinite_state", "nonfinite_reward"})
 """Info keys TeamEnv writes itself; raw per-agent info with these names goes to `info["agent_info"]`."""
 
@@ -105,10 +118,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         use_state: bool = False,
         history: int = 0,
     ) -> None:
-        if team_reward not in TEAM_REWARDS:
-            raise ValueError(f"unknown team_reward {team_reward!r}; expected one of: {', '.join(TEAM_REWARDS)}")
-        if isinstance(history, bool) or not isinstance(history, int | np.integer) or history < 0:
-            raise ValueError(f"history={history!r}; expected an integer >= 0 (0: no history window)")
+        check_team_args(team_reward, history)
         self._env = resolve_env(env)
         self._team_sum = team_reward == "sum"
         self.team_reward = team_reward
