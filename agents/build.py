@@ -22,6 +22,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from agents.config import ConfigError, ExperimentConfig, to_dict
+from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
 from agents.rl_module import CommFormerRLModule, team_dims
@@ -125,6 +126,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
         .framework("torch")
         .environment(env=ENV_ID, env_config=env_config_dict(config))
         .env_runners(
+            env_runner_cls=TeamEnvRunner,
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,  # type: ignore[arg-type]  # RLlib takes floats

@@ -13,8 +13,9 @@ shared batch keeps the sample efficiency. After `graph_freeze_fraction` of the r
 Early exits (`model.early_exit`, commformer/early_exit.py): the heads learn to imitate the final head
 (distillation) and the gates learn the JEI-DNN surrogate target, jointly with PPO inside the same loss; heads and
 gates take turns (`EarlyExitConfig.phase` of the gradient-step counter) after a warm-up in which only the heads
-learn. Both exit losses reach only the exit modules (detached inputs), and they are ordinary lower-level
-parameters: the "model" optimizer steps them, graph steps leave them alone. When the EnvRunners acted with exits
+learn. Both exit losses reach only the exit modules (detached inputs). The heads are ordinary lower-level
+parameters (the "model" optimizer); the gates have their own optimizer ("gates", lr `model.early_exit.gate_lr`),
+stepped with the model on every non-graph step. When the EnvRunners acted with exits
 the PPO ratio is taken on the recorded head (agents/rl_module.py replays the depth).
 
 Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ratio whose clip range shrinks
@@ -52,6 +53,7 @@ from commformer.policy import PolicyOutput
 
 MODEL_OPTIMIZER = "model"
 GRAPH_OPTIMIZER = "graph"
+GATES_OPTIMIZER = "gates"
 
 
 def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
@@ -165,24 +167,25 @@ class CommFormerPPOLearner(PPOTorchLearner):
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
         settings = self.config.learner_config_dict
-        model_params = module.policy.model_parameters()
+        gate_params = module.policy.gate_parameters()
+        gate_ids = {id(p) for p in gate_params}
+        model_params = [p for p in module.policy.model_parameters() if id(p) not in gate_ids]
         graph_params = module.policy.graph_parameters()
         lr = config.lr if config is not None else self.config.lr
-        self.register_optimizer(
-            module_id=module_id,
-            optimizer_name=MODEL_OPTIMIZER,
-            optimizer=torch.optim.Adam(model_params, eps=float(settings["adam_eps"])),
-            params=model_params,
-            lr_or_lr_schedule=lr,
+        groups = (
+            (MODEL_OPTIMIZER, model_params, lr),
+            (GRAPH_OPTIMIZER, graph_params, float(settings["graph_lr"])),
+            (GATES_OPTIMIZER, gate_params, module.model_cfg.early_exit.gate_lr),
         )
-        if graph_params:
-            self.register_optimizer(
-                module_id=module_id,
-                optimizer_name=GRAPH_OPTIMIZER,
-                optimizer=torch.optim.Adam(graph_params, eps=float(settings["adam_eps"])),
-                params=graph_params,
-                lr_or_lr_schedule=float(settings["graph_lr"]),
-            )
+        for name, params, rate in groups:
+            if params:  # no gates without early exits
+                self.register_optimizer(
+                    module_id=module_id,
+                    optimizer_name=name,
+                    optimizer=torch.optim.Adam(params, eps=float(settings["adam_eps"])),
+                    params=params,
+                    lr_or_lr_schedule=rate,
+                )
 
     def is_graph_step(self) -> bool:
         """Whether the next gradient step belongs to the upper level (graph logits only)."""
@@ -210,11 +213,11 @@ class CommFormerPPOLearner(PPOTorchLearner):
         its Adam skips them: no step, no moment update)."""
         graph_step = self.is_graph_step()
         grads = super().compute_gradients(loss_per_module, **kwargs)
-        active = GRAPH_OPTIMIZER if graph_step else MODEL_OPTIMIZER
+        active = {GRAPH_OPTIMIZER} if graph_step else {MODEL_OPTIMIZER, GATES_OPTIMIZER}
         keep = set()
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             for name, optimizer in self.get_optimizers_for_module(module_id):
-                if name == active:
+                if name in active:
                     keep.update(self._optimizer_parameters[optimizer])
         kept = {}
         for ref, grad in grads.items():

@@ -22,6 +22,7 @@ SCALARS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("env_runners", "episode_return_max"), "return/episode_return_max"),
     (("env_runners", "episode_return_min"), "return/episode_return_min"),
     (("env_runners", "episode_len_mean"), "return/episode_len_mean"),
+    (("env_runners", "episode_win_rate"), "return/episode_win_rate"),  # envs with a win signal (SMAX, SMACv2)
 )
 # Per-module learner metrics written by CommFormerPPOLearner (under learners/default_policy/...).
 LEARNER_KEYS = (
@@ -100,6 +101,9 @@ class RunLogger:
         learner = _lookup_dict(result, ("learners", "default_policy"))
         gate, msgs = _as_float(learner.get("gate_open_rate")), _as_float(learner.get("messages_per_step"))
         parts = []
+        win = _lookup(result, ("env_runners", "episode_win_rate"))
+        if win is not None:
+            parts.append(f"win {win:.2f}")
         if gate is not None:
             parts.append(f"gates {gate:.2f}")
         if msgs is not None:

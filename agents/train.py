@@ -79,7 +79,7 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         done = env_steps - self.start_steps
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total_steps - env_steps) / rate if rate > 0 else math.inf
+        eta = max(self.total_steps - env_steps, 0) / rate if rate > 0 else math.inf
         pct = 100.0 * env_steps / self.total_steps
         ret_text = "   n/a" if math.isnan(ret) else f"{ret:8.2f}"
         return (

@@ -37,7 +37,9 @@ def run(env: str, encoder: str, seed: int, env_steps: int) -> Path:
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
 
-    config = load_config(ENVS[env][0], [f"run.seed={seed}", f"stop.env_steps={env_steps}", *overrides(env, encoder)])
+    # Sampling in the driver, as the recorded runs did (mpe_spread's default is now two EnvRunners).
+    base = [f"run.seed={seed}", f"stop.env_steps={env_steps}", "resources.num_env_runners=0"]
+    config = load_config(ENVS[env][0], [*base, *overrides(env, encoder)])
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
     return train_to_csv(algo, OUT / f"{env}_{encoder}_seed{seed}.csv", env_steps, f"{env} {encoder} seed {seed}")

@@ -27,8 +27,8 @@ from envs.mpe import SpreadOptions, simple_spread
 
 
 def raw_steps_per_second(options: SpreadOptions, seconds: float, seed: int) -> float:
-    """Raw ParallelEnv steps per second with random actions."""
-    env: Any = simple_spread(options)
+    """Raw ParallelEnv steps per second with random actions: mpe2's own env, without `JointObsState`."""
+    env: Any = simple_spread(options).env
     rng = np.random.default_rng(seed)
     agents = list(env.possible_agents)
     n_actions = np.array([int(env.action_space(a).n) for a in agents])

@@ -58,7 +58,9 @@ def _commformer_algo(seed: int, env_steps: int, extra: tuple[str, ...] = ()) -> 
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
 
-    config = load_config("configs/mpe_spread.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}", *extra])
+    # Sampling in the driver, as the recorded runs did (the config's default is now two EnvRunners).
+    base = [f"run.seed={seed}", f"stop.env_steps={env_steps}", "resources.num_env_runners=0"]
+    config = load_config("configs/mpe_spread.yaml", [*base, *extra])
     probe_env(config)
     return build_ppo_config(config).build_algo(), 1.0
 
@@ -211,8 +213,9 @@ def plot_curves(
     baseline: tuple[float, str],
     title: str,
     path: Path,
+    ylabel: str = "per-agent mean episode return",
 ) -> None:
-    """One line per run (env steps vs per-agent return), one colour per arm, a dotted baseline; a PNG at `path`."""
+    """One line per run (env steps vs `ylabel`), one colour per arm, a dotted baseline; a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +227,7 @@ def plot_curves(
             ax.plot(steps, rets, color=colors[arm], alpha=0.8, lw=1.2, label=arm if i == 0 else None)
     ax.axhline(baseline[0], color="gray", ls=":", lw=1, label=baseline[1])
     ax.set_xlabel("env steps")
-    ax.set_ylabel("per-agent mean episode return")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -9,11 +9,11 @@ split of time between env stepping, policy inference and the learner.
 (1) For each B, `SMAXVectorEnv("3m", num_envs=B)` steps for --seconds with random available actions: "vector
 env" is the whole `step()` (action checks, the jitted step, the info dict), "jitted core" calls the compiled
 step alone with pre-drawn actions (the floor the Python around it adds to). Compilation is excluded.
-(2) The config trains for --iterations iterations in this process (resources.num_env_runners=0); env steps/s is
-over all iterations but the first (start-up, compilation). The split is timed here around the EnvRunner's
-`VectorEnv.step`, the RLModule's `forward_exploration` and `sample()`; the rest of `train()` is the learner
-update with its batch preparation. RLlib's own timers are EMAs that carry the first iteration's compilation for
-many iterations, so they are not used.
+(2) The config trains for --iterations iterations; env steps/s is over all iterations but the first (start-up,
+compilation). With resources.num_env_runners=0 (sampling in this process) the time is also split, timed around
+the EnvRunner's `VectorEnv.step`, its policy forward and action draw (`TeamEnvRunner._act`) and `sample()`; the
+rest of `train()` is the learner update with its batch preparation. RLlib's own timers are EMAs that carry the
+first iteration's compilation for many iterations, so they are not used.
 """
 
 from __future__ import annotations
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     probe_env(config)
     init_ray()
     algo = build_ppo_config(config).build_algo()
-    runner = algo.env_runner  # num_env_runners=0: sampling runs here, so it can be timed from here
-    if runner is None or config.resources.num_env_runners != 0:
-        parser.error("the split needs resources.num_env_runners=0 (sampling in this process)")
     clock = {"env": 0.0, "inference": 0.0, "sample": 0.0}
-    env = runner.env.unwrapped
-    runner.env.unwrapped.step = _timed(env.step, clock, "env")
-    runner.module.forward_exploration = _timed(runner.module.forward_exploration, clock, "inference")
-    runner.sample = _timed(runner.sample, clock, "sample")
+    split = config.resources.num_env_runners == 0  # sampling runs here, so it can be timed from here
+    if split:
+        runner = algo.env_runner
+        env = runner.env.unwrapped
+        runner.env.unwrapped.step = _timed(env.step, clock, "env")
+        runner._act = _timed(runner._act, clock, "inference")
+        runner.sample = _timed(runner.sample, clock, "sample")
     steps, walls, splits = [], [], []
     for _ in range(args.iterations):
         before = dict(clock)
@@ -123,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     env_s, inference_s, sample_s = (sum(split[k] for split in splits[1:]) for k in ("env", "inference", "sample"))
     print(f"training: {args.config} {' '.join(args.overrides)}")
     print(f"  env steps/s (iterations 2..{args.iterations}): {train_fps:,.0f}   ({steps[-1]} env steps per iteration)")
+    if not split:
+        return 0
     print(f"  time of iterations 2..{args.iterations} ({wall:.2f} s):")
     rows = [
         ("env stepping (SMAXVectorEnv.step)", env_s),
-        ("policy inference (forward_exploration)", inference_s),
-        ("rest of sampling (connectors, episodes)", sample_s - env_s - inference_s),
+        ("policy forward + action draw", inference_s),
+        ("rest of sampling (batching, episode chunks)", sample_s - env_s - inference_s),
         ("learner update and the rest of train()", wall - sample_s),
     ]
     for name, seconds in rows:

@@ -167,6 +167,10 @@ class CommFormerPolicy(nn.Module):
         """Upper-level parameters of the bi-level optimisation: the graph logits only."""
         return [self.graph.logits]
 
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The early-exit gates' parameters (a subset of ``model_parameters``; none without exits)."""
+        return list(self.exits.gates.parameters()) if self.exits is not None else []
+
     def model_parameters(self) -> list[nn.Parameter]:
         """Lower-level parameters: all but the graph logits (with ``graph_parameters``, a partition)."""
         graph = {id(p) for p in self.graph_parameters()}

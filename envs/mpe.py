@@ -8,6 +8,10 @@ Each factory takes its frozen options dataclass and a render mode and returns th
 - simple_reference_v3: 2 agents, obs (21,), Discrete(50) (5 moves x 10 messages).
 - simple_speaker_listener_v4: heterogeneous, speaker obs (3,) / Discrete(3), listener obs (11,) / Discrete(5).
 
+mpe2's `state()` is the concatenation of every agent's observation, recomputed from the world: about 7% of an
+env step here. The factories wrap the env in `JointObsState`, which concatenates the observations the last
+`reset` / `step` returned instead (the same values; tests/envs/test_mpe.py compares them at every step).
+
 mpe2 is imported inside the factories: importing it imports pygame, which processes that never build an MPE
 env (the signal env's learning tests, other envs) need not pay for.
 """
@@ -17,7 +21,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from envs.options import check_field_types, require
+
+
+class JointObsState:
+    """A ParallelEnv whose `state()` is the concatenation, in `possible_agents` order, of the float32 observations
+    the last `reset` / `step` returned: what mpe2's own `state()` computes again from the world.
+
+    Everything else is the wrapped env's (attributes are forwarded).
+    """
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self._last: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self._last = dict(obs)
+        return obs, infos
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        result = self.env.step(actions)
+        self._last.update(result[0])
+        return result
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([np.asarray(self._last[a], dtype=np.float32).ravel() for a in self.env.possible_agents])
 
 
 @dataclass(frozen=True)
@@ -69,12 +105,14 @@ def simple_spread(options: SpreadOptions, render_mode: str | None = None) -> Any
     """mpe2 simple_spread_v3 as a ParallelEnv with discrete actions."""
     from mpe2 import simple_spread_v3
 
-    return simple_spread_v3.parallel_env(
-        N=options.n_agents,
-        local_ratio=options.local_ratio,
-        max_cycles=options.max_cycles,
-        continuous_actions=False,
-        render_mode=render_mode,
+    return JointObsState(
+        simple_spread_v3.parallel_env(
+            N=options.n_agents,
+            local_ratio=options.local_ratio,
+            max_cycles=options.max_cycles,
+            continuous_actions=False,
+            render_mode=render_mode,
+        )
     )
 
 
@@ -82,11 +120,13 @@ def simple_reference(options: ReferenceOptions, render_mode: str | None = None) 
     """mpe2 simple_reference_v3 as a ParallelEnv with discrete actions."""
     from mpe2 import simple_reference_v3
 
-    return simple_reference_v3.parallel_env(
-        local_ratio=options.local_ratio,
-        max_cycles=options.max_cycles,
-        continuous_actions=False,
-        render_mode=render_mode,
+    return JointObsState(
+        simple_reference_v3.parallel_env(
+            local_ratio=options.local_ratio,
+            max_cycles=options.max_cycles,
+            continuous_actions=False,
+            render_mode=render_mode,
+        )
     )
 
 
@@ -94,6 +134,8 @@ def simple_speaker_listener(options: SpeakerListenerOptions, render_mode: str | 
     """mpe2 simple_speaker_listener_v4 as a ParallelEnv with discrete actions."""
     from mpe2 import simple_speaker_listener_v4
 
-    return simple_speaker_listener_v4.parallel_env(
-        max_cycles=options.max_cycles, continuous_actions=False, render_mode=render_mode
+    return JointObsState(
+        simple_speaker_listener_v4.parallel_env(
+            max_cycles=options.max_cycles, continuous_actions=False, render_mode=render_mode
+        )
     )

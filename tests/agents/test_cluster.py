@@ -164,7 +164,7 @@ def test_job_submit_trains_with_env_runners_on_the_rollout_node(two_nodes, tmp_p
         "import json, ray; from ray.util.state import list_actors;"
         f"ray.init(address={two_nodes['address']!r}, logging_level='ERROR');"
         "rollout = [n['NodeID'] for n in ray.nodes() if n['Resources'].get('rollout')];"
-        "runners = [a.node_id for a in list_actors(filters=[('class_name', '=', 'SingleAgentEnvRunner')],"
+        "runners = [a.node_id for a in list_actors(filters=[('class_name', '=', 'TeamEnvRunner')],"
         " detail=True, raise_on_missing_output=False)];"
         "print(json.dumps({'rollout': rollout, 'runners': runners}))"
     )

@@ -44,6 +44,16 @@ def test_gates_and_heads_alternate_after_warmup(ray_session):
     assert 0.0 <= metrics["exit_target_depth_mean"] <= 2.0
 
 
+@pytest.mark.parametrize("gate_lr", [0.05, 1e-4])
+def test_gates_step_with_their_own_learning_rate(ray_session, gate_lr):
+    """Each gate-phase Adam step moves a gate bias by at most about gate_lr (exactly lr * sign on the first step);
+    one iteration here has 4-5 gradient steps (RLlib's batch slightly exceeds 256 env steps)."""
+    overrides = ["model.early_exit.warmup_steps=0", "model.early_exit.alternate_every=100"]
+    before, after, _ = _one_iteration([*overrides, f"model.early_exit.gate_lr={gate_lr}"])
+    moves = [float((after[k] - before[k]).abs().max()) for k in before if k.startswith("exits.gates.") and "bias" in k]
+    assert moves and all(0.5 * gate_lr <= m <= 5 * gate_lr * 1.01 for m in moves), moves
+
+
 def test_graph_steps_leave_the_exits_alone(ray_session):
     before, after, _ = _one_iteration(["training.graph_every=1", "model.early_exit.warmup_steps=0"])
     assert not any(_moved(before, after, "exits."))

@@ -30,7 +30,8 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
 
     logger = RunLogger(tmp_path)
     learner = {"policy_loss": 0.5, "moe_policy_usage_entropy": 1.2, "exit_distill_kl": 0.03, "other_key": 9.0}
-    result = {"env_runners": {"episode_return_mean": -20.0}, "learners": {"default_policy": learner}}
+    runners = {"episode_return_mean": -20.0, "episode_win_rate": 0.75}
+    result = {"env_runners": runners, "learners": {"default_policy": learner}}
     logger.log_result(result, env_steps=4000, fps=1000.0)
     logger.log_faults({"env_errors": 2.0, "skipped_updates": 0.0}, env_steps=4000)
     logger.close()
@@ -42,4 +43,16 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
     assert scalars["loss/policy_loss"].value == 0.5 and scalars["loss/policy_loss"].step == 4000
     assert scalars["faults/env_errors"].value == 2.0 and scalars["faults/skipped_updates"].value == 0.0
     assert scalars["return/episode_return_mean"].value == -20.0
+    assert scalars["return/episode_win_rate"].value == 0.75
     assert not any("other_key" in tag for tag in scalars)  # only the known groups are written
+
+
+def test_progress_summary_shows_the_win_rate_only_where_the_env_has_one(tmp_path):
+    from agents.tensorboard import RunLogger
+
+    logger = RunLogger(tmp_path)
+    learner = {"gate_open_rate": 0.5, "messages_per_step": 1.25}
+    with_win = {"env_runners": {"episode_win_rate": 0.875}, "learners": {"default_policy": learner}}
+    assert logger.summary(with_win) == " | win 0.88 gates 0.50 msgs 1.2"
+    assert logger.summary({"env_runners": {}, "learners": {"default_policy": learner}}) == " | gates 0.50 msgs 1.2"
+    logger.close()

@@ -267,3 +267,15 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(run_dir, tmp_path, ca
     after = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "checkpoints").rglob("*"))
     assert before == after
     assert "done: 800 env steps" in capsys.readouterr().out
+
+
+def test_progress_line_eta_is_zero_once_the_target_is_passed():
+    """The last iteration overshoots stop.env_steps by up to one batch: the ETA then reads 0, not negative."""
+    import io
+
+    from agents.train import Progress
+
+    progress = Progress(total_steps=1000, start_steps=0, out=io.StringIO())
+    progress.t0 -= 10.0  # 10 s into the run
+    assert "ETA 0m05s" in progress.line(2, 666, -1.0, 66.6)  # 666 steps in 10 s: 334 left take ~5 s
+    assert "ETA 0m00s" in progress.line(3, 1200, -1.0, 120.0)

@@ -1,0 +1,97 @@
+"""Win rate of CommFormer on SMAX 3m and 2s3z (jaxmarl, heuristic enemy), 2M env steps, with curves.
+
+    python -m benchmarks.smax_learning run --scenario 3m --seed 0 [--env-steps 2000000]
+    python -m benchmarks.smax_learning summarize        # table at 0.5M / 1M / 1.5M / 2M + PNG of the curves
+
+`run` trains the ready config configs/smax_<scenario>.yaml unchanged but for the seed and the run length, and
+appends one row per iteration to docs/benchmarks/smax_learning/<scenario>_seed<k>.csv: env steps, mean episode
+return, wall seconds and the win rate (the EnvRunner's `episode_win_rate`: the share of won battles over the
+last 100 finished episodes), flushed, so a killed run keeps what it measured. Anchors (issue 7): JaxMARL MAPPO
+reaches 0.73 at 0.5M and 0.83 at 1.5M env steps on 3m, IPPO 0.87 at 3M; the goal is 3m >= 0.90 by 1.5M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from benchmarks.learning import _at, plot_curves, start_run, train_to_csv
+
+OUT = Path("docs/benchmarks/smax_learning")
+SCENARIOS = ("3m", "2s3z")
+MARKS = (500_000, 1_000_000, 1_500_000, 2_000_000)
+
+
+def run(scenario: str, seed: int, env_steps: int) -> Path:
+    start_run()
+    from agents.build import build_ppo_config, probe_env
+    from agents.config import load_config
+    from agents.env_runner import EPISODE_WIN_RATE
+
+    config = load_config(f"configs/smax_{scenario}.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}"])
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+
+    def win_rate(result: dict) -> dict[str, float]:
+        return {"win_rate": float(result["env_runners"].get(EPISODE_WIN_RATE, float("nan")))}
+
+    return train_to_csv(algo, OUT / f"{scenario}_seed{seed}.csv", env_steps, f"{scenario} seed {seed}", extra=win_rate)
+
+
+def _read_wins(path: Path) -> tuple[list[int], list[float], float]:
+    steps, wins, wall = [], [], 0.0
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            steps.append(int(row["env_steps"]))
+            wins.append(float(row["win_rate"]))
+            wall = float(row["wall_s"])
+    return steps, wins, wall
+
+
+def summarize() -> None:
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
+    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | env steps/s |")
+    print("|---|---|" + "---|" * len(MARKS) + "---|")
+    means: dict[str, list[list[float]]] = {}
+    for scenario in SCENARIOS:
+        for path in sorted(OUT.glob(f"{scenario}_seed*.csv")):
+            steps, wins, wall = _read_wins(path)
+            if not steps:
+                continue
+            curves.setdefault(scenario, []).append((steps, wins))
+            at = [_at(steps, wins, m, window=50_000) for m in MARKS]
+            for i, v in enumerate(at):
+                if v is not None:
+                    means.setdefault(scenario, [[] for _ in MARKS])[i].append(v)
+            cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
+            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {steps[-1] / wall:,.0f} |")
+    for scenario, per_mark in means.items():
+        cells = " | ".join(f"{sum(v) / len(v):.2f} (n={len(v)})" if v else "-" for v in per_mark)
+        print(f"| {scenario} | mean | {cells} | |")
+    if curves:
+        colors = {"3m": "tab:blue", "2s3z": "tab:red"}
+        title = "SMAX vs the heuristic enemy (one line per seed)"
+        path = OUT / "win_rate_curves.png"
+        plot_curves(curves, colors, (0.9, "goal on 3m (0.90)"), title, path, ylabel="win rate (last 100 episodes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run")
+    one.add_argument("--scenario", choices=SCENARIOS, required=True)
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--env-steps", type=int, default=2_000_000)
+    sub.add_parser("summarize")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.scenario, args.seed, args.env_steps)
+    else:
+        summarize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
