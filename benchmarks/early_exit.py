@@ -147,6 +147,34 @@ def _plot(points: list[tuple[float, float, float, float, float]], path: Path) ->
     plt.close(fig)
 
 
+def _observed_inputs(policy: Any, env_section: dict[str, Any], steps: int) -> list[tuple[Any, ...]]:
+    """`steps` batch-1 policy inputs (obs, mask, alive, history) met by the greedy policy in its own env."""
+    import torch
+
+    from agents.play import greedy_actor, make_play_env
+
+    env = make_play_env(env_section, policy)
+    actor = greedy_actor(policy, bool(env_section.get("use_state")))
+    inputs = []
+    obs, _ = env.reset(seed=0)
+    while len(inputs) < steps:
+        history = torch.as_tensor(obs["history"])[None] if "history" in obs else None
+        inputs.append(
+            (
+                torch.as_tensor(obs["obs"])[None],
+                torch.as_tensor(obs["action_mask"])[None],
+                torch.as_tensor(obs["alive"])[None],
+                history,
+            )
+        )
+        action, _ = actor(obs)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    return inputs
+
+
 def latency(checkpoint: str | None, repeats: int) -> dict[str, float]:
     """Median seconds per batch-1 decision on one CPU thread."""
     import torch
@@ -159,23 +187,23 @@ def latency(checkpoint: str | None, repeats: int) -> dict[str, float]:
     if checkpoint is not None:
         from agents.cli import _load_trained
 
-        policy, _, _ = _load_trained(checkpoint)
+        policy, metadata, _ = _load_trained(checkpoint)
+        inputs = _observed_inputs(policy, metadata["env"], steps=256)
     else:
         config = ModelConfig(num_blocks=NUM_BLOCKS, early_exit=EarlyExitConfig(enabled=True))
         policy = CommFormerPolicy(config, n_agents=3, obs_dim=18, n_actions=5, state_dim=None).eval()
-    n, d, a = policy.n_agents, policy.obs_dim, policy.n_actions
-    gen = torch.Generator().manual_seed(0)
-    obs, mask, alive = torch.randn(1, n, d, generator=gen), torch.ones(1, n, a), torch.ones(1, n)
-    history = torch.randn(1, policy.config.env_history, n, d, generator=gen) if policy.config.env_history else None
+        gen = torch.Generator().manual_seed(0)
+        n, d, a = policy.n_agents, policy.obs_dim, policy.n_actions
+        inputs = [(torch.randn(1, n, d, generator=gen), torch.ones(1, n, a), torch.ones(1, n), None)]
 
     def median_time(**kwargs: Any) -> float:
-        for _ in range(20):  # warm-up
-            policy.act(obs, mask, alive, history=history, **kwargs)
         times = []
-        for _ in range(repeats):
+        for i in range(-20, repeats):  # 20 warm-up calls first
+            obs, mask, alive, history = inputs[i % len(inputs)]
             t0 = time.perf_counter()
             policy.act(obs, mask, alive, history=history, **kwargs)
-            times.append(time.perf_counter() - t0)
+            if i >= 0:
+                times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
     result = {"full_depth_no_exits": median_time(early_exit=False), "gates_decide": median_time()}

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,21 @@ def test_evaluate_early_exit_refuses_a_policy_without_exits(checkpoint, tmp_path
     save_file({k: v.contiguous() for k, v in state.items()}, str(target / ckpt.POLICY / "policy.safetensors"))
     assert main(["evaluate", str(target), "--early-exit"]) == 2
     assert "model.early_exit.enabled" in capsys.readouterr().err
+
+
+def test_latency_benchmark_times_the_policy_on_observations_from_its_env(checkpoint):
+    """benchmarks.early_exit latency --checkpoint: inputs are real team observations of the run's env (not noise),
+    and every depth is timed."""
+    from benchmarks.early_exit import _observed_inputs, latency
+    from envs.registry import make_team_env
+
+    policy, metadata = load_policy(checkpoint / ckpt.POLICY)
+    inputs = _observed_inputs(policy, metadata["env"], steps=30)  # crosses the end of a 25-step episode
+    env = make_team_env("mpe_spread", metadata["env"]["options"], use_state=True)
+    first, _ = env.reset(seed=0)
+    obs, mask, alive, history = inputs[0]
+    np.testing.assert_array_equal(obs[0].numpy(), first["obs"])
+    assert len(inputs) == 30 and mask.shape == (1, 3, 5) and alive.shape == (1, 3) and history is None
+    result = latency(str(checkpoint), repeats=3)
+    assert set(result) == {"full_depth_no_exits", "gates_decide", "exit_at_0", "exit_at_1", "exit_at_2"}
+    assert all(seconds > 0 for seconds in result.values())
