@@ -121,10 +121,11 @@ def train_to_csv(
     label: str,
     scale: float = 1.0,
     extra: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+    at_end: Callable[[Algorithm], None] | None = None,
 ) -> Path:
     """Trains until `env_steps`, one CSV row per iteration (flushed, so a killed run keeps what it measured):
     env steps, per-agent return (RLlib's mean episode return times `scale`), wall seconds, then `extra`'s
-    columns. Stops the algorithm at the end."""
+    columns. Calls `at_end` with the trained algorithm, then stops it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with path.open("w", newline="") as f:
@@ -146,6 +147,8 @@ def train_to_csv(
             f.flush()
             shown = "".join(f"  {k} {v:.3f}" for k, v in columns.items())
             print(f"{label}: {steps:>9,} steps  return/agent {ret:8.3f}{shown}", flush=True)
+    if at_end is not None:
+        at_end(algo)
     algo.stop()
     return path
 

@@ -6,16 +6,21 @@
 `run` trains the ready config configs/smax_<scenario>.yaml unchanged but for the seed and the run length, and
 appends one row per iteration to docs/benchmarks/smax_learning/<scenario>_seed<k>.csv: env steps, mean episode
 return, wall seconds and the win rate (the EnvRunner's `episode_win_rate`: the share of won battles over the
-last 100 finished episodes), flushed, so a killed run keeps what it measured. Anchors (issue 7): JaxMARL MAPPO
-reaches 0.73 at 0.5M and 0.83 at 1.5M env steps on 3m, IPPO 0.87 at 3M; the goal is 3m >= 0.90 by 1.5M.
+last 100 finished episodes), flushed, so a killed run keeps what it measured. That training win rate is the
+sampling (exploring) policy's; at the end the run also plays --eval-episodes battles with the greedy policy
+(argmax actions, the `commformer evaluate` actor) and writes <scenario>_seed<k>_greedy.json. Anchors (issue
+7): JaxMARL MAPPO reaches 0.73 at 0.5M and 0.83 at 1.5M env steps on 3m, IPPO 0.87 at 3M; the goal is 3m >= 0.90
+by 1.5M.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmarks.learning import _at, plot_curves, start_run, train_to_csv
 
@@ -24,7 +29,7 @@ SCENARIOS = ("3m", "2s3z")
 MARKS = (500_000, 1_000_000, 1_500_000, 2_000_000)
 
 
-def run(scenario: str, seed: int, env_steps: int) -> Path:
+def run(scenario: str, seed: int, env_steps: int, eval_episodes: int) -> Path:
     start_run()
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
@@ -37,7 +42,32 @@ def run(scenario: str, seed: int, env_steps: int) -> Path:
     def win_rate(result: dict) -> dict[str, float]:
         return {"win_rate": float(result["env_runners"].get(EPISODE_WIN_RATE, float("nan")))}
 
-    return train_to_csv(algo, OUT / f"{scenario}_seed{seed}.csv", env_steps, f"{scenario} seed {seed}", extra=win_rate)
+    def greedy(trained: Any) -> None:
+        result = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
+        (OUT / f"{scenario}_seed{seed}_greedy.json").write_text(json.dumps(result, indent=2))
+        print(f"greedy policy over {eval_episodes} battles: win rate {result['win_rate']:.3f}", flush=True)
+
+    csv_path = OUT / f"{scenario}_seed{seed}.csv"
+    return train_to_csv(algo, csv_path, env_steps, f"{scenario} seed {seed}", extra=win_rate, at_end=greedy)
+
+
+def greedy_win_rate(algo: Any, config: Any, episodes: int, seed: int) -> dict[str, Any]:
+    """The trained policy (the learner's weights) played greedily in a fresh env: evaluate's summary."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from agents.build import env_config_dict, probe_env
+    from agents.play import greedy_actor, make_play_env, play
+    from agents.rl_module import team_dims
+    from agents.train import policy_from_weights
+
+    spaces = probe_env(config)
+    weights = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
+    policy = policy_from_weights(config, weights, team_dims(spaces.observation_space, spaces.action_space))
+    env = make_play_env(env_config_dict(config), policy)
+    try:
+        return play(env, greedy_actor(policy, config.env.use_state), episodes, seed=seed).summary()
+    finally:
+        env.close()
 
 
 def _read_wins(path: Path) -> tuple[list[int], list[float], float]:
@@ -52,8 +82,8 @@ def _read_wins(path: Path) -> tuple[list[int], list[float], float]:
 
 def summarize() -> None:
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
-    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | env steps/s |")
-    print("|---|---|" + "---|" * len(MARKS) + "---|")
+    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | greedy, end | env steps/s |")
+    print("|---|---|" + "---|" * len(MARKS) + "---|---|")
     means: dict[str, list[list[float]]] = {}
     for scenario in SCENARIOS:
         for path in sorted(OUT.glob(f"{scenario}_seed*.csv")):
@@ -66,10 +96,13 @@ def summarize() -> None:
                 if v is not None:
                     means.setdefault(scenario, [[] for _ in MARKS])[i].append(v)
             cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
-            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {steps[-1] / wall:,.0f} |")
+            greedy_path = path.with_name(f"{path.stem}_greedy.json")
+            greedy = json.loads(greedy_path.read_text())["win_rate"] if greedy_path.exists() else None
+            greedy_cell = "-" if greedy is None else f"{greedy:.2f}"
+            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {greedy_cell} | {steps[-1] / wall:,.0f} |")
     for scenario, per_mark in means.items():
         cells = " | ".join(f"{sum(v) / len(v):.2f} (n={len(v)})" if v else "-" for v in per_mark)
-        print(f"| {scenario} | mean | {cells} | |")
+        print(f"| {scenario} | mean | {cells} | | |")
     if curves:
         colors = {"3m": "tab:blue", "2s3z": "tab:red"}
         title = "SMAX vs the heuristic enemy (one line per seed)"
@@ -84,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--scenario", choices=SCENARIOS, required=True)
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--env-steps", type=int, default=2_000_000)
+    one.add_argument("--eval-episodes", type=int, default=200)
     sub.add_parser("summarize")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.scenario, args.seed, args.env_steps)
+        run(args.scenario, args.seed, args.env_steps, args.eval_episodes)
     else:
         summarize()
     return 0
