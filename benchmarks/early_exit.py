@@ -121,6 +121,19 @@ def summarize(out: Path) -> str:
             f"{macs_exit:,.0f} | {100 * (1 - macs_exit / macs_full):.1f}% | {mean('exit_depth_mean'):.2f} |"
         )
         points.append((lam, macs_full, full, macs_exit, exit_ret))
+    lines += [
+        "",
+        "| lambda | seed | return full depth | return with exits | return change | MACs saved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (float(r["cost_weight"]), int(r["seed"]))):
+        full, exit_ret = float(row["return_full"]), float(row["return_exit"])
+        saved = 1 - float(row["macs_per_action_exit"]) / float(row["macs_per_action_full"])
+        change = (exit_ret - full) / abs(full) if full else float("nan")
+        lines.append(
+            f"| {float(row['cost_weight']):g} | {row['seed']} | {full:.3f} | {exit_ret:.3f} | {100 * change:+.1f}% | "
+            f"{100 * saved:.1f}% |"
+        )
     table = "\n".join(lines)
     (out / "results.md").write_text(f"# Early exits on simple_spread N=3 ({NUM_BLOCKS} blocks)\n\n{table}\n")
     _plot(points, out / "pareto.png")
