@@ -103,11 +103,12 @@ class _Segment:
     continues: bool  # the chunk continues the episode that was open when the call began
 
 
-def _segments(valid: np.ndarray, resetting_at_start: np.ndarray) -> list[_Segment]:
+def _segments(valid: np.ndarray) -> list[_Segment]:
     """Episode chunks of each env: maximal runs of consecutive valid transitions.
 
     With gymnasium's next-step autoreset, the step after an episode's last transition is the env's reset (not a
-    transition), so consecutive valid steps always belong to one episode. valid: (T, B).
+    transition), so consecutive valid steps always belong to one episode, and a run that starts at step 0 continues
+    the episode that was open when the call began (an env resetting at step 0 has no valid step 0). valid: (T, B).
     """
     out = []
     for env in range(valid.shape[1]):
@@ -118,8 +119,7 @@ def _segments(valid: np.ndarray, resetting_at_start: np.ndarray) -> list[_Segmen
         firsts = np.concatenate(([steps[0]], steps[breaks + 1]))
         lasts = np.concatenate((steps[breaks], [steps[-1]]))
         for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
-            continues = first == 0 and not resetting_at_start[env]
-            out.append(_Segment(env, first, last, continues))
+            out.append(_Segment(env, first, last, continues=first == 0))
     return out
 
 
@@ -253,11 +253,10 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         truncated = np.stack(rollout.truncated)
         valid = np.stack(rollout.valid)
         extras = {k: np.stack([e[k] for e in rollout.extras]) for k in rollout.extras[0]}
-        resetting_at_start = ~valid[0]
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space  # type: ignore[union-attr]
 
         episodes = []
-        for seg in _segments(valid, resetting_at_start):
+        for seg in _segments(valid):
             env, first, last = seg.env, seg.first, seg.last
             span = slice(first, last + 1)
             done = bool(terminated[last, env] or truncated[last, env])

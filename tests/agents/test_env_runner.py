@@ -44,7 +44,7 @@ def test_segments_are_runs_of_valid_steps() -> None:
         ]
     )
     # env 0 was not resetting at the start; env 1 was (its step 0 is the reset); env 2 ends at step 2
-    segs = {(s.env, s.first, s.last, s.continues) for s in _segments(valid, ~valid[0])}
+    segs = {(s.env, s.first, s.last, s.continues) for s in _segments(valid)}
     assert segs == {(0, 0, 1, True), (0, 3, 3, False), (1, 1, 3, False), (2, 0, 2, True)}
 
 

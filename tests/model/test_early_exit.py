@@ -389,6 +389,8 @@ def test_huge_lambda_gates_learn_to_exit_at_the_first_block():
         ("warmup_steps", -1),
         ("alternate_every", 0),
         ("rollout", "yes"),
+        ("gate_lr", 0.0),
+        ("gate_lr", -0.02),
     ],
 )
 def test_bad_settings_name_the_key(key: str, value: object):
