@@ -154,6 +154,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
                 "total_env_steps": config.stop.env_steps,
                 "huber_delta": train.huber_delta,
                 "value_norm": train.value_norm,
+                "threads": res.learner_threads,
             },
         )
         .training(

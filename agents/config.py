@@ -102,6 +102,10 @@ class ResourcesConfig:
     """Remote Learner actors; 0 updates in the driver. With >= 2 the update is data-parallel (DDP)."""
     num_cpus_per_learner: float = 1.0
     """CPUs each remote Learner reserves (with no GPU it also computes on them)."""
+    learner_threads: int = 1
+    """Torch intra-op threads while a Learner updates (the driver's own Learner or each remote one); everything
+    else keeps one thread. Worth 2 only when nothing else computes during the update (sampling in the driver,
+    num_env_runners=0) and the minibatches are large: see docs/BENCHMARKS.md, SMAX speed."""
     num_gpus_per_learner: float = 0.0
     """GPUs per Learner (per remote Learner, or for the driver's own Learner when num_learners = 0)."""
     wait_for_nodes_s: float = 600.0
@@ -109,7 +113,7 @@ class ResourcesConfig:
     to add the nodes the actors need before failing with an error. The embedded local Ray never waits."""
 
     def __post_init__(self) -> None:
-        _positive(self, "resources", ("num_envs_per_env_runner",))
+        _positive(self, "resources", ("num_envs_per_env_runner", "learner_threads"))
         for name in (
             "num_env_runners",
             "num_learners",

@@ -156,10 +156,21 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._graph_freeze_env_steps = int(settings["graph_freeze_env_steps"])
         self._total_env_steps = max(1, int(settings["total_env_steps"]))
         self._huber_delta = float(settings["huber_delta"])
+        self._threads = int(settings.get("threads", 1))
         self._use_value_norm = bool(settings["value_norm"])
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch
+        threads; the process's own setting is restored after, so sampling in the same process keeps one."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            return super().update(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
 
     # -- optimizers ---------------------------------------------------------------------------------------------
 

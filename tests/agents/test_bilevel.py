@@ -65,6 +65,28 @@ def test_rollout_and_update_agree_on_the_policy(ray_session, monkeypatch):
     assert seen[-1] > 0.0  # and the check can see a difference once the policy has moved
 
 
+def test_learner_threads_apply_to_the_update_only(ray_session, monkeypatch):
+    """resources.learner_threads: every gradient step computes with that many torch threads, the process's
+    own setting is back after the update, and the first recomputation still matches the rollout's logits
+    (to rounding: the rollout computed them with one thread)."""
+    import agents.learner
+
+    threads, diffs = [], []
+    real = agents.learner.ppo_team_loss
+
+    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+        threads.append(torch.get_num_threads())
+        diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
+        return real(logits, old_logits, actions, advantages, weight, clip_param)
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
+    before = torch.get_num_threads()
+    _one_iteration(["training.graph_every=1000", f"resources.learner_threads={before + 1}"])
+    assert torch.get_num_threads() == before
+    assert len(threads) >= 4 and set(threads) == {before + 1}
+    assert diffs[0] < 1e-5
+
+
 def test_freeze_stops_graph_steps(ray_session):
     before, after, metrics = _one_iteration(["training.graph_every=1", "training.graph_freeze_fraction=0.0"])
     assert metrics["graph_steps"] == 0

@@ -78,6 +78,7 @@ def test_defaults_without_env_section_have_typed_options():
         ("training.lr=-0.001", r"training\.lr=-0\.001; expected a value > 0"),
         ("training.graph_lr=0", r"training\.graph_lr"),
         ("resources.num_envs_per_env_runner=0", r"resources\.num_envs_per_env_runner=0"),
+        ("resources.learner_threads=0", r"resources\.learner_threads=0; expected a value > 0"),
         ("training.minibatch_size=5000", r"training\.minibatch_size=5000 is larger"),
         ("env.name=nope", r"env\.name='nope' is not a known env; expected one of: .*mpe_spread"),
         ("env.team_reward=max", r"env\.team_reward='max'; expected one of: mean, sum"),
