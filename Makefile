@@ -8,6 +8,7 @@ CONFIG  ?= configs/mpe_spread.yaml
 ARGS    ?=
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install train test lint typecheck unit
 

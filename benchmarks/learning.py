@@ -106,6 +106,7 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
 def start_run() -> None:
     """One thread and a fresh local Ray in this benchmark process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see agents/__init__.py
     import torch
 
     torch.set_num_threads(1)
