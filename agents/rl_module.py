@@ -132,7 +132,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         return self.model_cfg.early_exit.enabled and self.model_cfg.early_exit.rollout
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        # The acting path: no value head, state embedding or exit bookkeeping (a quarter of a small forward).
+        # The acting path: only what the action needs (no value head, state embedding or exit bookkeeping).
         obs = batch[Columns.OBS]
         history = obs.get("history") if self.model_cfg.env_history else None
         exits = self.acts_with_exits
