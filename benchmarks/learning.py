@@ -106,7 +106,9 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
 def start_run() -> None:
     """One thread and a fresh local Ray in this benchmark process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see agents/__init__.py
+    import agents  # noqa: F401  (sets how OpenMP waits, which it reads when torch loads)
+
+    # isort: split
     import torch
 
     torch.set_num_threads(1)

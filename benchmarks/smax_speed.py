@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see agents/__init__.py
-
 import argparse
 import sys
 import time
@@ -30,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+import agents  # noqa: F401  (sets how OpenMP waits, which it reads when torch loads)
 
 
 def raw_rates(scenario: str, num_envs: int, seconds: float) -> tuple[float, float]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see agents/__init__.py
-
 import argparse
 import sys
 import threading
 import time
 from pathlib import Path
 
+import agents  # noqa: F401  (sets how OpenMP waits, which it reads when torch loads)
 from benchmarks.env_speed import raw_steps_per_second, team_steps_per_second
 from envs.mpe import SpreadOptions
 

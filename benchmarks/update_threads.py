@@ -1,5 +1,6 @@
 """One Adam step of a config's policy on 1 vs 2 torch threads, with OpenMP's default and passive waiting, on a
-quiet machine and beside a busy process: why `resources.learner_threads` is 2 and `OMP_WAIT_POLICY` PASSIVE.
+quiet machine and beside a busy process: why `resources.learner_threads` is 2 and how agents/__init__.py makes
+OpenMP wait.
 
     .venv/bin/python -m benchmarks.update_threads [--config configs/smax_3m.yaml] [--batch 1600] [--steps 30]
 
@@ -20,7 +21,13 @@ import subprocess
 import sys
 import time
 
-CASES = (("1", "default"), ("2", "default"), ("2", "PASSIVE"))
+CASES = (  # (threads, label, how OpenMP waits)
+    ("1", "default", {}),
+    ("2", "default", {}),
+    ("2", "passive", {"OMP_WAIT_POLICY": "PASSIVE"}),  # what importing agents sets
+    ("2", "passive, spin 1000", {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}),  # libgomp only
+)
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def measure(config_path: str, batch: int, steps: int) -> list[float]:
@@ -62,27 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/smax_3m.yaml")
     parser.add_argument("--batch", type=int, default=1600, help="team steps per minibatch")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--case", nargs=2, metavar=("THREADS", "POLICY"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", metavar="THREADS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.case:  # a child: the env was set by the parent before this interpreter loaded torch
         import torch
 
-        torch.set_num_threads(int(args.case[0]))
+        torch.set_num_threads(int(args.case))
         print(json.dumps(measure(args.config, args.batch, args.steps)))
         return 0
 
     print(f"one Adam step, {args.config} policy, {args.batch} team steps; median of {args.steps} steps (ms)")
-    print(f"  {'threads':>7}  {'OpenMP wait':>11}  {'quiet':>8}  {'beside a busy process':>22}")
-    for threads, policy in CASES:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        env.pop("OMP_WAIT_POLICY", None)
-        if policy != "default":
-            env["OMP_WAIT_POLICY"] = policy
+    print(f"  {'threads':>7}  {'OpenMP wait':>18}  {'quiet':>8}  {'beside a busy process':>22}")
+    for threads, label, waiting in CASES:
+        env = {k: v for k, v in os.environ.items() if k not in WAIT_VARS}
+        env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **waiting})
         cells = []
         for busy in (False, True):
             command = [sys.executable, "-m", "benchmarks.update_threads", "--config", args.config]
-            command += ["--batch", str(args.batch), "--steps", str(args.steps), "--case", threads, policy]
+            command += ["--batch", str(args.batch), "--steps", str(args.steps), "--case", threads]
             spinner = None
             if busy:
                 spinner = multiprocessing.get_context("spawn").Process(target=_spin, args=(time.time() + 600,))
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     spinner.terminate()
                     spinner.join()
             cells.append(1e3 * statistics.median(json.loads(out.strip().splitlines()[-1])))
-        print(f"  {threads:>7}  {policy:>11}  {cells[0]:8.1f}  {cells[1]:22.1f}")
+        print(f"  {threads:>7}  {label:>18}  {cells[0]:8.1f}  {cells[1]:22.1f}")
     return 0
 
 
