@@ -104,8 +104,8 @@ class ResourcesConfig:
     """CPUs each remote Learner reserves (with no GPU it also computes on them)."""
     learner_threads: int = 1
     """Torch intra-op threads while a Learner updates (the driver's own Learner or each remote one); everything
-    else keeps one thread. Worth 2 only when nothing else computes during the update (sampling in the driver,
-    num_env_runners=0) and the minibatches are large: see docs/BENCHMARKS.md, SMAX speed."""
+    else keeps one thread. PPO's EnvRunners wait for the update, so on one machine its cores are otherwise idle;
+    worth it for minibatches of ~1,000 team steps and more (docs/BENCHMARKS.md, SMAX speed and throughput)."""
     num_gpus_per_learner: float = 0.0
     """GPUs per Learner (per remote Learner, or for the driver's own Learner when num_learners = 0)."""
     wait_for_nodes_s: float = 600.0

@@ -156,7 +156,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._graph_freeze_env_steps = int(settings["graph_freeze_env_steps"])
         self._total_env_steps = max(1, int(settings["total_env_steps"]))
         self._huber_delta = float(settings["huber_delta"])
-        self._threads = int(settings.get("threads", 1))
+        self._threads = int(settings["threads"])
         self._use_value_norm = bool(settings["value_norm"])
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
