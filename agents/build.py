@@ -159,11 +159,12 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
             },
         )
         .training(
-            lr=train.lr,
+            lr=_linear(train.lr, train.lr_end, config.stop.env_steps),
             gamma=train.gamma,
             lambda_=train.gae_lambda,
             clip_param=train.clip_param,
-            entropy_coeff=train.entropy_coeff,
+            # RLlib's annotation says float; its docstring and Scheduler take [[t, value], ...] schedules too.
+            entropy_coeff=_linear(train.entropy_coeff, train.entropy_coeff_end, config.stop.env_steps),  # type: ignore[arg-type]
             vf_loss_coeff=train.vf_loss_coeff,
             use_kl_loss=False,
             grad_clip=train.grad_clip,
@@ -177,3 +178,8 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
         )
         .debugging(seed=config.run.seed, log_level=os.environ.get("COMMFORMER_RAY_LOG_LEVEL", "ERROR"))
     )
+
+
+def _linear(start: float, end: float | None, env_steps: int) -> float | list[list[float]]:
+    """A constant, or RLlib's piecewise-linear schedule over sampled env steps from `start` to `end`."""
+    return start if end is None else [[0, start], [env_steps, end]]

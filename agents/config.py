@@ -50,6 +50,9 @@ class TrainingConfig:
     """Passes over each train batch."""
     lr: float = 5e-4
     """Adam learning rate of the lower level (every parameter except the graph logits)."""
+    lr_end: float | None = None
+    """If set, the lower level's learning rate goes linearly from ``lr`` at the start to ``lr_end`` at
+    ``stop.env_steps`` (sampled env steps), as MAPPO and JaxMARL anneal theirs; None keeps ``lr``."""
     graph_lr: float = 1e-3
     """Adam learning rate of the upper level (the communication-graph logits)."""
     adam_eps: float = 1e-5
@@ -60,6 +63,8 @@ class TrainingConfig:
     clip_param: float = 0.2
     """PPO ratio clip, applied to each agent's own ratio."""
     entropy_coeff: float = 0.01
+    entropy_coeff_end: float | None = None
+    """If set, the entropy bonus goes linearly from ``entropy_coeff`` to this at ``stop.env_steps``."""
     vf_loss_coeff: float = 1.0
     huber_delta: float = 10.0
     """Huber threshold of the value loss (in normalised units when value_norm is on)."""
@@ -78,6 +83,12 @@ class TrainingConfig:
         _in_range(self, "training", "graph_freeze_fraction", 0.0, 1.0)
         if self.entropy_coeff < 0 or self.vf_loss_coeff < 0:
             raise ConfigError("training.entropy_coeff and training.vf_loss_coeff must be >= 0")
+        if self.lr_end is not None and self.lr_end < 0:
+            raise ConfigError(f"training.lr_end={self.lr_end}; expected a value >= 0 (or leave it out)")
+        if self.entropy_coeff_end is not None and self.entropy_coeff_end < 0:
+            raise ConfigError(
+                f"training.entropy_coeff_end={self.entropy_coeff_end}; expected a value >= 0 (or leave it out)"
+            )
         if self.minibatch_size > self.train_batch_size:
             raise ConfigError(
                 f"training.minibatch_size={self.minibatch_size} is larger than "

@@ -21,17 +21,24 @@ the PPO ratio is taken on the recorded head (agents/rl_module.py replays the dep
 Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ratio whose clip range shrinks
 per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents and
 RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
+
+Bootstrap steps. PPO's learner pipeline adds one artificial step to every episode chunk so that GAE can read
+the value of the observation after the chunk's last step; those rows then ride along, masked, through every
+minibatch. `DropBootstrapSteps` removes them once GAE has used them: with 128 battles an iteration cuts ~300
+chunks, so the rows were ~9% of the batch and a third minibatch per epoch of pure overhead.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -143,6 +150,39 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
     return masked_mean(err, weight)
 
 
+class DropBootstrapSteps(ConnectorV2):
+    """The last piece of the learner pipeline, after GAE: keeps only the rows PPO's loss counts.
+
+    Removes the artificial bootstrap step of every episode chunk (RLlib's LOSS_MASK = False rows) from every
+    column, drops LOSS_MASK, and standardises the advantages over the rows that remain (RLlib's GAE piece
+    standardised them over all rows, bootstrap steps included, whose advantage is not one of a real action).
+    """
+
+    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: Any, **kwargs: Any) -> Any:
+        for module_id, columns in batch.items():
+            mask = columns.pop(Columns.LOSS_MASK, None)
+            if mask is None:
+                continue
+            keep = torch.as_tensor(mask, dtype=torch.bool)
+            batch[module_id] = kept = {name: _rows(column, keep, name) for name, column in columns.items()}
+            advantages = kept.get(Postprocessing.ADVANTAGES)
+            if advantages is not None:
+                kept[Postprocessing.ADVANTAGES] = (advantages - advantages.mean()) / advantages.std().clamp(min=1e-4)
+        return batch
+
+
+def _rows(column: Any, keep: Tensor, name: str) -> Any:
+    """The kept rows of one batch column: a tensor or array with one row per step, or a dict of them (obs)."""
+    if isinstance(column, dict):
+        return {key: _rows(value, keep, f"{name}/{key}") for key, value in column.items()}
+    if not isinstance(column, Tensor | np.ndarray) or len(column) != len(keep):
+        raise TypeError(
+            f"DropBootstrapSteps: batch column {name!r} is a {type(column).__name__} of length "
+            f"{len(column) if hasattr(column, '__len__') else '-'}; expected a tensor or array of {len(keep)} rows"
+        )
+    return column[keep] if isinstance(column, Tensor) else column[keep.numpy()]
+
+
 class CommFormerPPOLearner(PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
@@ -161,6 +201,8 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
+        if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
+            self._learner_connector.append(DropBootstrapSteps())  # after PPO's GAE piece (module docstring)
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch

@@ -2,6 +2,12 @@
 
     python -m benchmarks.smax_learning run --scenario 3m --seed 0 [--env-steps 2000000]
     python -m benchmarks.smax_learning summarize        # table at 0.5M / 1M / 1.5M / 2M + PNG of the curves
+    python -m benchmarks.smax_learning run --scenario 3m --tag lr1e-3 --env-steps 1500000 training.lr=0.001
+    python -m benchmarks.smax_learning summarize --probes   # the tagged probes' table
+
+A run with `--tag` and `key=value` overrides is a probe: the config with those changes, written under
+docs/benchmarks/smax_learning/probes/<scenario>_<tag>_seed<k>.csv (and _greedy.json), kept apart from the ready
+configs' runs.
 
 `run` trains the ready config configs/smax_<scenario>.yaml unchanged but for the seed and the run length, and
 appends one row per iteration to docs/benchmarks/smax_learning/<scenario>_seed<k>.csv: env steps, mean episode
@@ -29,13 +35,21 @@ SCENARIOS = ("3m", "2s3z")
 MARKS = (500_000, 1_000_000, 1_500_000, 2_000_000)
 
 
-def run(scenario: str, seed: int, env_steps: int, eval_episodes: int) -> Path:
+def run(
+    scenario: str, seed: int, env_steps: int, eval_episodes: int, tag: str = "", overrides: tuple[str, ...] = ()
+) -> Path:
+    if overrides and not tag:
+        raise SystemExit("overrides change the ready config: name the probe with --tag")
+    out = OUT / "probes" if tag else OUT
+    stem = f"{scenario}_{tag}_seed{seed}" if tag else f"{scenario}_seed{seed}"
     start_run()
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
     from agents.env_runner import EPISODE_WIN_RATE
 
-    config = load_config(f"configs/smax_{scenario}.yaml", [f"run.seed={seed}", f"stop.env_steps={env_steps}"])
+    config = load_config(
+        f"configs/smax_{scenario}.yaml", [*overrides, f"run.seed={seed}", f"stop.env_steps={env_steps}"]
+    )
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
 
@@ -44,11 +58,10 @@ def run(scenario: str, seed: int, env_steps: int, eval_episodes: int) -> Path:
 
     def greedy(trained: Any) -> None:
         result = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
-        (OUT / f"{scenario}_seed{seed}_greedy.json").write_text(json.dumps(result, indent=2))
+        (out / f"{stem}_greedy.json").write_text(json.dumps(result, indent=2))
         print(f"greedy policy over {eval_episodes} battles: win rate {result['win_rate']:.3f}", flush=True)
 
-    csv_path = OUT / f"{scenario}_seed{seed}.csv"
-    return train_to_csv(algo, csv_path, env_steps, f"{scenario} seed {seed}", extra=win_rate, at_end=greedy)
+    return train_to_csv(algo, out / f"{stem}.csv", env_steps, stem, extra=win_rate, at_end=greedy)
 
 
 def greedy_win_rate(algo: Any, config: Any, episodes: int, seed: int) -> dict[str, Any]:
@@ -110,6 +123,21 @@ def summarize() -> None:
         plot_curves(curves, colors, (0.9, "goal on 3m (0.90)"), title, path, ylabel="win rate (last 100 episodes)")
 
 
+def summarize_probes() -> None:
+    """One row per probe run: the training win rate at each mark and the greedy win rate at its end."""
+    print("| probe | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | greedy, end | env steps/s |")
+    print("|---|" + "---|" * len(MARKS) + "---|---|")
+    for path in sorted((OUT / "probes").glob("*.csv")):
+        steps, wins, wall = _read_wins(path)
+        if not steps:
+            continue
+        at = [_at(steps, wins, m, window=50_000) for m in MARKS]
+        cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
+        greedy_path = path.with_name(f"{path.stem}_greedy.json")
+        greedy = f"{json.loads(greedy_path.read_text())['win_rate']:.2f}" if greedy_path.exists() else "-"
+        print(f"| {path.stem} | {cells} | {greedy} | {steps[-1] / max(wall, 1e-9):,.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--env-steps", type=int, default=2_000_000)
     one.add_argument("--eval-episodes", type=int, default=200)
-    sub.add_parser("summarize")
+    one.add_argument("--tag", default="", help="name of a probe: a changed config, kept under probes/")
+    one.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of a probe (needs --tag)")
+    table = sub.add_parser("summarize")
+    table.add_argument("--probes", action="store_true", help="the probes' table instead of the ready configs'")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.scenario, args.seed, args.env_steps, args.eval_episodes)
+        run(args.scenario, args.seed, args.env_steps, args.eval_episodes, args.tag, tuple(args.overrides))
+    elif args.probes:
+        summarize_probes()
     else:
         summarize()
     return 0

@@ -104,7 +104,7 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
 
     def recording(logits, old_logits, actions, advantages, weight, clip_param):
         calls["n"] += 1
-        if calls["n"] in (1, 6):  # the first gradient step of iteration 1 and of iteration 2 (5 steps each)
+        if calls["n"] in (1, 5):  # the first gradient step of iteration 1 and of iteration 2 (4 steps each)
             first_diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
         return real(logits, old_logits, actions, advantages, weight, clip_param)
 
@@ -127,7 +127,7 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
         taus = []
         for _ in range(2):
             metrics = algo.train()["learners"]["default_policy"]
-            assert metrics["gradient_steps"] == 5  # keeps the call indices above honest
+            assert metrics["gradient_steps"] == 4  # keeps the call indices above honest
             taus.append(metrics["moe_tau"])
         runner_tau = float(algo.env_runner.module.policy.policy_head.tau)
     finally:
@@ -182,3 +182,57 @@ def test_all_steps_non_finite_leaves_the_policy_untouched(ray_session, monkeypat
     before, after, metrics = _one_iteration(["training.graph_every=2"])
     assert metrics["skipped_updates"] == metrics["gradient_steps"] >= 4
     assert not any(_moved(before, after, k) for k in before)
+
+
+def test_minibatches_hold_only_real_steps(ray_session, monkeypatch):
+    """The learner trains on exactly the sampled steps: no artificial bootstrap rows (so no loss mask), and
+    `num_epochs` x (train batch / minibatch) gradient steps. With those rows an epoch of 256 sampled steps
+    would need a third minibatch (4 envs cut at least 4 episode chunks, one extra row each)."""
+    import agents.learner
+
+    rows, masks = [], []
+    real = agents.learner.ppo_team_loss
+
+    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+        rows.append(logits.shape[0])
+        return real(logits, old_logits, actions, advantages, weight, clip_param)
+
+    real_loss = agents.learner.CommFormerPPOLearner.compute_loss_for_module
+
+    def loss(self, *, module_id, config, batch, fwd_out):
+        masks.append(batch.get("loss_mask"))
+        return real_loss(self, module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
+    monkeypatch.setattr(agents.learner.CommFormerPPOLearner, "compute_loss_for_module", loss)
+    _, _, metrics = _one_iteration(["training.graph_every=1000"])
+    assert rows == [128] * 4 and metrics["gradient_steps"] == 4
+    assert masks == [None] * 4
+
+
+def test_lr_and_entropy_anneal_linearly_over_the_run(ray_session):
+    """training.lr_end / entropy_coeff_end: after 256 of 512 env steps both are half-way; the graph's own
+    learning rate does not move."""
+    config = load_config(
+        "configs/signal.yaml",
+        [
+            *BASE,
+            "training.lr=0.01",
+            "training.lr_end=0.0",
+            "training.entropy_coeff=0.02",
+            "training.entropy_coeff_end=0.0",
+            "training.graph_lr=0.003",
+            "stop.env_steps=512",
+        ],
+    )
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    try:
+        algo.train()
+        learner = algo.learner_group._learner
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in learner.get_optimizers_for_module("default_policy")}
+        entropy = float(learner.entropy_coeff_schedulers_per_module["default_policy"].get_current_value())
+    finally:
+        algo.stop()
+    assert lrs["model"] == pytest.approx(0.005) and lrs["graph"] == pytest.approx(0.003)
+    assert entropy == pytest.approx(0.01)

@@ -138,3 +138,9 @@ def test_a_policy_refuses_an_env_window_of_another_length():
         ValueError, match=r"history window of 10 steps but model\.encoder='orchid' with model\.history=72"
     ):
         build_policy(config.model, TeamDims(n_agents=2, obs_dim=6, n_actions=4, state_dim=None, history=10))
+
+
+@pytest.mark.parametrize("key", ["lr_end", "entropy_coeff_end"])
+def test_negative_schedule_ends_are_refused(key):
+    with pytest.raises(ConfigError, match=f"training.{key}=-0.1; expected a value >= 0"):
+        load_config("configs/signal.yaml", [f"training.{key}=-0.1"])
