@@ -52,8 +52,8 @@ def raw_rates(scenario: str, num_envs: int, seconds: float) -> tuple[float, floa
     while time.perf_counter() - start < seconds:
         for acts in actions:
             carry, out = env._jit_step(carry, resetting, acts)
-        _, _, terminated, truncated, _ = env._unpack(out.block_until_ready(), resetting)
-        resetting = terminated | truncated
+        out["obs"].block_until_ready()
+        resetting = np.asarray(out["terminated"]) | np.asarray(out["truncated"])
         steps += num_envs * len(actions)
     core = steps / (time.perf_counter() - start)
     env.close()

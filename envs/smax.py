@@ -35,9 +35,8 @@ Decisions written down here:
 - Randomness: env b's key chain starts at `PRNGKey(seed + b)` (gymnasium's seed + index convention), and every
   reset and every step takes `key, sub = split(key)` and uses `sub`. `SMAXEnv` follows the same chain, so
   `SMAXVectorEnv.reset(seed=s)` replays `SMAXEnv.reset(seed=s + b)` step for step.
-- Hand-off: the jitted step returns all its outputs packed in one flat float32 XLA CPU buffer, which `np.asarray`
-  views without a copy (read-only; RLlib's torch conversion accepts those); the observations are views of it.
-  One buffer, not one per key: each jax -> numpy hand-off costs ~0.2 ms of Python, whatever its size.
+- Hand-off: the jitted step returns its outputs as XLA CPU buffers, which `np.asarray` views without a copy
+  (read-only; RLlib's torch conversion accepts those); torch can take them with `torch.from_dlpack` as well.
 - Threads: jaxmarl/jax are imported on first use, after `JAX_PLATFORMS=cpu` and single-threaded XLA flags are
   put in the environment (only where unset: set them yourself to use a GPU). XLA's intra-op pool would otherwise
   fight torch and the other processes for 2 cores. `benchmarks/smax_speed.py` measures the raw stepping rate.
@@ -376,32 +375,9 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
         self._alive = np.zeros((num_envs, n), dtype=bool)
         self._resetting = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: these envs reset on the next step()
         self._carry: Any = None  # (keys (B, 2), batched jaxmarl state, history window (B, L, N, D) or None)
-        self._layout = self._output_layout()
         jax = game.jax
-        self._jit_reset = jax.jit(lambda keys: self._packed(*self._reset_all(keys)))
-        self._jit_step = jax.jit(lambda carry, resetting, acts: self._packed(*self._step_all(carry, resetting, acts)))
-
-    def _output_layout(self) -> list[tuple[str, tuple[int, ...], type]]:
-        """(key, shape, host dtype) of every output of one step, in the order of the packed buffer."""
-        b, n, a, d = self.num_envs, self.n_agents, self.n_actions, self.obs_dim
-        layout: list[tuple[str, tuple[int, ...], type]] = [
-            ("obs", (b, n, d), np.float32),
-            ("action_mask", (b, n, a), np.float32),
-            ("alive", (b, n), np.float32),
-            ("reward", (b,), np.float32),
-            ("agent_reward", (b,), np.float32),
-            ("nonfinite_obs", (b,), np.bool_),
-            ("terminated", (b,), np.bool_),
-            ("truncated", (b,), np.bool_),
-            ("won", (b,), np.bool_),
-            ("dead_allies", (b,), np.int32),
-            ("dead_enemies", (b,), np.int32),
-        ]
-        if self.use_state:
-            layout += [("state", (b, self.game.state_dim), np.float32), ("nonfinite_state", (b,), np.bool_)]
-        if self.history:
-            layout.append(("history", (b, self.history, n, d), np.float32))
-        return layout
+        self._jit_reset = jax.jit(self._reset_all)
+        self._jit_step = jax.jit(self._step_all)
 
     # ------------------------------------------------------------------ jitted (B envs at once)
 
@@ -439,19 +415,6 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
             window = jnp.concatenate([kept, out["obs"][:, None]], axis=1)  # (B, L, N, D), this step last
             out["history"] = window
         return out, window
-
-    def _packed(self, carry: Any, out: dict[str, Any]) -> tuple[Any, Any]:
-        """Every output in one flat float32 buffer (`_layout`'s order): the host takes one array per step
-        instead of one per key, which cost ~0.2 ms each (a fifth of the sampling time at B = 128).
-        float32 holds the flags and the unit counts exactly."""
-        jnp = self.game.jnp
-        parts = []
-        for key, shape, _ in self._layout:
-            value = out[key]
-            if tuple(value.shape) != shape:  # at trace time: the layout and `_team` must agree
-                raise AssertionError(f"SMAX output {key} has shape {tuple(value.shape)}; the layout says {shape}")
-            parts.append(value.astype(jnp.float32).reshape(-1))
-        return carry, jnp.concatenate(parts)
 
     def _reset_all(self, keys: Any) -> tuple[Any, dict[str, Any]]:
         jax, jnp = self.game.jax, self.game.jnp
@@ -543,18 +506,10 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
         return acts.astype(np.int32)
 
     def _unpack(
-        self, out: Any, resetting: np.ndarray
+        self, out: dict[str, Any], resetting: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """The packed buffer of a jitted step as the VectorEnv's obs, reward, dones and info dict: float32
-        entries are views of it (no copies), flags and counts are converted back to their dtypes."""
-        flat = np.asarray(out)
-        view: dict[str, np.ndarray] = {}
-        offset = 0
-        for key, shape, dtype in self._layout:
-            size = int(np.prod(shape))
-            part = flat[offset : offset + size].reshape(shape)
-            view[key] = part if dtype is np.float32 else part.astype(dtype)
-            offset += size
+        """Views of the jitted outputs (no copies) as the VectorEnv's obs, reward, dones and info dict."""
+        view = {key: np.asarray(value) for key, value in out.items()}
         obs = {key: view[key] for key in self.single_observation_space.spaces}
         self._mask, self._alive = view["action_mask"], view["alive"] > 0
         self.action_space.available = self._mask

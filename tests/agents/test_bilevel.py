@@ -236,3 +236,22 @@ def test_lr_and_entropy_anneal_linearly_over_the_run(ray_session):
         algo.stop()
     assert lrs["model"] == pytest.approx(0.005) and lrs["graph"] == pytest.approx(0.003)
     assert entropy == pytest.approx(0.01)
+
+
+def test_an_overshooting_batch_takes_no_extra_minibatch(ray_session, monkeypatch):
+    """4 envs sample 252 steps for train_batch_size=250: still 2 epochs x 2 minibatches of 125 (RLlib alone
+    would take a fifth to show the last 2 rows a second time)."""
+    import agents.learner
+
+    rows = []
+    real = agents.learner.ppo_team_loss
+
+    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+        rows.append(logits.shape[0])
+        return real(logits, old_logits, actions, advantages, weight, clip_param)
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
+    _, _, metrics = _one_iteration(
+        ["training.graph_every=1000", "training.train_batch_size=250", "training.minibatch_size=125"]
+    )
+    assert rows == [125] * 4 and metrics["gradient_steps"] == 4
