@@ -33,10 +33,17 @@ from benchmarks.learning import _at, plot_curves, start_run, train_to_csv
 OUT = Path("docs/benchmarks/smax_learning")
 SCENARIOS = ("3m", "2s3z")
 MARKS = (500_000, 1_000_000, 1_500_000, 2_000_000)
+GOAL_MARK = 1_500_000  # issue 7: 3m >= 0.90 by 1.5M env steps
 
 
 def run(
-    scenario: str, seed: int, env_steps: int, eval_episodes: int, tag: str = "", overrides: tuple[str, ...] = ()
+    scenario: str,
+    seed: int,
+    env_steps: int,
+    eval_episodes: int,
+    tag: str = "",
+    overrides: tuple[str, ...] = (),
+    greedy_at: int = GOAL_MARK,
 ) -> Path:
     if overrides and not tag:
         raise SystemExit("overrides change the ready config: name the probe with --tag")
@@ -53,13 +60,18 @@ def run(
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
 
-    def win_rate(result: dict) -> dict[str, float]:
-        return {"win_rate": float(result["env_runners"].get(EPISODE_WIN_RATE, float("nan")))}
+    pending = [greedy_at] if 0 < greedy_at < env_steps else []
 
-    def greedy(trained: Any) -> None:
+    def greedy(trained: Any, suffix: str = "") -> None:
         result = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
-        (out / f"{stem}_greedy.json").write_text(json.dumps(result, indent=2))
-        print(f"greedy policy over {eval_episodes} battles: win rate {result['win_rate']:.3f}", flush=True)
+        (out / f"{stem}_greedy{suffix}.json").write_text(json.dumps(result, indent=2))
+        print(f"greedy policy{suffix} over {eval_episodes} battles: win rate {result['win_rate']:.3f}", flush=True)
+
+    def win_rate(result: dict) -> dict[str, float]:
+        runners = result["env_runners"]
+        if pending and runners["num_env_steps_sampled_lifetime"] >= pending[0]:
+            greedy(algo, f"_at{pending.pop() / 1e6:g}M")  # the policy of the first iteration past the mark
+        return {"win_rate": float(runners.get(EPISODE_WIN_RATE, float("nan")))}
 
     return train_to_csv(algo, out / f"{stem}.csv", env_steps, stem, extra=win_rate, at_end=greedy)
 
@@ -93,10 +105,19 @@ def _read_wins(path: Path) -> tuple[list[int], list[float], float]:
     return steps, wins, wall
 
 
+GREEDY_SUFFIXES = (f"_at{GOAL_MARK / 1e6:g}M", "")
+GREEDY_HEADER = f"greedy, {GOAL_MARK / 1e6:g}M | greedy, end"
+
+
+def _greedy_cell(csv_path: Path, suffix: str) -> str:
+    path = csv_path.with_name(f"{csv_path.stem}_greedy{suffix}.json")
+    return f"{json.loads(path.read_text())['win_rate']:.2f}" if path.exists() else "-"
+
+
 def summarize() -> None:
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
-    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | greedy, end | env steps/s |")
-    print("|---|---|" + "---|" * len(MARKS) + "---|---|")
+    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + f" | {GREEDY_HEADER} | env steps/s |")
+    print("|---|---|" + "---|" * len(MARKS) + "---|---|---|")
     means: dict[str, list[list[float]]] = {}
     for scenario in SCENARIOS:
         for path in sorted(OUT.glob(f"{scenario}_seed*.csv")):
@@ -109,13 +130,11 @@ def summarize() -> None:
                 if v is not None:
                     means.setdefault(scenario, [[] for _ in MARKS])[i].append(v)
             cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
-            greedy_path = path.with_name(f"{path.stem}_greedy.json")
-            greedy = json.loads(greedy_path.read_text())["win_rate"] if greedy_path.exists() else None
-            greedy_cell = "-" if greedy is None else f"{greedy:.2f}"
-            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {greedy_cell} | {steps[-1] / wall:,.0f} |")
+            greedy = " | ".join(_greedy_cell(path, suffix) for suffix in GREEDY_SUFFIXES)
+            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {greedy} | {steps[-1] / wall:,.0f} |")
     for scenario, per_mark in means.items():
         cells = " | ".join(f"{sum(v) / len(v):.2f} (n={len(v)})" if v else "-" for v in per_mark)
-        print(f"| {scenario} | mean | {cells} | | |")
+        print(f"| {scenario} | mean | {cells} | | | |")
     if curves:
         colors = {"3m": "tab:blue", "2s3z": "tab:red"}
         title = "SMAX vs the heuristic enemy (one line per seed)"
@@ -125,16 +144,15 @@ def summarize() -> None:
 
 def summarize_probes() -> None:
     """One row per probe run: the training win rate at each mark and the greedy win rate at its end."""
-    print("| probe | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + " | greedy, end | env steps/s |")
-    print("|---|" + "---|" * len(MARKS) + "---|---|")
+    print("| probe | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + f" | {GREEDY_HEADER} | env steps/s |")
+    print("|---|" + "---|" * len(MARKS) + "---|---|---|")
     for path in sorted((OUT / "probes").glob("*.csv")):
         steps, wins, wall = _read_wins(path)
         if not steps:
             continue
         at = [_at(steps, wins, m, window=50_000) for m in MARKS]
         cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
-        greedy_path = path.with_name(f"{path.stem}_greedy.json")
-        greedy = f"{json.loads(greedy_path.read_text())['win_rate']:.2f}" if greedy_path.exists() else "-"
+        greedy = " | ".join(_greedy_cell(path, suffix) for suffix in GREEDY_SUFFIXES)
         print(f"| {path.stem} | {cells} | {greedy} | {steps[-1] / max(wall, 1e-9):,.0f} |")
 
 
@@ -146,13 +164,27 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--env-steps", type=int, default=2_000_000)
     one.add_argument("--eval-episodes", type=int, default=200)
+    one.add_argument(
+        "--greedy-at",
+        type=int,
+        default=GOAL_MARK,
+        help="also play --eval-episodes greedy battles when the run passes this many env steps (0: only at the end)",
+    )
     one.add_argument("--tag", default="", help="name of a probe: a changed config, kept under probes/")
     one.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of a probe (needs --tag)")
     table = sub.add_parser("summarize")
     table.add_argument("--probes", action="store_true", help="the probes' table instead of the ready configs'")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.scenario, args.seed, args.env_steps, args.eval_episodes, args.tag, tuple(args.overrides))
+        run(
+            args.scenario,
+            args.seed,
+            args.env_steps,
+            args.eval_episodes,
+            args.tag,
+            tuple(args.overrides),
+            args.greedy_at,
+        )
     elif args.probes:
         summarize_probes()
     else:
