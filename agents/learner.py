@@ -24,8 +24,9 @@ RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
 
 Bootstrap steps. PPO's learner pipeline adds one artificial step to every episode chunk so that GAE can read
 the value of the observation after the chunk's last step; those rows then ride along, masked, through every
-minibatch. `DropBootstrapSteps` removes them once GAE has used them: with 128 battles an iteration cuts ~300
-chunks, so the rows were ~9% of the batch and a third minibatch per epoch of pure overhead.
+minibatch. `DropBootstrapSteps` removes them once GAE has used them: with 128 SMAX battles an iteration cuts
+~310 chunks, so the rows were ~9% of the batch and took 2 of its 12 gradient steps (with the sampler's
+overshoot, which `_create_iterator_if_necessary` absorbs).
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ class DropBootstrapSteps(ConnectorV2):
             if mask is None:
                 continue
             keep = torch.as_tensor(mask, dtype=torch.bool)
+            if keep.dim() != 1:  # a stateful module's (B, T) padding mask: not a flat batch of steps
+                raise ValueError(
+                    f"DropBootstrapSteps: LOSS_MASK of module {module_id!r} has shape {tuple(keep.shape)}; "
+                    "expected one entry per step (a stateless module's flat batch)"
+                )
             batch[module_id] = kept = {name: _rows(column, keep, name) for name, column in columns.items()}
             advantages = kept.get(Postprocessing.ADVANTAGES)
             if advantages is not None:

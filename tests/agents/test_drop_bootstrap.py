@@ -48,3 +48,10 @@ def test_a_column_that_is_not_one_row_per_step_is_named():
     batch["default_policy"]["extra"] = torch.zeros(3)
     with pytest.raises(TypeError, match="'extra' is a Tensor of length 3; expected a tensor or array of 7 rows"):
         DropBootstrapSteps()(rl_module=None, batch=batch, episodes=[])
+
+
+def test_a_padded_sequence_mask_is_refused():
+    batch = _batch()
+    batch["default_policy"][Columns.LOSS_MASK] = torch.ones(7, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"has shape \(7, 4\); expected one entry per step"):
+        DropBootstrapSteps()(rl_module=None, batch=batch, episodes=[])
