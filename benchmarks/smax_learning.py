@@ -1,5 +1,7 @@
 """Win rate of CommFormer on SMAX 3m and 2s3z (jaxmarl, heuristic enemy), 2M env steps, with curves.
 
+Scenarios: 3m, 2s3z, and 3m_history (configs/smax_3m_history.yaml: 3m with each agent's last 4 observations).
+
     python -m benchmarks.smax_learning run --scenario 3m --seed 0 [--env-steps 2000000]
     python -m benchmarks.smax_learning summarize        # table at 0.5M / 1M / 1.5M / 2M + PNG of the curves
     python -m benchmarks.smax_learning run --scenario 3m --tag lr1e-3 --env-steps 1500000 training.lr=0.001
@@ -31,7 +33,7 @@ from typing import Any
 from benchmarks.learning import _at, plot_curves, start_run, train_to_csv
 
 OUT = Path("docs/benchmarks/smax_learning")
-SCENARIOS = ("3m", "2s3z")
+SCENARIOS = ("3m", "3m_history", "2s3z")  # configs/smax_<name>.yaml
 MARKS = (500_000, 1_000_000, 1_500_000, 2_000_000)
 GOAL_MARK = 1_500_000  # issue 7: 3m >= 0.90 by 1.5M env steps
 
@@ -136,7 +138,7 @@ def summarize() -> None:
         cells = " | ".join(f"{sum(v) / len(v):.2f} (n={len(v)})" if v else "-" for v in per_mark)
         print(f"| {scenario} | mean | {cells} | | | |")
     if curves:
-        colors = {"3m": "tab:blue", "2s3z": "tab:red"}
+        colors = {"3m": "tab:blue", "3m_history": "tab:green", "2s3z": "tab:red"}
         title = "SMAX vs the heuristic enemy (one line per seed)"
         path = OUT / "win_rate_curves.png"
         plot_curves(curves, colors, (0.9, "goal on 3m (0.90)"), title, path, ylabel="win rate (last 100 episodes)")
