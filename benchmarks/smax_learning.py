@@ -116,24 +116,36 @@ def _greedy_cell(csv_path: Path, suffix: str) -> str:
     return f"{json.loads(path.read_text())['win_rate']:.2f}" if path.exists() else "-"
 
 
+def _header(*first: str) -> None:
+    marks = " | ".join(f"{m / 1e6:g}M" for m in MARKS)
+    print(f"| {' | '.join(first)} | {marks} | {GREEDY_HEADER} | env steps/s |")
+    print("|" + "---|" * (len(first) + len(MARKS) + 3))
+
+
+def _row(path: Path, *first: str) -> list[float | None]:
+    """Prints one run's row (training win rate at each mark, greedy win rates, speed); returns the marks' values."""
+    steps, wins, wall = _read_wins(path)
+    at = [_at(steps, wins, m, window=50_000) for m in MARKS]
+    cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
+    greedy = " | ".join(_greedy_cell(path, suffix) for suffix in GREEDY_SUFFIXES)
+    print(f"| {' | '.join(first)} | {cells} | {greedy} | {steps[-1] / max(wall, 1e-9):,.0f} |")
+    return at
+
+
 def summarize() -> None:
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
-    print("| scenario | seed | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + f" | {GREEDY_HEADER} | env steps/s |")
-    print("|---|---|" + "---|" * len(MARKS) + "---|---|---|")
+    _header("scenario", "seed")
     means: dict[str, list[list[float]]] = {}
     for scenario in SCENARIOS:
         for path in sorted(OUT.glob(f"{scenario}_seed*.csv")):
-            steps, wins, wall = _read_wins(path)
+            steps, wins, _ = _read_wins(path)
             if not steps:
                 continue
             curves.setdefault(scenario, []).append((steps, wins))
-            at = [_at(steps, wins, m, window=50_000) for m in MARKS]
+            at = _row(path, scenario, path.stem.split("seed")[1])
             for i, v in enumerate(at):
                 if v is not None:
                     means.setdefault(scenario, [[] for _ in MARKS])[i].append(v)
-            cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
-            greedy = " | ".join(_greedy_cell(path, suffix) for suffix in GREEDY_SUFFIXES)
-            print(f"| {scenario} | {path.stem.split('seed')[1]} | {cells} | {greedy} | {steps[-1] / wall:,.0f} |")
     for scenario, per_mark in means.items():
         cells = " | ".join(f"{sum(v) / len(v):.2f} (n={len(v)})" if v else "-" for v in per_mark)
         print(f"| {scenario} | mean | {cells} | | | |")
@@ -145,17 +157,11 @@ def summarize() -> None:
 
 
 def summarize_probes() -> None:
-    """One row per probe run: the training win rate at each mark and the greedy win rate at its end."""
-    print("| probe | " + " | ".join(f"{m / 1e6:g}M" for m in MARKS) + f" | {GREEDY_HEADER} | env steps/s |")
-    print("|---|" + "---|" * len(MARKS) + "---|---|---|")
+    """One row per probe run: the training win rate at each mark and the greedy win rates."""
+    _header("probe")
     for path in sorted((OUT / "probes").glob("*.csv")):
-        steps, wins, wall = _read_wins(path)
-        if not steps:
-            continue
-        at = [_at(steps, wins, m, window=50_000) for m in MARKS]
-        cells = " | ".join("-" if v is None else f"{v:.2f}" for v in at)
-        greedy = " | ".join(_greedy_cell(path, suffix) for suffix in GREEDY_SUFFIXES)
-        print(f"| {path.stem} | {cells} | {greedy} | {steps[-1] / max(wall, 1e-9):,.0f} |")
+        if _read_wins(path)[0]:
+            _row(path, path.stem)
 
 
 def main(argv: list[str] | None = None) -> int:
