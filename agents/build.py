@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
+from agents.algorithm import CommFormerPPOConfig
 from agents.config import ConfigError, ExperimentConfig, to_dict
 from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
@@ -109,8 +109,9 @@ def worker_env_vars() -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
 
 
-def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
-    """Maps the typed experiment onto RLlib's PPOConfig. Call `probe_env` first to validate against the env."""
+def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
+    """Maps the typed experiment onto RLlib's PPOConfig (ours adds `sample_ahead`, agents/algorithm.py). Call
+    `probe_env` first to validate against the env."""
     register_env(ENV_ID, make_env_from_dict)
     train, res = config.training, config.resources
     num_learners = max(res.num_learners, 1)
@@ -122,9 +123,10 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
     freeze_steps = int(train.graph_freeze_fraction * config.stop.env_steps)
     faults = config.faults
     vectorize_mode = "vector_entry_point" if is_vectorised(config.env.name) else "sync"
+    ppo = CommFormerPPOConfig()
+    ppo.sample_ahead = train.sample_ahead
     return (
-        PPOConfig()
-        .framework("torch")
+        ppo.framework("torch")
         .environment(env=ENV_ID, env_config=env_config_dict(config))
         .env_runners(
             env_runner_cls=TeamEnvRunner,
@@ -156,6 +158,7 @@ def build_ppo_config(config: ExperimentConfig) -> PPOConfig:
                 "huber_delta": train.huber_delta,
                 "value_norm": train.value_norm,
                 "threads": res.learner_threads,
+                "sample_ahead": train.sample_ahead,
             },
         )
         .training(

@@ -74,6 +74,10 @@ class TrainingConfig:
     """Every graph_every-th gradient step updates only the graph logits; the others only the rest."""
     graph_freeze_fraction: float = 1.0
     """Stop updating the graph after this fraction of stop.env_steps (1.0: never freeze)."""
+    sample_ahead: bool = False
+    """The remote EnvRunners sample the next batch while the Learner updates on this one: each batch then comes
+    from the weights one update before those it trains (policy lag 1; agents/algorithm.py). Needs
+    ``resources.num_env_runners >= 1``."""
 
     def __post_init__(self) -> None:
         _positive(self, "training", ("train_batch_size", "minibatch_size", "num_epochs", "graph_every"))
@@ -217,6 +221,14 @@ class ExperimentConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.training.sample_ahead and self.resources.num_env_runners < 1:
+            raise ConfigError(
+                "training.sample_ahead=true needs resources.num_env_runners >= 1 (the next batch is sampled in "
+                f"another process while the Learner updates); got resources.num_env_runners="
+                f"{self.resources.num_env_runners}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------

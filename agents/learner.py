@@ -22,24 +22,23 @@ Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ra
 per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents and
 RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
 
-Bootstrap steps. PPO's learner pipeline adds one artificial step to every episode chunk so that GAE can read
-the value of the observation after the chunk's last step; those rows then ride along, masked, through every
-minibatch. `DropBootstrapSteps` removes them once GAE has used them: with 128 SMAX battles an iteration cuts
-~310 chunks, so the rows were ~9% of the batch and took 2 of its 12 gradient steps (with the sampler's
-overshoot, which `_create_iterator_if_necessary` absorbs).
+The batch. RLlib's PPO learner pipeline is replaced by `TeamPPOBatch` (agents/team_batch.py), which builds the
+same batch from whole arrays and keeps only the sampled steps: RLlib's pipeline appends an artificial bootstrap
+step to every episode chunk and carried those rows, masked, through every minibatch (with 128 SMAX battles ~310
+chunks an iteration, ~9% of the batch). `_create_iterator_if_necessary` takes `num_epochs x round(rows /
+minibatch_size)` minibatches, so the sampler's overshoot does not cost a whole extra minibatch.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
-from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.learner.learner_connector_pipeline import LearnerConnectorPipeline
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -48,6 +47,7 @@ from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
 
 from agents.rl_module import EXIT_DEPTH, POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
+from agents.team_batch import PROX_LOGITS, TeamPPOBatch
 from commformer.early_exit import (
     EarlyExitConfig,
     distill_kl,
@@ -76,23 +76,37 @@ def ppo_team_loss(
     advantages: Tensor,
     weight: Tensor,
     clip_param: float,
+    prox_logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Per-agent clipped PPO surrogate.
+    """Per-agent clipped PPO surrogate; with `prox_logits`, the decoupled form for stale batches.
 
     Args:
-        logits: (B, N, A) current masked logits.  old_logits: (B, N, A) the rollout's masked logits.
+        logits: (B, N, A) current masked logits.  old_logits: (B, N, A) the rollout's (behaviour) masked logits.
         actions: (B, N) int.  advantages: (B,) team advantages (shared by all agents).
         weight: (B, N) 0/1 - alive agents at valid (non-bootstrap) steps.
-    Returns policy_loss, entropy, approx_kl and clip_fraction (scalars).
+        prox_logits: optional (B, N, A) logits of the weights the update started from (the proximal policy).
+            Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization"): the ratio is
+            clipped around the proximal policy, r = pi / pi_prox, and the surrogate is importance-weighted by
+            pi_prox / pi_behaviour. With a batch sampled one update back (`training.sample_ahead`) the plain
+            ratio pi / pi_behaviour starts outside the clip range wherever the last update moved the policy, and
+            those steps give no gradient. Without a lag, pi_prox = pi_behaviour and this is plain PPO.
+    Returns policy_loss, entropy, approx_kl and clip_fraction (scalars; the last two against the proximal
+    policy when given).
     """
     logp_all = F.log_softmax(logits, dim=-1)  # (B, N, A)
     logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)  # (B, N)
     with torch.no_grad():
         old_logp = F.log_softmax(old_logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        behaviour_weight = torch.ones_like(old_logp)
+        if prox_logits is not None:
+            prox_logp = F.log_softmax(prox_logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            behaviour_weight = (prox_logp - old_logp).exp()  # pi_prox / pi_behaviour, (B, N)
+            old_logp = prox_logp
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     adv = advantages.unsqueeze(-1)  # (B, 1): every agent shares the team advantage
-    surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - clip_param, 1.0 + clip_param) * adv)
+    clipped = torch.min(ratio * adv, ratio.clamp(1.0 - clip_param, 1.0 + clip_param) * adv)
+    surrogate = behaviour_weight * clipped
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, N); masked actions contribute 0 * finite
     with torch.no_grad():
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, weight)  # Schulman's k3 estimator
@@ -151,44 +165,6 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
     return masked_mean(err, weight)
 
 
-class DropBootstrapSteps(ConnectorV2):
-    """The last piece of the learner pipeline, after GAE: keeps only the rows PPO's loss counts.
-
-    Removes the artificial bootstrap step of every episode chunk (RLlib's LOSS_MASK = False rows) from every
-    column, drops LOSS_MASK, and standardises the advantages over the rows that remain (RLlib's GAE piece
-    standardised them over all rows, bootstrap steps included, whose advantage is not one of a real action).
-    """
-
-    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: Any, **kwargs: Any) -> Any:
-        for module_id, columns in batch.items():
-            mask = columns.pop(Columns.LOSS_MASK, None)
-            if mask is None:
-                continue
-            keep = torch.as_tensor(mask, dtype=torch.bool)
-            if keep.dim() != 1:  # a stateful module's (B, T) padding mask: not a flat batch of steps
-                raise ValueError(
-                    f"DropBootstrapSteps: LOSS_MASK of module {module_id!r} has shape {tuple(keep.shape)}; "
-                    "expected one entry per step (a stateless module's flat batch)"
-                )
-            batch[module_id] = kept = {name: _rows(column, keep, name) for name, column in columns.items()}
-            advantages = kept.get(Postprocessing.ADVANTAGES)
-            if advantages is not None:
-                kept[Postprocessing.ADVANTAGES] = (advantages - advantages.mean()) / advantages.std().clamp(min=1e-4)
-        return batch
-
-
-def _rows(column: Any, keep: Tensor, name: str) -> Any:
-    """The kept rows of one batch column: a tensor or array with one row per step, or a dict of them (obs)."""
-    if isinstance(column, dict):
-        return {key: _rows(value, keep, f"{name}/{key}") for key, value in column.items()}
-    if not isinstance(column, Tensor | np.ndarray) or len(column) != len(keep):
-        raise TypeError(
-            f"DropBootstrapSteps: batch column {name!r} is a {type(column).__name__} of length "
-            f"{len(column) if hasattr(column, '__len__') else '-'}; expected a tensor or array of {len(keep)} rows"
-        )
-    return column[keep] if isinstance(column, Tensor) else column[keep.numpy()]
-
-
 class CommFormerPPOLearner(PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
@@ -204,11 +180,20 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._huber_delta = float(settings["huber_delta"])
         self._threads = int(settings["threads"])
         self._use_value_norm = bool(settings["value_norm"])
+        self._decoupled = bool(settings.get("sample_ahead", False))  # stale batches: decoupled PPO (ppo_team_loss)
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
         if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
-            self._learner_connector.append(DropBootstrapSteps())  # after PPO's GAE piece (module docstring)
+            # RLlib's default pipeline, replaced by one piece that builds the same batch from whole arrays.
+            assert isinstance(self.config, PPOConfig)
+            batch = TeamPPOBatch(
+                gamma=self.config.gamma,
+                lambda_=self.config.lambda_,
+                device=self._device or "cpu",
+                proximal=self._decoupled,
+            )
+            self._learner_connector = LearnerConnectorPipeline(connectors=[batch])
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch
@@ -256,7 +241,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 self.register_optimizer(
                     module_id=module_id,
                     optimizer_name=name,
-                    optimizer=torch.optim.Adam(params, eps=float(settings["adam_eps"])),
+                    optimizer=torch.optim.Adam(params, eps=float(settings["adam_eps"]), fused=True),  # one kernel
                     params=params,
                     lr_or_lr_schedule=rate,
                 )
@@ -337,6 +322,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
         alive = batch[Columns.OBS]["alive"].to(logits.dtype)  # (B, N)
         valid = batch.get(Columns.LOSS_MASK)
+        prox = batch.get(PROX_LOGITS) if self._decoupled else None
         weight = alive if valid is None else alive * valid.to(logits.dtype).unsqueeze(-1)  # (B, N)
 
         terms = ppo_team_loss(
@@ -346,6 +332,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
             batch[Postprocessing.ADVANTAGES],
             weight,
             config.clip_param,
+            prox_logits=None if prox is None else prox.view(-1, n, a),
         )
         targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
         if self._use_value_norm:

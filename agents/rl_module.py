@@ -157,10 +157,26 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         All agents share the team reward, so each agent's value head regresses the same target; RLlib's GAE
         connector needs one value per time step, and the mean over alive agents is the lower-variance estimate.
         """
-        out = self.policy_output(batch)
+        return self._team_value(self.policy_output(batch), batch)
+
+    def values_and_logits(self, batch: dict[str, Any], exit_depth: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One forward: the team values of `compute_values` (B,) and the logits (B, N * A) along the recorded
+        `exit_depth`, those of decoupled PPO's proximal policy (agents/learner.py)."""
+        out = self.policy_output(batch, exit_depth=exit_depth if self.acts_with_exits else None)
+        return self._team_value(out, batch), out.logits.flatten(-2)
+
+    def _team_value(self, out: PolicyOutput, batch: dict[str, Any]) -> Tensor:
         alive = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N)
         team = (out.values * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)  # (B,)
         return self.value_norm.denormalize(team)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """RLlib's `set_state` turns the saved float64 scalars into float32 tensors; the ValueNorm statistics are
+        float64 and are loaded again as saved, so a restored run continues from exactly the saved statistics."""
+        super().set_state(state)
+        exact = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items() if k.startswith("value_norm.")}
+        if exact:
+            self.load_state_dict(exact, strict=False)
 
     @torch.no_grad()
     def graph_snapshot(self) -> dict[str, Tensor]:

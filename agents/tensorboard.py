@@ -23,6 +23,7 @@ SCALARS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("env_runners", "episode_return_min"), "return/episode_return_min"),
     (("env_runners", "episode_len_mean"), "return/episode_len_mean"),
     (("env_runners", "episode_win_rate"), "return/episode_win_rate"),  # envs with a win signal (SMAX, SMACv2)
+    (("policy_lag",), "perf/policy_lag"),  # training.sample_ahead: updates between sampling and training a batch
 )
 # Per-module learner metrics written by CommFormerPPOLearner (under learners/default_policy/...).
 LEARNER_KEYS = (

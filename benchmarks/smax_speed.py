@@ -10,10 +10,12 @@ split of time between env stepping, policy inference and the learner.
 env" is the whole `step()` (action checks, the jitted step, the info dict), "jitted core" calls the compiled
 step alone with pre-drawn actions (the floor the Python around it adds to). Compilation is excluded.
 (2) The config trains for --iterations iterations; env steps/s is over all iterations but the first (start-up,
-compilation). With resources.num_env_runners=0 (sampling in this process) the time is also split, timed around
-the EnvRunner's `VectorEnv.step`, its policy forward and action draw (`TeamEnvRunner._act`) and `sample()`; the
-rest of `train()` is the learner update with its batch preparation. RLlib's own timers are EMAs that carry the
-first iteration's compilation for many iterations, so they are not used.
+compilation). The time is split, timed around the EnvRunner's `VectorEnv.step`, its policy forward and action
+draw (`TeamEnvRunner._act`) and `sample()` (inside the remote EnvRunner when there is one), and around the
+Learner's update (batch preparation and gradient steps) in the driver. With `training.sample_ahead` the
+EnvRunner samples while the Learner updates: its shares run alongside the driver's, and the driver's "waiting"
+line is what sampling still costs the wall clock. RLlib's own timers are EMAs that carry the first iteration's
+compilation for many iterations, so they are not used.
 """
 
 from __future__ import annotations
@@ -101,41 +103,72 @@ def main(argv: list[str] | None = None) -> int:
     probe_env(config)
     init_ray()
     algo = build_ppo_config(config).build_algo()
-    clock = {"env": 0.0, "inference": 0.0, "sample": 0.0}
-    split = config.resources.num_env_runners == 0  # sampling runs here, so it can be timed from here
-    if split:
-        runner = algo.env_runner
-        env = runner.env.unwrapped
-        runner.env.unwrapped.step = _timed(env.step, clock, "env")
-        runner._act = _timed(runner._act, clock, "inference")
-        runner.sample = _timed(runner.sample, clock, "sample")
-    steps, walls, splits = [], [], []
-    for _ in range(args.iterations):
-        before = dict(clock)
+    remote = config.resources.num_env_runners > 0
+    clock = {"env": 0.0, "inference": 0.0, "sample": 0.0, "update": 0.0}
+    if remote:  # the runners time themselves; the driver times the Learner's update
+        algo.env_runner_group.foreach_env_runner(_install_timers, local_env_runner=False)
+    else:
+        _install_timers(algo.env_runner, clock)
+    algo.learner_group.update = _timed(algo.learner_group.update, clock, "update")
+    steps, walls = [], []
+    for i in range(args.iterations):
+        if i == 1:  # from here on: the first iteration carries start-up and compilation
+            clock.update(dict.fromkeys(clock, 0.0))
+            if remote:
+                algo.env_runner_group.foreach_env_runner(_reset_timers, local_env_runner=False)
         t0 = time.perf_counter()
         result = algo.train()
         walls.append(time.perf_counter() - t0)
         steps.append(int(result["env_runners"]["num_env_steps_sampled"]))
-        splits.append({k: clock[k] - before[k] for k in clock})
+    runner_clocks = (
+        algo.env_runner_group.foreach_env_runner(_read_timers, local_env_runner=False) if remote else [clock]
+    )
     algo.stop()
 
     train_fps = sum(steps[1:]) / sum(walls[1:])
     wall = sum(walls[1:])
-    env_s, inference_s, sample_s = (sum(split[k] for split in splits[1:]) for k in ("env", "inference", "sample"))
     print(f"training: {args.config} {' '.join(args.overrides)}")
     print(f"  env steps/s (iterations 2..{args.iterations}): {train_fps:,.0f}   ({steps[-1]} env steps per iteration)")
-    if not split:
-        return 0
     print(f"  time of iterations 2..{args.iterations} ({wall:.2f} s):")
-    rows = [
+    env_s, inference_s, sample_s = (sum(c[k] for c in runner_clocks) for k in ("env", "inference", "sample"))
+    sampling = [
         ("env stepping (SMAXVectorEnv.step)", env_s),
         ("policy forward + action draw", inference_s),
         ("rest of sampling (batching, episode chunks)", sample_s - env_s - inference_s),
-        ("learner update and the rest of train()", wall - sample_s),
     ]
-    for name, seconds in rows:
-        print(f"    {name:<42} {seconds:7.3f} s  {100 * seconds / wall:5.1f} %")
+    update = ("learner update (batch + gradient steps)", clock["update"])
+    if remote:
+        overlapped = " alongside" if config.training.sample_ahead else ", the driver waiting"
+        print(f"    in the EnvRunner process{overlapped} (summed over {len(runner_clocks)} runner(s)):")
+        _lines("      ", sampling, wall)
+        print("    in the driver:")
+        _lines("      ", [update, ("waiting for samples, weight sync, rest", wall - clock["update"])], wall)
+    else:
+        _lines("    ", [*sampling, update, ("the rest of train()", wall - sample_s - clock["update"])], wall)
     return 0
+
+
+def _lines(indent: str, rows: list[tuple[str, float]], wall: float) -> None:
+    for name, seconds in rows:
+        print(f"{indent}{name:<42} {seconds:7.3f} s  {100 * seconds / wall:5.1f} %")
+
+
+def _install_timers(runner: Any, clock: dict[str, float] | None = None) -> None:
+    """Times the EnvRunner's `VectorEnv.step`, its policy forward and action draw, and `sample()` into `clock`
+    (kept on the runner as `_bench_clock` when it runs in another process)."""
+    clock = runner._bench_clock = clock if clock is not None else {"env": 0.0, "inference": 0.0, "sample": 0.0}
+    env = runner.env.unwrapped
+    env.step = _timed(env.step, clock, "env")
+    runner._act = _timed(runner._act, clock, "inference")
+    runner.sample = _timed(runner.sample, clock, "sample")
+
+
+def _reset_timers(runner: Any) -> None:
+    runner._bench_clock.update(dict.fromkeys(runner._bench_clock, 0.0))
+
+
+def _read_timers(runner: Any) -> dict[str, float]:
+    return dict(runner._bench_clock)
 
 
 if __name__ == "__main__":

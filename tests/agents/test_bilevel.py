@@ -53,10 +53,10 @@ def test_rollout_and_update_agree_on_the_policy(ray_session, monkeypatch):
     seen = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         valid = weight.bool()  # (B, N): alive agents at real (non-bootstrap) steps
         seen.append(float((logits - old_logits).abs()[valid].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     _one_iteration(["training.graph_every=1000"])
@@ -74,10 +74,10 @@ def test_learner_threads_apply_to_the_update_only(ray_session, monkeypatch):
     threads, diffs = [], []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         threads.append(torch.get_num_threads())
         diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     before = torch.get_num_threads()
@@ -102,11 +102,11 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
     calls = {"n": 0}
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         calls["n"] += 1
         if calls["n"] in (1, 5):  # the first gradient step of iteration 1 and of iteration 2 (4 steps each)
             first_diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     config = load_config(
@@ -193,9 +193,9 @@ def test_minibatches_hold_only_real_steps(ray_session, monkeypatch):
     rows, masks = [], []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         rows.append(logits.shape[0])
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     real_loss = agents.learner.CommFormerPPOLearner.compute_loss_for_module
 
@@ -246,9 +246,9 @@ def test_an_overshooting_batch_takes_no_extra_minibatch(ray_session, monkeypatch
     rows = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         rows.append(logits.shape[0])
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     _, _, metrics = _one_iteration(

@@ -89,6 +89,7 @@ def test_defaults_without_env_section_have_typed_options():
         ("model.history=0", r"model\.history=0; expected an integer >= 1"),
         ("model.orchid.max_len=5", r"model\.orchid\.max_len=5 contradicts model\.history=1"),
         ("model.orchid.conditioning=type3", r"model\.orchid\.conditioning='type3'"),
+        ("training.sample_ahead=true", r"training\.sample_ahead=true needs resources\.num_env_runners >= 1"),
     ],
 )
 def test_bad_values_are_refused_by_name(override, message):

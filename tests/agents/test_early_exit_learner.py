@@ -69,9 +69,9 @@ def test_recorded_exit_depths_are_replayed_in_the_loss(ray_session, monkeypatch,
     seen: list[float] = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         seen.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     _, _, metrics = _one_iteration(
@@ -95,9 +95,9 @@ def test_replaying_the_wrong_depth_would_be_seen(ray_session, monkeypatch):
     seen: list[float] = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
         seen.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
 
     def forgetful_forward_train(self, batch, **kwargs):
         out = self.policy_output(batch)  # the recorded depth is not passed on

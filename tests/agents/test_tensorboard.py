@@ -31,7 +31,7 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
     logger = RunLogger(tmp_path)
     learner = {"policy_loss": 0.5, "moe_policy_usage_entropy": 1.2, "exit_distill_kl": 0.03, "other_key": 9.0}
     runners = {"episode_return_mean": -20.0, "episode_win_rate": 0.75}
-    result = {"env_runners": runners, "learners": {"default_policy": learner}}
+    result = {"env_runners": runners, "learners": {"default_policy": learner}, "policy_lag": 1.0}
     logger.log_result(result, env_steps=4000, fps=1000.0)
     logger.log_faults({"env_errors": 2.0, "skipped_updates": 0.0}, env_steps=4000)
     logger.close()
@@ -44,6 +44,7 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
     assert scalars["faults/env_errors"].value == 2.0 and scalars["faults/skipped_updates"].value == 0.0
     assert scalars["return/episode_return_mean"].value == -20.0
     assert scalars["return/episode_win_rate"].value == 0.75
+    assert scalars["perf/policy_lag"].value == 1.0  # training.sample_ahead
     assert not any("other_key" in tag for tag in scalars)  # only the known groups are written
 
 

@@ -1,0 +1,121 @@
+"""PPO whose EnvRunners sample the next batch while the Learner updates on this one (`training.sample_ahead`).
+
+RLlib's PPO alternates: the EnvRunners sample a batch, then the Learner updates on it while they wait, then the
+new weights go out. On SMAX 3m on 2 cores the update is ~70% of an iteration, so one core sat idle for most of
+it. With `sample_ahead` an iteration is:
+
+1. every healthy remote EnvRunner without a sample in flight starts one (the first iteration, or after a restart);
+2. wait for the samples in flight;
+3. start the next samples at once, on the weights the EnvRunners hold;
+4. update on the batch of step 2 and send the new weights: they queue behind the sample of step 3 on each
+   EnvRunner (an actor runs its calls in order) and reach the sample after it.
+
+A batch is therefore taken with the weights from one update before the ones it trains (policy lag 1, the
+asynchronous sampling of IMPALA / APPO reduced to one batch in flight). PPO's ratio is taken against the logits
+the EnvRunner recorded, so the clipped surrogate still bounds the step; it starts from a ratio that is not 1.
+GAE uses the Learner's current critic, as in synchronous PPO. The lag of every batch is logged as `policy_lag`
+(the Learner's weights version minus the one the batch was sampled with: 0 for synchronous PPO).
+
+Needs remote EnvRunners (`resources.num_env_runners >= 1`): sampling in the driver would run on the Learner's
+thread. A batch in flight when training stops, or when a checkpoint is restored into a fresh algorithm, is
+dropped; nothing in it was counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.env.env_runner import EnvRunner
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+    WEIGHTS_SEQ_NO,
+)
+
+SAMPLE_TAG = "commformer_sample"
+POLICY_LAG = "policy_lag"
+
+
+class CommFormerPPOConfig(PPOConfig):
+    """PPOConfig plus `sample_ahead` (module docstring); builds `CommFormerPPO`."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or CommFormerPPO)
+        self.sample_ahead = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sample_ahead and not self.in_evaluation and self.num_env_runners < 1:
+            self._value_error(
+                "sample_ahead needs remote EnvRunners (num_env_runners >= 1): sampling in the driver would run "
+                "on the Learner's thread"
+            )
+
+
+def _sample_with_metrics(runner: EnvRunner) -> tuple[Any, Any]:
+    return runner.sample(), runner.get_metrics()
+
+
+class CommFormerPPO(PPO):
+    """RLlib's PPO, or with `config.sample_ahead` the overlapped step of the module docstring."""
+
+    def restore_from_path(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        """RLlib's restore, then the restored weights sent to the remote EnvRunners once more, after every
+        earlier weight message has arrived. RLlib sends them fire-and-forget, and a runner still busy with the
+        weights of the algorithm's construction has the message dropped (one "set_state" in flight per runner):
+        the first batch after a resume was then sampled with the initial weights."""
+        super().restore_from_path(path, *args, **kwargs)
+        runners = self.env_runner_group
+        if runners is not None and runners.num_remote_env_runners() > 0:
+            runners.fetch_ready_async_reqs(tags="set_state", timeout_seconds=None)
+            runners.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+
+    def training_step(self) -> None:
+        if not getattr(self.config, "sample_ahead", False):
+            super().training_step()
+            return
+        runners, learners, metrics = self.env_runner_group, self.learner_group, self.metrics
+        assert runners is not None and learners is not None and metrics is not None
+        config = self.config
+        assert isinstance(config, CommFormerPPOConfig)
+        with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            runners.foreach_env_runner_async(_sample_with_metrics, tag=SAMPLE_TAG)  # only runners without one
+            ready: list[tuple[int, Any]] = runners.fetch_ready_async_reqs(
+                tags=SAMPLE_TAG, timeout_seconds=config.sample_timeout_s
+            )
+            runners.foreach_env_runner_async(_sample_with_metrics, tag=SAMPLE_TAG)
+        episodes = [episode for _, (sampled, _) in ready for episode in sampled]
+        if not episodes:
+            return  # every sample failed or timed out: RLlib restores failed runners before the next step
+        metrics.aggregate([runner_metrics for _, (_, runner_metrics) in ready], key=ENV_RUNNER_RESULTS)
+        sampled_with = min(int(episode.get_extra_model_outputs(WEIGHTS_SEQ_NO)[0]) for episode in episodes)
+
+        with metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = learners.update(
+                episodes=episodes,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)),
+                    NUM_MODULE_STEPS_TRAINED_LIFETIME: metrics.peek(
+                        (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME), default=0
+                    ),
+                },
+                num_epochs=config.num_epochs,
+                minibatch_size=config.minibatch_size,
+                shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
+            )
+            metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        modules = sorted(set(learner_results[0]) - {ALL_MODULES})
+        # The update just taken made version v; the batch was sampled with `sampled_with`, v - 1 being lag 0.
+        version = max(int(learner_results[0][module][WEIGHTS_SEQ_NO].peek()) for module in modules)
+        metrics.log_value(POLICY_LAG, version - 1 - sampled_with, window=1)
+
+        with metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            runners.sync_weights(from_worker_or_learner_group=learners, policies=modules, inference_only=True)

@@ -1,0 +1,122 @@
+"""TeamPPOBatch (agents/team_batch.py) against RLlib's own PPO learner pipeline, and its GAE against a hand loop."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.evaluation.postprocessing import Postprocessing
+
+from agents.build import build_ppo_config, probe_env
+from agents.config import load_config
+from agents.team_batch import PROX_LOGITS, TeamPPOBatch, gae
+from envs import smax
+
+ADV, TARGETS = Postprocessing.ADVANTAGES, Postprocessing.VALUE_TARGETS
+
+
+def test_gae_of_concatenated_chunks_matches_a_loop_per_chunk():
+    rng = np.random.default_rng(0)
+    lengths = np.array([1, 5, 3, 7, 2])
+    deltas = rng.normal(size=lengths.sum())
+    expected, start = [], 0
+    for n in lengths:  # A_t = delta_t + 0.99 * 0.9 * A_t+1, restarting at 0 after every chunk's last step
+        running, chunk = 0.0, []
+        for delta in deltas[start : start + n][::-1]:
+            running = delta + 0.99 * 0.9 * running
+            chunk.append(running)
+        expected += chunk[::-1]
+        start += n
+    assert np.allclose(gae(deltas, lengths, 0.99, 0.9), expected)
+
+
+def _reference(algo, episodes: list[SingleAgentEpisode]) -> dict:
+    """RLlib's default PPO learner pipeline on `episodes`, then only the rows its loss mask counts, with the
+    advantages standardised over them (what the learner trained on before TeamPPOBatch)."""
+    config = algo.config
+    pipeline = config.build_learner_connector(input_observation_space=None, input_action_space=None, device="cpu")
+    pipeline.prepend(AddOneTsToEpisodesAndTruncate())
+    pipeline.append(GeneralAdvantageEstimation(gamma=config.gamma, lambda_=config.lambda_))
+    module = algo.learner_group._learner.module
+    batch = pipeline(rl_module=module, batch={}, episodes=episodes, explore=False, shared_data={}, metrics=None)
+    columns = batch[DEFAULT_MODULE_ID]
+    keep = columns.pop(Columns.LOSS_MASK).bool()
+    kept = {}
+    for name, column in columns.items():
+        if isinstance(column, dict):
+            kept[name] = {key: value[keep] for key, value in column.items()}
+        else:
+            kept[name] = column[keep]
+    kept[ADV] = (kept[ADV] - kept[ADV].mean()) / kept[ADV].std()
+    return kept
+
+
+def _compare(config_path: str, overrides: list[str], iterations: int) -> set[str]:
+    config = load_config(config_path, overrides)
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    try:
+        episodes = []
+        for _ in range(iterations):
+            episodes += algo.env_runner.sample()
+        learner = algo.learner_group._learner
+        ours = TeamPPOBatch(gamma=algo.config.gamma, lambda_=algo.config.lambda_)
+        got = ours(rl_module=learner.module, batch={}, episodes=episodes)[DEFAULT_MODULE_ID]
+        expected = _reference(algo, copy.deepcopy(episodes))
+    finally:
+        algo.stop()
+    assert set(got) == set(expected)
+    for name, column in expected.items():
+        if isinstance(column, dict):
+            assert set(got[name]) == set(column)
+            for key, value in column.items():
+                assert torch.equal(got[name][key], value), f"{name}/{key}"
+        elif column.dtype.is_floating_point:
+            assert got[name].dtype == column.dtype, name
+            assert torch.allclose(got[name], column, atol=1e-5, rtol=1e-5), name
+        else:
+            assert torch.equal(got[name], column.to(got[name].dtype)), name
+    finished = {"terminated" if ep.is_terminated else "truncated" if ep.is_truncated else "cut" for ep in episodes}
+    return finished
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_batch_equals_rllibs_pipeline_on_signal_episodes():
+    # Episodes that end by truncation and chunks cut by the rollout, several per env.
+    kinds = _compare("configs/signal.yaml", ["training.train_batch_size=300", "training.minibatch_size=100"], 2)
+    assert {"truncated", "cut"} <= kinds
+
+
+@pytest.mark.skipif(smax.unavailable_reason() is not None, reason=str(smax.unavailable_reason()))
+@pytest.mark.usefixtures("ray_session")
+def test_the_batch_equals_rllibs_pipeline_on_smax_battles():
+    # Battles won or lost (terminated), time-outs and cut chunks; observations with the global state.
+    overrides = ["resources.num_envs_per_env_runner=8", "training.train_batch_size=800", "training.minibatch_size=400"]
+    overrides += ["resources.num_env_runners=0", "training.sample_ahead=false"]  # sampled here, in the driver
+    kinds = _compare("configs/smax_3m.yaml", overrides, 2)
+    assert {"terminated", "cut"} <= kinds
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_proximal_logits_are_the_policy_on_the_batch_rows():
+    config = load_config("configs/signal.yaml", ["training.train_batch_size=300", "training.minibatch_size=100"])
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    try:
+        episodes = algo.env_runner.sample()
+        module = algo.learner_group._learner.module
+        plain = TeamPPOBatch(gamma=0.99, lambda_=0.95)(rl_module=module, batch={}, episodes=episodes)
+        prox = TeamPPOBatch(gamma=0.99, lambda_=0.95, proximal=True)(rl_module=module, batch={}, episodes=episodes)
+        plain, prox = plain[DEFAULT_MODULE_ID], prox[DEFAULT_MODULE_ID]
+        with torch.no_grad():
+            expected = module[DEFAULT_MODULE_ID].policy_output({Columns.OBS: plain[Columns.OBS]}).logits.flatten(-2)
+    finally:
+        algo.stop()
+    assert torch.allclose(prox.pop(PROX_LOGITS), expected, atol=1e-6)
+    assert set(prox) == set(plain) and torch.equal(prox[TARGETS], plain[TARGETS])
