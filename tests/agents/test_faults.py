@@ -258,8 +258,10 @@ def test_nan_observations_are_counted_and_a_run_that_keeps_them_stops(ray_sessio
     assert ckpt.read_meta(latest)["iteration"] == 1
 
 
-def test_dead_env_runner_is_replaced(ray_session, tmp_path) -> None:
-    """Kill the only remote EnvRunner's process while it samples: RLlib restarts it and training goes on."""
+@pytest.mark.parametrize("sample_ahead", [False, True])
+def test_dead_env_runner_is_replaced(ray_session, tmp_path, sample_ahead) -> None:
+    """Kill the only remote EnvRunner's process while it samples: RLlib restarts it and training goes on (with
+    `training.sample_ahead` the sample in flight is lost and the restarted runner starts the next one)."""
     from agents.build import build_ppo_config, probe_env
 
     config = load_config(
@@ -269,6 +271,7 @@ def test_dead_env_runner_is_replaced(ray_session, tmp_path) -> None:
             "resources.num_env_runners=1",
             "resources.num_cpus_per_env_runner=0.5",
             "faults.env_runner_restart_delay_s=0",
+            f"training.sample_ahead={str(sample_ahead).lower()}",
         ],
     )
     probe_env(config)
