@@ -96,7 +96,7 @@ class TeamPPOBatch(ConnectorV2):
         prox_logits = None
         with torch.no_grad():
             if self.proximal:
-                values, prox_logits = module.values_and_logits(obs_batch, self._exit_depths(chunks, lengths))
+                values, prox_logits = module.values_and_logits(obs_batch, self._exit_depths(chunks))
                 prox_logits = prox_logits[torch.from_numpy(step_rows).to(prox_logits.device)]
             else:
                 values = module.compute_values(obs_batch)
@@ -131,14 +131,13 @@ class TeamPPOBatch(ConnectorV2):
         batch[DEFAULT_MODULE_ID] = columns
         return batch
 
-    @staticmethod
-    def _exit_depths(chunks: list[SingleAgentEpisode], lengths: np.ndarray) -> torch.Tensor | None:
+    def _exit_depths(self, chunks: list[SingleAgentEpisode]) -> torch.Tensor | None:
         """The recorded early-exit depth of every row of the value forward (T + 1 per chunk; the row after a
         chunk's last step repeats its depth and is not used), or None when the EnvRunners recorded none."""
         if EXIT_DEPTH not in chunks[0].extra_model_outputs:
             return None
         depths = [episode.get_extra_model_outputs(EXIT_DEPTH) for episode in chunks]
-        return torch.from_numpy(np.concatenate([np.append(d, d[-1]) for d in depths]))
+        return self._tensor(np.concatenate([np.append(d, d[-1]) for d in depths]))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """A torch tensor on the learner's device; float64 becomes float32 (as RLlib's NumpyToTensor does)."""

@@ -111,3 +111,24 @@ def test_replaying_the_wrong_depth_would_be_seen(ray_session, monkeypatch):
     monkeypatch.setattr(agents.rl_module.CommFormerRLModule, "_forward_train", forgetful_forward_train)
     _one_iteration(["model.early_exit.rollout=true", "model.early_exit.gate_init_bias=3.0"])
     assert seen[0] > 0.0
+
+
+def test_sample_ahead_takes_the_proximal_logits_along_the_recorded_depths(ray_session, monkeypatch):
+    """With `training.sample_ahead` the update clips around the proximal logits, which TeamPPOBatch computes:
+    rollouts that leave at head 0 (bias 3) need those logits from head 0 too, or the first ratio is not 1."""
+    import agents.learner
+
+    seen: list[float] = []
+    real = agents.learner.ppo_team_loss
+
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+        assert prox_logits is not None
+        seen.append(float((logits - prox_logits).abs()[weight.bool()].max()))
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+
+    monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
+    overrides = ["model.early_exit.rollout=true", "model.early_exit.gate_init_bias=3.0"]
+    overrides += ["model.early_exit.warmup_steps=100", "training.sample_ahead=true", "resources.num_env_runners=1"]
+    _, _, metrics = _one_iteration(overrides)
+    assert seen[0] < 1e-6 and seen[-1] > 0.0
+    assert metrics["exit_rollout_depth_mean"] == 0.0
