@@ -168,7 +168,8 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
 class CommFormerPPOLearner(PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
-    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm.
+    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm, threads,
+    sample_ahead (batches one update stale: decoupled PPO around the proximal logits of `TeamPPOBatch`).
     """
 
     def build(self) -> None:
