@@ -104,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     algo = build_ppo_config(config).build_algo()
     remote = config.resources.num_env_runners > 0
-    clock = {"env": 0.0, "inference": 0.0, "sample": 0.0, "update": 0.0}
+    clock = {"env": 0.0, "inference": 0.0, "sample": 0.0, "update": 0.0, "fetch": 0.0}
     if remote:  # the runners time themselves; the driver times the Learner's update
         algo.env_runner_group.foreach_env_runner(_install_timers, local_env_runner=False)
     else:
         _install_timers(algo.env_runner, clock)
     algo.learner_group.update = _timed(algo.learner_group.update, clock, "update")
+    runners = algo.env_runner_group  # sample-ahead fetches the runners' samples through this call
+    runners.fetch_ready_async_reqs = _timed(runners.fetch_ready_async_reqs, clock, "fetch")
     steps, walls = [], []
     for i in range(args.iterations):
         if i == 1:  # from here on: the first iteration carries start-up and compilation
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    in the EnvRunner process{overlapped} (summed over {len(runner_clocks)} runner(s)):")
         _lines("      ", sampling, wall)
         print("    in the driver:")
-        _lines("      ", [update, ("waiting for samples, weight sync, rest", wall - clock["update"])], wall)
+        fetch = ("waiting for samples and receiving them", clock["fetch"])
+        rest = ("weight sync, the rest of train()", wall - clock["update"] - clock["fetch"])
+        _lines("      ", [update, fetch, rest] if config.training.sample_ahead else [update, rest], wall)
     else:
         _lines("    ", [*sampling, update, ("the rest of train()", wall - sample_s - clock["update"])], wall)
     return 0
