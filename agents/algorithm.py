@@ -11,10 +11,11 @@ it. With `sample_ahead` an iteration is:
    EnvRunner (an actor runs its calls in order) and reach the sample after it.
 
 A batch is therefore taken with the weights from one update before the ones it trains (policy lag 1, the
-asynchronous sampling of IMPALA / APPO reduced to one batch in flight). PPO's ratio is taken against the logits
-the EnvRunner recorded, so the clipped surrogate still bounds the step; it starts from a ratio that is not 1.
-GAE uses the Learner's current critic, as in synchronous PPO. The lag of every batch is logged as `policy_lag`
-(the Learner's weights version minus the one the batch was sampled with: 0 for synchronous PPO).
+asynchronous sampling of IMPALA / APPO reduced to one batch in flight). The Learner then uses decoupled PPO
+(agents/learner.py `ppo_team_loss`): plain PPO's ratio against the recorded logits would start outside the clip
+range wherever the last update moved the policy. GAE uses the Learner's current critic, as in synchronous PPO.
+The lag of every batch is logged as `policy_lag` (the Learner's weights version minus the one the batch was
+sampled with: 0 for synchronous PPO).
 
 Needs remote EnvRunners (`resources.num_env_runners >= 1`): sampling in the driver would run on the Learner's
 thread. A batch in flight when training stops, or when a checkpoint is restored into a fresh algorithm, is

@@ -158,7 +158,6 @@ def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
                 "huber_delta": train.huber_delta,
                 "value_norm": train.value_norm,
                 "threads": res.learner_threads,
-                "sample_ahead": train.sample_ahead,
             },
         )
         .training(

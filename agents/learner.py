@@ -19,8 +19,8 @@ stepped with the model on every non-graph step. When the EnvRunners acted with e
 the PPO ratio is taken on the recorded head (agents/rl_module.py replays the depth).
 
 Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ratio whose clip range shrinks
-per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents and
-RLlib's artificial bootstrap step (LOSS_MASK) are excluded from every mean.
+per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents are
+excluded from every mean.
 
 The batch. RLlib's PPO learner pipeline is replaced by `TeamPPOBatch` (agents/team_batch.py), which builds the
 same batch from whole arrays and keeps only the sampled steps: RLlib's pipeline appends an artificial bootstrap
@@ -168,8 +168,9 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
 class CommFormerPPOLearner(PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
-    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm, threads,
-    sample_ahead (batches one update stale: decoupled PPO around the proximal logits of `TeamPPOBatch`).
+    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm, threads.
+    With the algorithm's `sample_ahead` (agents/algorithm.py) the batches are one update stale: decoupled PPO
+    around the proximal logits `TeamPPOBatch` computes.
     """
 
     def build(self) -> None:
@@ -181,7 +182,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._huber_delta = float(settings["huber_delta"])
         self._threads = int(settings["threads"])
         self._use_value_norm = bool(settings["value_norm"])
-        self._decoupled = bool(settings.get("sample_ahead", False))  # stale batches: decoupled PPO (ppo_team_loss)
+        self._decoupled = bool(getattr(self.config, "sample_ahead", False))  # stale batches (ppo_team_loss)
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
@@ -322,9 +323,8 @@ class CommFormerPPOLearner(PPOTorchLearner):
         logits = fwd_out[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
         old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
         alive = batch[Columns.OBS]["alive"].to(logits.dtype)  # (B, N)
-        valid = batch.get(Columns.LOSS_MASK)
         prox = batch.get(PROX_LOGITS) if self._decoupled else None
-        weight = alive if valid is None else alive * valid.to(logits.dtype).unsqueeze(-1)  # (B, N)
+        weight = alive  # (B, N); TeamPPOBatch keeps the sampled steps only, so every row counts
 
         terms = ppo_team_loss(
             logits,
@@ -337,7 +337,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
         )
         targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
         if self._use_value_norm:
-            module.value_norm.update(targets if valid is None else targets[valid.bool()])
+            module.value_norm.update(targets)
         targets_norm = module.value_norm.normalize(targets)
         vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
 

@@ -93,14 +93,15 @@ class TeamPPOBatch(ConnectorV2):
         step_rows[after_last] = False
 
         obs_batch = {Columns.OBS: tree.map_structure(self._tensor, every_obs)}
+        keep = self._tensor(step_rows)
         prox_logits = None
         with torch.no_grad():
             if self.proximal:
                 values, prox_logits = module.values_and_logits(obs_batch, self._exit_depths(chunks))
-                prox_logits = prox_logits[torch.from_numpy(step_rows).to(prox_logits.device)]
+                prox_logits = prox_logits[keep]
             else:
                 values = module.compute_values(obs_batch)
-        values = values.detach().float().cpu().numpy().astype(np.float64)
+        values = values.cpu().numpy().astype(np.float64)
         terminated = np.zeros(int(lengths.sum()), dtype=bool)
         truncated = np.zeros_like(terminated)
         last_steps = np.cumsum(lengths) - 1
@@ -116,7 +117,7 @@ class TeamPPOBatch(ConnectorV2):
         standardised = (standardised - standardised.mean()) / standardised.std().clamp(min=1e-4)
 
         columns: dict[str, Any] = {
-            Columns.OBS: tree.map_structure(lambda x: self._tensor(x[step_rows]), every_obs),
+            Columns.OBS: tree.map_structure(lambda x: x[keep], obs_batch[Columns.OBS]),
             Columns.ACTIONS: self._tensor(np.concatenate([episode.get_actions() for episode in chunks])),
             Columns.REWARDS: self._tensor(rewards),
             Columns.TERMINATEDS: self._tensor(terminated),
