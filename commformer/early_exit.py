@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 if TYPE_CHECKING:
     from commformer.policy import CommFormerPolicy
 
+from commformer.functional import log_softmax
 from commformer.validate import require_bool, require_float, require_int
 
 __all__ = [
@@ -203,8 +204,8 @@ def team_exit_depth(gates: Tensor, alive: Tensor | None, threshold: float) -> Te
 
 def distill_kl(final_logits: Tensor, head_logits: Tensor) -> Tensor:
     """KL(pi_final || pi_l) per exit and agent: (B, N, A), (B, G, N, A) -> (B, G, N); the target is detached."""
-    target_logp = F.log_softmax(final_logits.detach(), dim=-1).unsqueeze(1)  # (B, 1, N, A)
-    logp = F.log_softmax(head_logits, dim=-1)
+    target_logp = log_softmax(final_logits.detach()).unsqueeze(1)  # (B, 1, N, A)
+    logp = log_softmax(head_logits)
     # Masked actions: target p = 0 and both log-probs finfo.min-ish; 0 * finite keeps the sum finite.
     return (target_logp.exp() * (target_logp - logp)).sum(-1)
 
