@@ -21,6 +21,10 @@ Differences from RLlib's loop, by design:
   connectors or a stateful module falls back to RLlib's loop, as do `random_actions` and episode-count sampling.
 - episode chunks carry no lookback buffer (PPO's learner connectors read none).
 - the runner also logs `episode_win_rate` over finished episodes whose last info has a `won` flag.
+- the chunks `sample()` returns carry empty infos (one `{}` per step): `on_sample_end` callbacks have read the
+  real ones (agents/faults.py counts flagged steps there), and nothing after the runner reads them. Shipped to
+  the driver, SMAX's ~3,300 per-step info dicts of numpy scalars per iteration made up ~60% of the time to
+  pickle and unpickle the chunks (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.env_runner import ENV_STEP_FAILURE
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.metrics import RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
 
 EPISODE_WIN_RATE = "episode_win_rate"
@@ -129,6 +134,15 @@ class TeamEnvRunner(SingleAgentEnvRunner):
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
         self._open: _Open | None = None
+        self._batched = False  # whether the last `_sample` call ran the batched loop
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        """RLlib's `sample()` (weights, `on_sample_end`, metrics); the batched loop's chunks then drop their infos."""
+        episodes = super().sample(*args, **kwargs)
+        if self._batched:
+            for episode in episodes:
+                episode.infos = InfiniteLookbackBuffer([{} for _ in range(len(episode.infos))], lookback=0)
+        return episodes
 
     def _batched_loop_applies(self, num_timesteps: int | None, random_actions: bool) -> bool:
         if num_timesteps is None or random_actions or self.module is None or self.module.is_stateful():
@@ -152,7 +166,8 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         random_actions: bool = False,
         force_reset: bool = False,
     ) -> list[SingleAgentEpisode]:
-        if not self._batched_loop_applies(num_timesteps, random_actions):
+        self._batched = self._batched_loop_applies(num_timesteps, random_actions)
+        if not self._batched:
             self._open = None  # RLlib's loop owns the envs now: reset when the batched loop takes over again
             return super()._sample(
                 num_timesteps=num_timesteps,

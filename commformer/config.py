@@ -34,6 +34,8 @@ __all__ = [
 
 HeadName = Literal["linear", "moe"]
 HEADS: tuple[str, ...] = get_args(HeadName)
+ActivationName = Literal["gelu", "relu", "silu"]
+ACTIVATIONS: tuple[str, ...] = get_args(ActivationName)
 
 EncoderName = Literal["mlp", "orchid", "attention"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
@@ -121,6 +123,9 @@ class ModelConfig:
     """Number of graph-attention blocks."""
     mlp_ratio: int = 2
     """Hidden width of each block's MLP, as a multiple of ``embed_dim``."""
+    activation: ActivationName = "gelu"
+    """Nonlinearity of the policy's own MLPs (observation and state embeddings, block MLPs, policy and value
+    heads, early-exit heads): ``gelu``, ``relu`` or ``silu``. The MoE experts keep GELU."""
     agent_embedding: bool = True
     """Add a learned per-agent-index embedding (breaks permutation equivariance on purpose)."""
     use_state: bool = True
@@ -132,7 +137,7 @@ class ModelConfig:
     gates: GateConfig = field(default_factory=GateConfig)
     """The temporal gates."""
     head: HeadName = "linear"
-    """Policy head: ``linear`` (Linear-GELU-Linear, shared by the agents) or ``moe`` (mixture of experts)."""
+    """Policy head: ``linear`` (Linear, activation, Linear, shared by the agents) or ``moe`` (mixture of experts)."""
     value_head: HeadName = "linear"
     """Value head: ``linear`` or ``moe`` (same experts/gate settings as ``moe``, its own parameters)."""
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -161,6 +166,7 @@ class ModelConfig:
         require_bool("model.agent_embedding", self.agent_embedding)
         require_bool("model.use_state", self.use_state)
         require_bool("model.communicate", self.communicate)
+        require_choice("model.activation", self.activation, ACTIVATIONS)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
         parts: dict[str, type] = {

@@ -5,7 +5,7 @@ reads the residual stream after the encoder (l = 0) or after block l; depth G is
 
     h_0 = encoder(obs) --IM_0, gate_0--> exit 0 ? --block 1--> h_1 --IM_1, gate_1--> exit 1 ? ... --> final head
 
-Per exit: an inference module IM_l (LayerNorm, Linear, GELU, Linear -> masked logits (B, N, A)) and a gate
+Per exit: an inference module IM_l (LayerNorm, Linear, activation, Linear -> masked logits (B, N, A)) and a gate
 g_l = sigmoid(Linear(u_l)), where u_l are four *detached* uncertainty features of IM_l's action distribution
 (max probability, entropy, margin p1 - p2, entropy of the squared-renormalised distribution), so the gate loss
 never reaches the heads or the backbone. All of it is batched torch with no host synchronisation; only the
@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 if TYPE_CHECKING:
     from commformer.policy import CommFormerPolicy
 
+from commformer.functional import activation as make_activation
 from commformer.functional import log_softmax
 from commformer.validate import require_bool, require_float, require_int
 
@@ -251,7 +252,9 @@ def gate_loss(gate_logits: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
 class EarlyExits(nn.Module):
     """The G inference heads and gates of one policy (weights shared across agents, like the final head)."""
 
-    def __init__(self, embed_dim: int, n_actions: int, n_exits: int, config: EarlyExitConfig) -> None:
+    def __init__(
+        self, embed_dim: int, n_actions: int, n_exits: int, config: EarlyExitConfig, activation: str = "gelu"
+    ) -> None:
         super().__init__()
         require_int("n_exits", n_exits, 1)
         self.n_exits = n_exits
@@ -266,7 +269,9 @@ class EarlyExits(nn.Module):
                 gate.weight.zero_()
                 gate.bias.fill_(config.gate_init_bias)
             heads.append(
-                nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU(), logits_layer)
+                nn.Sequential(
+                    nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), make_activation(activation), logits_layer
+                )
             )
             gates.append(gate)
         self.heads = nn.ModuleList(heads)

@@ -1,4 +1,5 @@
-"""Numerical building blocks shared by the model and the losses.
+"""Numerical building blocks shared by the model and the losses: the activation modules by name, and a fast
+``log_softmax``.
 
 ``log_softmax`` exists for speed on CPU. PyTorch's CPU softmax kernels vectorise along the softmax dimension;
 with AVX-512 (16 floats a register) a dimension shorter than 16 takes a slow path: on (4,800, 9) logits, the
@@ -10,9 +11,19 @@ per gradient step (docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["log_softmax"]
+__all__ = ["activation", "log_softmax"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    """A new activation module by its ``model.activation`` name (``gelu``, ``relu`` or ``silu``)."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is unknown; expected one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
 
 _NATIVE_FROM = 16
 """Last-dimension size from which PyTorch's own CPU kernel is the faster one (AVX-512 float32 lanes)."""

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from commformer.functional import activation as make_activation
+
 __all__ = ["CommBlock", "GraphAttention"]
 
 SELF_EDGE = 0
@@ -119,16 +121,16 @@ class GraphAttention(nn.Module):
 
 
 class CommBlock(nn.Module):
-    """Pre-LN transformer block over agents: ``x + attn(LN(x), A)`` then ``x + MLP(LN(x))`` (GELU)."""
+    """Pre-LN transformer block over agents: ``x + attn(LN(x), A)`` then ``x + MLP(LN(x))`` (GELU by default)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, activation: str = "gelu") -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(embed_dim)
         self.attn = GraphAttention(embed_dim, num_heads)
         self.norm_mlp = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, mlp_ratio * embed_dim),
-            nn.GELU(),
+            make_activation(activation),
             nn.Linear(mlp_ratio * embed_dim, embed_dim),
         )
 

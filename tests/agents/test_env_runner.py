@@ -1,9 +1,10 @@
 """TeamEnvRunner's batched sampling loop against RLlib's own SingleAgentEnvRunner loop, the reference.
 
 Both runners get the same config, env seeds, module weights and torch seed; they must return the same episode
-chunks (observations incl. the bootstrap one, actions, rewards, terminated / truncated, infos, every extra
-model output, t_started) over several `sample()` calls that cut episodes and cross auto-resets, and log the
-same episode returns and lengths. Envs: simple_spread (truncation), the memory env (termination) and SMAX 3m
+chunks (observations incl. the bootstrap one, actions, rewards, terminated / truncated, every extra model
+output, t_started) over several `sample()` calls that cut episodes and cross auto-resets, show `on_sample_end`
+callbacks the same infos (the batched runner's returned chunks then carry empty ones), and log the same episode
+returns and lengths. Envs: simple_spread (truncation), the memory env (termination) and SMAX 3m
 (episodes of different lengths in one vector env, wins).
 """
 
@@ -48,6 +49,13 @@ def test_segments_are_runs_of_valid_steps() -> None:
     assert segs == {(0, 0, 1, True), (0, 3, 3, False), (1, 1, 3, False), (2, 0, 2, True)}
 
 
+def _record_infos(*, env_runner: SingleAgentEnvRunner, samples: list[SingleAgentEpisode], **kwargs: Any) -> None:
+    """An `on_sample_end` callback: keeps each returned chunk's infos as the callbacks see them, by chunk id."""
+    seen = env_runner.__dict__.setdefault("infos_at_sample_end", {})
+    for ep in samples:
+        seen[id(ep)] = list(ep.get_infos())
+
+
 def _canonical(ep: SingleAgentEpisode) -> dict[str, Any]:
     obs = ep.get_observations()
     row = {f"obs/{k}": np.asarray(v) for k, v in obs.items()}
@@ -79,19 +87,25 @@ def _runners(case: str) -> tuple[SingleAgentEnvRunner, TeamEnvRunner]:
     path, overrides = CASES[case]
     config = load_config(path, overrides)
     probe_env(config)
-    ppo = build_ppo_config(config)
+    ppo = build_ppo_config(config).callbacks(on_sample_end=_record_infos)
     reference, batched = SingleAgentEnvRunner(config=ppo), TeamEnvRunner(config=ppo)
     assert batched.module is not None and reference.module is not None
     batched.module.load_state_dict(reference.module.state_dict())
     return reference, batched
 
 
-def _sample(runner: SingleAgentEnvRunner, explore: bool, calls: int) -> list[SingleAgentEpisode]:
+def _sample(runner: SingleAgentEnvRunner, explore: bool, calls: int) -> list[dict[str, Any]]:
+    """The canonical rows of `calls` sample() calls; "infos" as `on_sample_end` saw them, "returned_infos" as
+    the chunks came back."""
     torch.manual_seed(7)
-    episodes = []
+    rows = []
     for _ in range(calls):
-        episodes += runner.sample(num_timesteps=50, explore=explore)
-    return episodes
+        for ep in runner.sample(num_timesteps=50, explore=explore):
+            row = _canonical(ep)
+            row["returned_infos"], row["infos"] = row["infos"], runner.infos_at_sample_end[id(ep)]
+            row["episode"] = ep
+            rows.append(row)
+    return rows
 
 
 @pytest.mark.parametrize("explore", [True, False])
@@ -101,9 +115,14 @@ def test_batched_loop_returns_rllibs_episodes(case: str, explore: bool) -> None:
         pytest.skip(str(smax.unavailable_reason()))
     reference, batched = _runners(case)
     try:
-        expected = [_canonical(ep) for ep in _sample(reference, explore, calls=4)]
-        got_episodes = _sample(batched, explore, calls=4)
-        got = [_canonical(ep) for ep in got_episodes]
+        expected = _sample(reference, explore, calls=4)
+        got = _sample(batched, explore, calls=4)
+        got_episodes = [row.pop("episode") for row in got]
+        for row in expected:
+            assert row.pop("returned_infos") == row["infos"]  # RLlib's loop returns what its callbacks saw
+            del row["episode"]
+        for row in got:
+            assert row.pop("returned_infos") == [{}] * len(row["infos"])  # ours ships none to the learner
         assert len(got) == len(expected)
         assert sum(r["terminated"] or r["truncated"] for r in expected) > 0  # the calls crossed episode ends
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)  # small envs repeat whole episodes

@@ -42,6 +42,7 @@ def test_explicit_k() -> None:
         (ModelConfig, {"num_heads": True}, r"model\.num_heads=True \(bool\); expected an integer"),
         (ModelConfig, {"num_blocks": 1.0}, r"model\.num_blocks=1\.0 \(float\); expected an integer"),
         (ModelConfig, {"mlp_ratio": -1}, r"model\.mlp_ratio=-1"),
+        (ModelConfig, {"activation": "tanh"}, r"model\.activation='tanh'; expected one of 'gelu', 'relu', 'silu'"),
         (
             ModelConfig,
             {"embed_dim": 10, "num_heads": 4},

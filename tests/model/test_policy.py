@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -256,3 +257,49 @@ def test_no_communication_ablation_ignores_the_other_agents():
     assert float(out.messages.sum()) == 0.0 and float(out.comm_cost) == 0.0
     eye = torch.eye(3, dtype=out.adjacency.dtype).expand(4, 3, 3)
     torch.testing.assert_close(out.adjacency, eye)
+
+
+def test_value_head_reads_each_agent_beside_the_state():
+    """The value head splits its first layer so the state's half runs once per team: values and every gradient
+    equal the head applied to the concatenation [h_i, embed(state)] of each agent (float64)."""
+    policy = _policy(3).double()
+    obs, mask, alive, state = _inputs((4,), 3)
+    trunk = {}
+    policy.norm.register_forward_hook(lambda module, args, out: trunk.update(h=out))
+    out = policy(obs.double(), mask, alive, state.double())
+    h = trunk["h"]  # (B, N, d): what the value head reads for each agent
+    s = policy.state_embed(state.double())  # (B, d)
+    reference = policy.value_head(torch.cat([h, s.unsqueeze(1).expand_as(h)], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(out.values, reference, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    params = list(policy.parameters())
+    grads = torch.autograd.grad((out.values * weights).sum(), params, allow_unused=True, retain_graph=True)
+    expected = torch.autograd.grad((reference * weights).sum(), params, allow_unused=True)
+    for got, want in zip(grads, expected, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "module"), [("gelu", torch.nn.GELU), ("relu", torch.nn.ReLU), ("silu", torch.nn.SiLU)]
+)
+def test_activation_reaches_every_mlp_of_the_policy(name: str, module: type) -> None:
+    """model.activation sets the nonlinearity of the embeddings, block MLPs, heads and early-exit heads (the
+    policy's only activation modules), and the forward computes with it: the last block MLP's hidden layer is
+    that function of its pre-activation."""
+    config = ModelConfig(embed_dim=8, num_heads=2, num_blocks=2, mlp_ratio=2, activation=name)
+    config = dataclasses.replace(config, early_exit=dataclasses.replace(config.early_exit, enabled=True))
+    policy = CommFormerPolicy(config, n_agents=3, obs_dim=D, n_actions=A, state_dim=S)
+    kinds = {type(m) for m in policy.modules() if isinstance(m, (torch.nn.GELU, torch.nn.ReLU, torch.nn.SiLU))}
+    assert kinds == {module}
+    # obs embed, state embed, 2 block MLPs, policy head, value head, 2 exit heads
+    assert sum(isinstance(m, module) for m in policy.modules()) == 8
+    seen = {}
+    mlp = policy.blocks[-1].mlp
+    mlp[0].register_forward_hook(lambda m, args, out: seen.update(pre=out))
+    mlp[1].register_forward_hook(lambda m, args, out: seen.update(post=out))
+    obs, mask, alive, state = _inputs((4,), 3)
+    policy(obs, mask, alive, state)
+    reference = {"gelu": torch.nn.functional.gelu, "relu": torch.relu, "silu": torch.nn.functional.silu}[name]
+    torch.testing.assert_close(seen["post"], reference(seen["pre"]))
