@@ -7,8 +7,11 @@ it. With `sample_ahead` an iteration is:
 1. every healthy remote EnvRunner without a sample in flight starts one (the first iteration, or after a restart);
 2. wait for the samples in flight;
 3. start the next samples at once, on the weights the EnvRunners hold;
-4. update on the batch of step 2 and send the new weights: they queue behind the sample of step 3 on each
-   EnvRunner (an actor runs its calls in order) and reach the sample after it.
+4. update on the batch of step 2 and send the new weights, with the connector states each EnvRunner returned
+   alongside its sample (one message per EnvRunner): they queue behind the sample of step 3 (an actor runs its
+   calls in order) and reach the sample after it. RLlib's `Algorithm.step` would otherwise gather the connector
+   states with a blocking call after `training_step`, which waits out the sample in flight; as in RLlib's
+   IMPALA, the gather rides on the sample instead (`_dont_auto_sync_env_runner_states`).
 
 A batch is therefore taken with the weights from one update before the ones it trains (policy lag 1, the
 asynchronous sampling of IMPALA / APPO reduced to one batch in flight). The Learner then uses decoupled PPO
@@ -27,7 +30,14 @@ from __future__ import annotations
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core import (
+    COMPONENT_ENV_TO_MODULE_CONNECTOR,
+    COMPONENT_LEARNER,
+    COMPONENT_MODULE_TO_ENV_CONNECTOR,
+    COMPONENT_RL_MODULE,
+)
 from ray.rllib.env.env_runner import EnvRunner
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import (
     ALL_MODULES,
     ENV_RUNNER_RESULTS,
@@ -59,10 +69,16 @@ class CommFormerPPOConfig(PPOConfig):
                 "sample_ahead needs remote EnvRunners (num_env_runners >= 1): sampling in the driver would run "
                 "on the Learner's thread"
             )
+        # training_step sends the connector states itself (module docstring, step 4).
+        self._dont_auto_sync_env_runner_states = bool(self.sample_ahead)
 
 
-def _sample_with_metrics(runner: EnvRunner) -> tuple[Any, Any]:
-    return runner.sample(), runner.get_metrics()
+def _sample_with_metrics(runner: EnvRunner) -> tuple[Any, Any, Any]:
+    """A batch, the runner's connector states after it and its metrics: one call, so no other waits on it."""
+    episodes = runner.sample()
+    assert isinstance(runner, SingleAgentEnvRunner)  # the team env's runner (agents/env_runner.py)
+    states = runner.get_state(components=[COMPONENT_ENV_TO_MODULE_CONNECTOR, COMPONENT_MODULE_TO_ENV_CONNECTOR])
+    return episodes, states, runner.get_metrics()
 
 
 class CommFormerPPO(PPO):
@@ -93,10 +109,10 @@ class CommFormerPPO(PPO):
                 tags=SAMPLE_TAG, timeout_seconds=config.sample_timeout_s
             )
             runners.foreach_env_runner_async(_sample_with_metrics, tag=SAMPLE_TAG)
-        episodes = [episode for _, (sampled, _) in ready for episode in sampled]
+        episodes = [episode for _, (sampled, _, _) in ready for episode in sampled]
         if not episodes:
             return  # every sample failed or timed out: RLlib restores failed runners before the next step
-        metrics.aggregate([runner_metrics for _, (_, runner_metrics) in ready], key=ENV_RUNNER_RESULTS)
+        metrics.aggregate([runner_metrics for _, (_, _, runner_metrics) in ready], key=ENV_RUNNER_RESULTS)
         sampled_with = min(int(episode.get_extra_model_outputs(WEIGHTS_SEQ_NO)[0]) for episode in episodes)
 
         with metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
@@ -119,4 +135,20 @@ class CommFormerPPO(PPO):
         metrics.log_value(POLICY_LAG, version - 1 - sampled_with, window=1)
 
         with metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            runners.sync_weights(from_worker_or_learner_group=learners, policies=modules, inference_only=True)
+            # What `sync_weights` sends (the inference weights and their version), with the merged connector
+            # states and the sampled-steps counter `Algorithm.step` would have sent, in one message.
+            # One "set_state" may be in flight per runner, a second is dropped (RLlib's actor manager). The last
+            # iteration's ran right after the batch fetched above, so this waits for its reply only.
+            runners.fetch_ready_async_reqs(tags="set_state", timeout_seconds=None)
+            learner_state = learners.get_state(
+                components=[f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{module}" for module in modules],
+                inference_only=True,
+            )[COMPONENT_LEARNER]
+            runners.sync_env_runner_states(
+                config=config,
+                connector_states=[states for _, (_, states, _) in ready],
+                rl_module_state={k: v for k, v in learner_state.items() if k in (COMPONENT_RL_MODULE, WEIGHTS_SEQ_NO)},
+                env_steps_sampled=metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0),
+                env_to_module=self.env_to_module_connector,
+                module_to_env=self.module_to_env_connector,
+            )

@@ -113,3 +113,32 @@ def test_a_checkpoint_restores_and_training_goes_on(ray_session, tmp_path):
     steps = "num_env_steps_sampled_lifetime"
     assert after["env_runners"][steps] >= before["env_runners"][steps] + 256
     assert after["policy_lag"] == 0  # the batch in flight at the save was dropped; the first one is fresh
+
+
+@pytest.mark.parametrize("sample_ahead", [False, True])
+def test_no_call_waits_on_the_sample_in_flight(ray_session, sample_ahead):
+    """With sample-ahead an iteration makes no blocking call to the EnvRunner (one would wait out the sample in
+    flight): the connector states ride on the sample, and the weights, those states and the sampled-steps
+    counter go out in one asynchronous message. RLlib's own step makes the blocking gather (the control)."""
+    from ray.rllib.env.env_runner_group import EnvRunnerGroup
+
+    algo = _build(sample_ahead)
+    blocking: list[int] = []
+    real = EnvRunnerGroup.foreach_env_runner
+
+    def recording(self, *args, **kwargs):
+        blocking.append(1)
+        return real(self, *args, **kwargs)
+
+    try:
+        algo.train()
+        EnvRunnerGroup.foreach_env_runner = recording
+        try:
+            results = [algo.train() for _ in range(3)]
+        finally:
+            EnvRunnerGroup.foreach_env_runner = real
+    finally:
+        algo.stop()
+    assert (len(blocking) == 0) == sample_ahead
+    if sample_ahead:  # and the weights still arrive, one update back (as in the first test of this file)
+        assert [r["policy_lag"] for r in results] == [1, 1, 1]
