@@ -35,6 +35,7 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agents.rl_module import EXIT_DEPTH
@@ -58,6 +59,16 @@ def gae(deltas: np.ndarray, lengths: np.ndarray, gamma: float, lambda_: float) -
     for t in range(padded.shape[1] - 2, -1, -1):  # the padding column and every padded step stay 0 -> A = 0
         padded[:, t] += discount * padded[:, t + 1]
     return padded[chunk, steps]
+
+
+def _rows(buffer: InfiniteLookbackBuffer) -> Any:
+    """A chunk's column from its first step on (without the lookback): the stored arrays themselves when the
+    buffer holds arrays, which skips `get()`'s per-call work (a third of building a 3m batch from ~300 chunks,
+    by cProfile); `get()` otherwise."""
+    if not buffer.finalized:
+        return buffer.get()
+    lookback = buffer.lookback
+    return tree.map_structure(lambda column: column[lookback:], buffer.data) if lookback else buffer.data
 
 
 class TeamPPOBatch(ConnectorV2):
@@ -86,7 +97,7 @@ class TeamPPOBatch(ConnectorV2):
                 raise TypeError(f"TeamPPOBatch takes single-agent episode chunks; got a {type(episode).__name__}")
         module = rl_module[DEFAULT_MODULE_ID].unwrapped()  # a data-parallel Learner holds it wrapped in DDP
         lengths = np.array([len(episode) for episode in chunks])
-        observations = [episode.get_observations(slice(0, None)) for episode in chunks]  # T + 1 each
+        observations = [_rows(episode.observations) for episode in chunks]  # T + 1 each
         every_obs = tree.map_structure(lambda *parts: np.concatenate(parts), *observations)
         after_last = np.cumsum(lengths + 1) - 1  # the rows holding each chunk's observation after its last step
         step_rows = np.ones(int((lengths + 1).sum()), dtype=bool)
@@ -107,7 +118,7 @@ class TeamPPOBatch(ConnectorV2):
         last_steps = np.cumsum(lengths) - 1
         terminated[last_steps] = [episode.is_terminated for episode in chunks]
         truncated[last_steps] = [not episode.is_terminated for episode in chunks]  # RLlib: "the chunk ends here"
-        rewards = np.concatenate([episode.get_rewards() for episode in chunks]).astype(np.float64)
+        rewards = np.concatenate([_rows(episode.rewards) for episode in chunks]).astype(np.float64)
 
         index = np.flatnonzero(step_rows)
         deltas = rewards + self.gamma * ~terminated * values[index + 1] - values[index]
@@ -118,7 +129,7 @@ class TeamPPOBatch(ConnectorV2):
 
         columns: dict[str, Any] = {
             Columns.OBS: tree.map_structure(lambda x: x[keep], obs_batch[Columns.OBS]),
-            Columns.ACTIONS: self._tensor(np.concatenate([episode.get_actions() for episode in chunks])),
+            Columns.ACTIONS: self._tensor(np.concatenate([_rows(episode.actions) for episode in chunks])),
             Columns.REWARDS: self._tensor(rewards),
             Columns.TERMINATEDS: self._tensor(terminated),
             Columns.TRUNCATEDS: self._tensor(truncated),
@@ -126,7 +137,7 @@ class TeamPPOBatch(ConnectorV2):
             Postprocessing.VALUE_TARGETS: self._tensor(targets),
         }
         for key in chunks[0].extra_model_outputs:
-            columns[key] = self._tensor(np.concatenate([episode.get_extra_model_outputs(key) for episode in chunks]))
+            columns[key] = self._tensor(np.concatenate([_rows(episode.extra_model_outputs[key]) for episode in chunks]))
         if prox_logits is not None:
             columns[PROX_LOGITS] = prox_logits
         batch[DEFAULT_MODULE_ID] = columns
@@ -137,7 +148,7 @@ class TeamPPOBatch(ConnectorV2):
         chunk's last step repeats its depth and is not used), or None when the EnvRunners recorded none."""
         if EXIT_DEPTH not in chunks[0].extra_model_outputs:
             return None
-        depths = [episode.get_extra_model_outputs(EXIT_DEPTH) for episode in chunks]
+        depths = [_rows(episode.extra_model_outputs[EXIT_DEPTH]) for episode in chunks]
         return self._tensor(np.concatenate([np.append(d, d[-1]) for d in depths]))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:

@@ -120,3 +120,35 @@ def test_the_proximal_logits_are_the_policy_on_the_batch_rows():
         algo.stop()
     assert torch.allclose(prox.pop(PROX_LOGITS), expected, atol=1e-6)
     assert set(prox) == set(plain) and torch.equal(prox[TARGETS], plain[TARGETS])
+
+
+@pytest.mark.parametrize("finalized", [False, True])
+def test_rows_read_what_the_episode_getters_return(finalized):
+    """`_rows` reads a chunk's columns from its buffers without `get()`; with a lookback (RLlib's own runner
+    keeps one on cut chunks) and before / after `to_numpy()`, it returns what the getters return."""
+    from agents.team_batch import _rows
+
+    rng = np.random.default_rng(0)
+    steps, lookback = 5, 2
+    obs = [{"obs": rng.normal(size=(3, 4)), "alive": np.ones(3)} for _ in range(lookback + steps + 1)]
+    episode = SingleAgentEpisode(
+        observations=obs,
+        actions=[rng.integers(0, 5, size=3) for _ in range(lookback + steps)],
+        rewards=list(rng.normal(size=lookback + steps)),
+        extra_model_outputs={"logp": list(rng.normal(size=lookback + steps))},
+        len_lookback_buffer=lookback,
+    )
+    if finalized:
+        episode.to_numpy()
+    got, want = _rows(episode.observations), episode.get_observations(slice(0, None))
+    for key in ("obs", "alive"):
+        np.testing.assert_array_equal(
+            np.asarray(got[key]) if finalized else np.stack([o[key] for o in got]),
+            np.asarray(want[key]) if finalized else np.stack([o[key] for o in want]),
+        )
+    np.testing.assert_array_equal(np.asarray(_rows(episode.rewards)), np.asarray(episode.get_rewards()))
+    np.testing.assert_array_equal(np.asarray(_rows(episode.actions)), np.asarray(episode.get_actions()))
+    np.testing.assert_array_equal(
+        np.asarray(_rows(episode.extra_model_outputs["logp"])), np.asarray(episode.get_extra_model_outputs("logp"))
+    )
+    assert len(_rows(episode.rewards)) == steps
