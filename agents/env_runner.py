@@ -29,6 +29,7 @@ Differences from RLlib's loop, by design:
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 import warnings
@@ -135,6 +136,7 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         super().__init__(config=config, **kwargs)
         self._open: _Open | None = None
         self._batched = False  # whether the last `_sample` call ran the batched loop
+        gc.freeze()  # what the runner built lives as long as it does: no full collection walks it again
 
     def sample(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's `sample()` (weights, `on_sample_end`, metrics); the batched loop's chunks then drop their infos."""

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training: {args.config} {' '.join(args.overrides)}")
     print(f"  env steps/s (iterations 2..{args.iterations}): {train_fps:,.0f}   ({steps[-1]} env steps per iteration)")
     print(f"  time of iterations 2..{args.iterations} ({wall:.2f} s):")
+    print("    per iteration (s): " + " ".join(f"{w:.3f}" for w in walls[1:]))
     env_s, inference_s, sample_s = (sum(c[k] for c in runner_clocks) for k in ("env", "inference", "sample"))
     sampling = [
         ("env stepping (SMAXVectorEnv.step)", env_s),
