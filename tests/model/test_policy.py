@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from commformer.config import GateConfig, GraphConfig, ModelConfig
+from commformer.export import load_policy, save_policy
 from commformer.policy import CommFormerPolicy, PolicyOutput
 
 D, A, S = 5, 4, 6
@@ -284,7 +285,7 @@ def test_value_head_reads_each_agent_beside_the_state():
 @pytest.mark.parametrize(
     ("name", "module"), [("gelu", torch.nn.GELU), ("relu", torch.nn.ReLU), ("silu", torch.nn.SiLU)]
 )
-def test_activation_reaches_every_mlp_of_the_policy(name: str, module: type) -> None:
+def test_activation_reaches_every_mlp_of_the_policy(name: str, module: type, tmp_path) -> None:
     """model.activation sets the nonlinearity of the embeddings, block MLPs, heads and early-exit heads (the
     policy's only activation modules), and the forward computes with it: the last block MLP's hidden layer is
     that function of its pre-activation."""
@@ -303,3 +304,8 @@ def test_activation_reaches_every_mlp_of_the_policy(name: str, module: type) -> 
     policy(obs, mask, alive, state)
     reference = {"gelu": torch.nn.functional.gelu, "relu": torch.relu, "silu": torch.nn.functional.silu}[name]
     torch.testing.assert_close(seen["post"], reference(seen["pre"]))
+    # the exported policy (safetensors + JSON) rebuilds with the same activation and acts the same
+    save_policy(policy, tmp_path / "p", {"n_agents": 3, "obs_dim": D, "n_actions": A, "state_dim": S}, {})
+    loaded, _ = load_policy(tmp_path / "p")
+    assert {type(m) for m in loaded.modules() if isinstance(m, module)} == {module}
+    torch.testing.assert_close(loaded(obs, mask, alive, state).logits, policy(obs, mask, alive, state).logits)
