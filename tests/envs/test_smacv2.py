@@ -363,4 +363,7 @@ def test_there_are_the_scenarios_of_the_issue() -> None:
     names = {p.stem for p in CONFIGS}
     assert {f"smacv2_{r}_5v5" for r in ("protoss", "terran", "zerg")} <= names
     assert {f"smacv2_{r}_10v10" for r in ("protoss", "terran", "zerg")} <= names
+    assert {f"smacv2_{r}_20v20" for r in ("protoss", "terran", "zerg")} <= names
+    # the unequal ones of smacv2's table (n vs n + 1 and 20 vs 23) and one more
+    assert {f"smacv2_{r}_{size}" for r in ("protoss", "terran", "zerg") for size in ("10v11", "20v23")} <= names
     assert "smacv2_protoss_5v6" in names
