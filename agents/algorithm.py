@@ -74,7 +74,7 @@ class CommFormerPPOConfig(PPOConfig):
         self._dont_auto_sync_env_runner_states = bool(self.sample_ahead)
 
 
-def _sample_with_metrics(runner: EnvRunner) -> tuple[Any, Any, Any]:
+def _sample_with_states(runner: EnvRunner) -> tuple[Any, Any, Any]:
     """A batch, the runner's connector states after it and its metrics: one call, so no other waits on it."""
     episodes = runner.sample()
     assert isinstance(runner, SingleAgentEnvRunner)  # the team env's runner (agents/env_runner.py)
@@ -91,6 +91,7 @@ class CommFormerPPO(PPO):
         a full collection walking them took ~0.25 s, once every ~20 SMAX iterations of ~0.42 s. Frozen
         objects are still freed by reference counting; only cycles among them would outlive the run."""
         super().setup(config)
+        gc.collect()  # garbage that exists now (an earlier algorithm's, in the same process) is not frozen
         gc.freeze()
 
     def restore_from_path(self, path: Any, *args: Any, **kwargs: Any) -> None:
@@ -113,11 +114,11 @@ class CommFormerPPO(PPO):
         config = self.config
         assert isinstance(config, CommFormerPPOConfig)
         with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            runners.foreach_env_runner_async(_sample_with_metrics, tag=SAMPLE_TAG)  # only runners without one
+            runners.foreach_env_runner_async(_sample_with_states, tag=SAMPLE_TAG)  # only runners without one
             ready: list[tuple[int, Any]] = runners.fetch_ready_async_reqs(
                 tags=SAMPLE_TAG, timeout_seconds=config.sample_timeout_s
             )
-            runners.foreach_env_runner_async(_sample_with_metrics, tag=SAMPLE_TAG)
+            runners.foreach_env_runner_async(_sample_with_states, tag=SAMPLE_TAG)
         episodes = [episode for _, (sampled, _, _) in ready for episode in sampled]
         if not episodes:
             return  # every sample failed or timed out: RLlib restores failed runners before the next step

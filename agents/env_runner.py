@@ -136,7 +136,10 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         super().__init__(config=config, **kwargs)
         self._open: _Open | None = None
         self._batched = False  # whether the last `_sample` call ran the batched loop
-        gc.freeze()  # what the runner built lives as long as it does: no full collection walks it again
+        # What the runner built lives as long as it does: no full collection walks it again (agents/algorithm.py
+        # `CommFormerPPO.setup`); garbage from the construction is collected first rather than frozen.
+        gc.collect()
+        gc.freeze()
 
     def sample(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's `sample()` (weights, `on_sample_end`, metrics); the batched loop's chunks then drop their infos."""

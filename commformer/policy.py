@@ -213,12 +213,12 @@ class CommFormerPolicy(nn.Module):
             flat, n, d = h.shape
             return self.value_head(torch.cat([h, s.unsqueeze(1).expand(flat, n, d)], dim=-1))
         head = cast(nn.Sequential, self.value_head)  # _mlp: Linear(2d, d), activation, Linear(d, 1)
-        first, activation, last = cast(nn.Linear, head[0]), head[1], head[2]
+        first, nonlinearity, last = cast(nn.Linear, head[0]), head[1], head[2]
         d = h.shape[-1]
         # [h, s] W^T + b = h W_h^T + (s W_s^T + b): the state's half once per team, not once per agent, and no
         # (B, N, 2d) concatenation (forward + backward of the value head ~3.8 -> ~2.4 ms on a 3m minibatch).
         hidden = F.linear(h, first.weight[:, :d]) + F.linear(s, first.weight[:, d:], first.bias).unsqueeze(1)
-        return cast(Tensor, last(activation(hidden)))  # (B, N, 1)
+        return cast(Tensor, last(nonlinearity(hidden)))  # (B, N, 1)
 
     def _encode(self, x: Tensor, history: Tensor | None, batch: torch.Size) -> Tensor:
         """Per-agent embeddings (B, N, d) from the current observations x (B, N, D) or from the windows."""

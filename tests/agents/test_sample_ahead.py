@@ -146,11 +146,25 @@ def test_no_call_waits_on_the_sample_in_flight(ray_session, sample_ahead):
 
 def test_what_setup_built_is_out_of_the_collectors_reach(ray_session):
     """The driver and the EnvRunner freeze the objects of their set-up (`gc.freeze`), so the periodic full
-    garbage collection no longer walks them (~0.25 s every ~20 SMAX iterations before)."""
+    garbage collection no longer walks them (~0.25 s every ~20 SMAX iterations before); garbage that already
+    exists is collected first, not frozen."""
     import gc
+    import weakref
 
+    class Cycle:
+        pass
+
+    garbage = Cycle()
+    garbage.me = garbage  # type: ignore[attr-defined]
+    dead = weakref.ref(garbage)
+    del garbage
     gc.unfreeze()  # an earlier test's algorithm in this process may have frozen its own set-up
-    algo = _build(sample_ahead=True)
+    gc.disable()  # only the set-up's own collection may reclaim the cycle
+    try:
+        algo = _build(sample_ahead=True)
+    finally:
+        gc.enable()
+    assert dead() is None  # collected before the freeze, not frozen with the set-up
     try:
         driver_frozen = gc.get_freeze_count()
         runner_frozen = algo.env_runner_group.foreach_env_runner(
