@@ -31,6 +31,7 @@ minibatch_size)` minibatches, so the sampler's overshoot does not cost a whole e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -46,8 +47,15 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
 
-from agents.rl_module import EXIT_DEPTH, POLICY_OUTPUT, VALUES_NORMALIZED, CommFormerRLModule
-from agents.team_batch import PROX_LOGITS, TeamPPOBatch
+from agents.rl_module import (
+    EXIT_DEPTH,
+    GATE_LOGIT,
+    GATE_OPEN,
+    POLICY_OUTPUT,
+    VALUES_NORMALIZED,
+    CommFormerRLModule,
+)
+from agents.team_batch import PROX_FINAL_LOGITS, PROX_GATE_LOGITS, PROX_LOGITS, TeamPPOBatch
 from commformer.early_exit import (
     EarlyExitConfig,
     distill_kl,
@@ -58,6 +66,7 @@ from commformer.early_exit import (
     team_exit_depth,
 )
 from commformer.functional import log_softmax
+from commformer.gates import gate_log_prob
 from commformer.policy import PolicyOutput
 
 MODEL_OPTIMIZER = "model"
@@ -70,6 +79,17 @@ def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
     return (x * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class GateTerms:
+    """The temporal gates' share of each agent's log-prob (commformer/gates.py): the recorded decisions and the
+    gate logits of the current, behaviour and (decoupled PPO) proximal policies, each (B, N)."""
+
+    decision: Tensor
+    logit: Tensor
+    old_logit: Tensor
+    prox_logit: Tensor | None = None
+
+
 def ppo_team_loss(
     logits: Tensor,
     old_logits: Tensor,
@@ -78,6 +98,7 @@ def ppo_team_loss(
     weight: Tensor,
     clip_param: float,
     prox_logits: Tensor | None = None,
+    gates: GateTerms | None = None,
 ) -> dict[str, Tensor]:
     """Per-agent clipped PPO surrogate; with `prox_logits`, the decoupled form for stale batches.
 
@@ -91,16 +112,28 @@ def ppo_team_loss(
             pi_prox / pi_behaviour. With a batch sampled one update back (`training.sample_ahead`) the plain
             ratio pi / pi_behaviour starts outside the clip range wherever the last update moved the policy, and
             those steps give no gradient. Without a lag, pi_prox = pi_behaviour and this is plain PPO.
+        gates: optional sampled gate decisions: agent i's log-prob is then that of its joint decision,
+            log p(gate_i) + log pi(a_i | gates), so its ratio (and clip) covers both; this is the gates' task
+            gradient (the score function). The entropy bonus stays the actions' only.
     Returns policy_loss, entropy, approx_kl and clip_fraction (scalars; the last two against the proximal
     policy when given).
     """
+    index = actions.long().unsqueeze(-1)
     logp_all = log_softmax(logits)  # (B, N, A)
-    logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)  # (B, N)
+    logp = logp_all.gather(-1, index).squeeze(-1)  # (B, N)
+    if gates is not None:
+        logp = logp + gate_log_prob(gates.logit, gates.decision)
     with torch.no_grad():
-        old_logp = log_softmax(old_logits).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        old_logp = log_softmax(old_logits).gather(-1, index).squeeze(-1)
+        if gates is not None:
+            old_logp = old_logp + gate_log_prob(gates.old_logit, gates.decision)
         behaviour_weight = torch.ones_like(old_logp)
         if prox_logits is not None:
-            prox_logp = log_softmax(prox_logits).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            prox_logp = log_softmax(prox_logits).gather(-1, index).squeeze(-1)
+            if gates is not None:
+                if gates.prox_logit is None:
+                    raise ValueError("prox_logits were given without the proximal gate logits (GateTerms.prox_logit)")
+                prox_logp = prox_logp + gate_log_prob(gates.prox_logit, gates.decision)
             behaviour_weight = (prox_logp - old_logp).exp()  # pi_prox / pi_behaviour, (B, N)
             old_logp = prox_logp
     log_ratio = logp - old_logp
@@ -197,6 +230,16 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 proximal=self._decoupled,
             )
             self._learner_connector = LearnerConnectorPipeline(connectors=[batch])
+        self._arm_graph_noise()
+
+    def _arm_graph_noise(self) -> None:
+        """Tells every module whether its next training forward belongs to an upper-level step that adds Gumbel
+        noise to the graph's surrogate gradient (`model.graph.gumbel`): RLlib calls `forward_train` with the batch
+        only, so the level of the step travels as a module attribute, set after every gradient step."""
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
+            module = self.module[module_id].unwrapped()
+            assert isinstance(module, CommFormerRLModule)
+            module.graph_noise = module.model_cfg.graph.gumbel and self.is_graph_step()
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch
@@ -256,6 +299,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
+        self._arm_graph_noise()
 
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         """Anneals the MoE temperature *after* the update: the new tau reaches the EnvRunners with the weights,
@@ -288,6 +332,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
             else:
                 self._params[ref].grad = None
         self._grad_steps += 1
+        self._arm_graph_noise()
         return self._skip_if_not_finite(kept)
 
     def _skip_if_not_finite(self, grads: ParamDict) -> ParamDict:
@@ -355,26 +400,13 @@ class CommFormerPPOLearner(PPOTorchLearner):
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> Tensor:
+        """PPO (policy, value, entropy) + the communication cost + the MoE heads' auxiliary losses + the exits'."""
         assert isinstance(config, PPOConfig)
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
-        n, a = module.n_agents, module.n_actions
         out: PolicyOutput = fwd_out[POLICY_OUTPUT]
-        logits = fwd_out[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
-        old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
-        alive = batch[Columns.OBS]["alive"].to(logits.dtype)  # (B, N)
-        prox = batch.get(PROX_LOGITS) if self._decoupled else None
-        weight = alive  # (B, N); TeamPPOBatch keeps the sampled steps only, so every row counts
-
-        terms = ppo_team_loss(
-            logits,
-            old_logits,
-            batch[Columns.ACTIONS],
-            batch[Postprocessing.ADVANTAGES],
-            weight,
-            config.clip_param,
-            prox_logits=None if prox is None else prox.view(-1, n, a),
-        )
+        weight = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N); TeamPPOBatch keeps sampled steps only
+        terms = self._policy_terms(module, config, batch, fwd_out, weight)
         targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
         if self._use_value_norm:
             module.value_norm.update(targets)
@@ -382,11 +414,12 @@ class CommFormerPPOLearner(PPOTorchLearner):
         vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
 
         entropy_coeff = float(self.entropy_coeff_schedulers_per_module[module_id].get_current_value())
-        total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"] + out.comm_cost
+        total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"]
+        total = total + out.comm_cost + out.aux_loss  # aux_loss: the MoE heads' balance and z losses (0 without)
         if out.exits is not None:
             exit_cfg = module.model_cfg.early_exit
             if module_id not in self._exit_costs:
-                self._exit_costs[module_id] = exit_macs(module.policy).relative().to(logits.device)
+                self._exit_costs[module_id] = exit_macs(module.policy).relative().to(weight.device)
             exit_total, exit_stats = early_exit_loss(
                 out, weight, self._exit_costs[module_id], exit_cfg, exit_cfg.phase(self._grad_steps)
             )
@@ -399,33 +432,99 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 )
             self.metrics.log_dict(exit_stats, key=module_id, window=1)
         with torch.no_grad():
-            receivers = alive.sum().clamp(min=1.0)
-            self.metrics.log_dict(
-                {
-                    POLICY_LOSS_KEY: terms["policy_loss"],
-                    VF_LOSS_KEY: vf_loss,
-                    ENTROPY_KEY: terms["entropy"],
-                    "approx_kl": terms["approx_kl"],
-                    "clip_fraction": terms["clip_fraction"],
-                    "comm_cost": out.comm_cost,
-                    "gate_open_rate": (out.gate_open * alive).sum() / receivers,
-                    "messages_per_step": out.messages.mean(),
-                    "value_norm_mean": module.value_norm.mean_var()[0],
-                    "value_norm_std": module.value_norm.mean_var()[1].sqrt(),
-                },
-                key=module_id,
-                window=1,
-            )
-            for name, moe in out.moe.items():
-                stats = {"usage_entropy": moe.usage_entropy, "balance_loss": moe.balance_loss, "z_loss": moe.z_loss}
-                stats.update({f"usage_{i}": u for i, u in enumerate(moe.usage)})
-                self.metrics.log_dict({f"moe_{name}_{k}": v for k, v in stats.items()}, key=module_id, window=1)
-            # compute_gradients runs right after this loss, so the step about to be taken is this one. Data-parallel
-            # Learners take the same steps and RLlib sums their metrics: each counts its share.
-            share = 1.0 / max(self.config.num_learners, 1)
-            self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()) * share, reduce="sum")
-            self.metrics.log_value((module_id, "gradient_steps"), share, reduce="sum")
+            self._log_loss_stats(module_id, module, out, terms, vf_loss, weight)
         return cast(Tensor, total)
+
+    def _policy_terms(
+        self,
+        module: CommFormerRLModule,
+        config: PPOConfig,
+        batch: dict[str, Any],
+        fwd_out: dict[str, Any],
+        weight: Tensor,
+    ) -> dict[str, Tensor]:
+        """The PPO policy terms (`ppo_team_loss`), with the sampled gates' log-probs in each agent's ratio.
+
+        When the EnvRunners acted with early exits, a step taken at an exit gives two terms: the main policy's,
+        on the final head's log-prob of the executed action (decoupled PPO with the exit as the behaviour policy
+        and the final head at the start of the update, `PROX_FINAL_LOGITS`, as the proximal one), so the encoder,
+        blocks, final head, graph and gates learn from every step whatever depth acted; and the exit head's own,
+        on the steps it acted (its ratio to itself). Steps at full depth give the main term only.
+        """
+        n, a = module.n_agents, module.n_actions
+        out: PolicyOutput = fwd_out[POLICY_OUTPUT]
+        old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A), the behaviour policy
+        prox = batch.get(PROX_LOGITS) if self._decoupled else None
+        prox = None if prox is None else prox.view(-1, n, a)
+        actions, advantages = batch[Columns.ACTIONS], batch[Postprocessing.ADVANTAGES]
+        gates = None
+        if GATE_OPEN in batch and out.gate_logit is not None:
+            gates = GateTerms(
+                decision=batch[GATE_OPEN],
+                logit=out.gate_logit,
+                old_logit=batch[GATE_LOGIT],
+                prox_logit=batch.get(PROX_GATE_LOGITS),
+            )
+        recorded = batch.get(EXIT_DEPTH) if module.acts_with_exits else None
+        if recorded is None or out.exits is None:
+            logits = fwd_out[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
+            return ppo_team_loss(
+                logits, old_logits, actions, advantages, weight, config.clip_param, prox_logits=prox, gates=gates
+            )
+        terms = ppo_team_loss(
+            out.exits.final_logits,
+            old_logits,
+            actions,
+            advantages,
+            weight,
+            config.clip_param,
+            prox_logits=batch[PROX_FINAL_LOGITS].view(-1, n, a),
+            gates=gates,
+        )
+        early = (recorded < out.exits.head_logits.shape[1]).to(weight.dtype).unsqueeze(-1) * weight  # (B, N)
+        exit_terms = ppo_team_loss(
+            out.logits, old_logits, actions, advantages, early, config.clip_param, prox_logits=prox
+        )
+        terms["policy_loss"] = terms["policy_loss"] + exit_terms["policy_loss"]
+        return terms
+
+    def _log_loss_stats(
+        self,
+        module_id: ModuleID,
+        module: CommFormerRLModule,
+        out: PolicyOutput,
+        terms: dict[str, Tensor],
+        vf_loss: Tensor,
+        weight: Tensor,
+    ) -> None:
+        receivers = weight.sum().clamp(min=1.0)
+        stats = {
+            POLICY_LOSS_KEY: terms["policy_loss"],
+            VF_LOSS_KEY: vf_loss,
+            ENTROPY_KEY: terms["entropy"],
+            "approx_kl": terms["approx_kl"],
+            "clip_fraction": terms["clip_fraction"],
+            "comm_cost": out.comm_cost,
+            "aux_loss": out.aux_loss,
+            # The decisions acted on: sampled while exploring, so this is the rollouts' rate.
+            "gate_open_rate": (out.gate_open * weight).sum() / receivers,
+            "messages_per_step": out.messages.mean(),
+            "value_norm_mean": module.value_norm.mean_var()[0],
+            "value_norm_std": module.value_norm.mean_var()[1].sqrt(),
+        }
+        if out.gate_logit is not None:
+            stats["gate_prob_mean"] = (out.gate_prob * weight).sum() / receivers
+            stats["gate_greedy_open_rate"] = ((out.gate_logit > 0).to(weight.dtype) * weight).sum() / receivers
+        self.metrics.log_dict(stats, key=module_id, window=1)
+        for name, moe in out.moe.items():
+            moe_stats = {"usage_entropy": moe.usage_entropy, "balance_loss": moe.balance_loss, "z_loss": moe.z_loss}
+            moe_stats.update({f"usage_{i}": u for i, u in enumerate(moe.usage)})
+            self.metrics.log_dict({f"moe_{name}_{k}": v for k, v in moe_stats.items()}, key=module_id, window=1)
+        # compute_gradients runs right after this loss, so the step about to be taken is this one. Data-parallel
+        # Learners take the same steps and RLlib sums their metrics: each counts its share.
+        share = 1.0 / max(self.config.num_learners, 1)
+        self.metrics.log_value((module_id, "graph_steps"), float(self.is_graph_step()) * share, reduce="sum")
+        self.metrics.log_value((module_id, "gradient_steps"), share, reduce="sum")
 
     # -- state ----------------------------------------------------------------------------------------------------
 
@@ -438,3 +537,4 @@ class CommFormerPPOLearner(PPOTorchLearner):
         state = dict(state)
         self._grad_steps = int(state.pop("commformer_grad_steps", self._grad_steps))
         super().set_state(state)
+        self._arm_graph_noise()

@@ -116,9 +116,9 @@ class EarlyExitActor:
     @torch.no_grad()
     def __call__(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         x, mask, alive, state, history = _tensors(obs, self.use_state)
-        logits, depth = self.policy.act(x, mask, alive, history=history)
-        actions = logits.argmax(-1)  # (N,)
-        d = int(depth)
+        acted = self.policy.act(x, mask, alive, history=history)
+        actions = acted.logits.argmax(-1)  # (N,)
+        d = int(acted.depth)
         full = self.policy(x, mask, alive, state, history)
         assert full.exits is not None
         reference = full.exits.final_logits.argmax(-1)  # (N,) the full-depth greedy action

@@ -6,9 +6,12 @@ as one MultiDiscrete vector of N entries. The action distribution inputs are the
 flattened to (B, N * A), so RLlib's MultiCategorical samples every agent's action and stores the joint
 log-prob; the learner views them back as (B, N, A) for per-agent PPO ratios.
 
-Everything that shapes pi(a|s) here (the top-k graph, the temporal gates, the history window, which is part of
-the observation) is a deterministic function of the observation and the parameters, so the EnvRunner's forward
-and the Learner's recomputation agree exactly (the PPO consistency rule, ARCHITECTURE section 3).
+Everything that shapes pi(a|s) here is either a deterministic function of the observation and the parameters (the
+top-k graph, the history window, which is part of the observation) or recorded and replayed: an exploring
+EnvRunner samples the temporal gates' decisions (commformer/gates.py) and returns them, with the logits they were
+drawn from, as `GATE_OPEN` and `GATE_LOGIT`; `_forward_train` computes the logits with the recorded decisions. So
+the EnvRunner's forward and the Learner's recomputation agree exactly (the PPO consistency rule, docs/DESIGN.md).
+A greedy EnvRunner (`explore=False`, evaluation) takes the greedy gate decisions and records none.
 
 Early exits (`model.early_exit.rollout`): the EnvRunner acts with `CommFormerPolicy.act`, which stops running
 blocks once the team exits, and returns the exit depth of every step as `EXIT_DEPTH`; RLlib keeps every forward
@@ -40,6 +43,10 @@ VALUES_NORMALIZED = "values_normalized"
 POLICY_OUTPUT = "commformer_policy_output"
 EXIT_DEPTH = "commformer_exit_depth"
 """(B,) int: the depth each step's action was taken at (rollouts with `model.early_exit.rollout`)."""
+GATE_OPEN = "commformer_gate_open"
+"""(B, N) float 0/1: the temporal gates' decisions sampled by an exploring EnvRunner (replayed by the learner)."""
+GATE_LOGIT = "commformer_gate_logit"
+"""(B, N) float: the gate logits those decisions were drawn with (the behaviour policy of the gates)."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,20 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         model_config = self.model_config if isinstance(self.model_config, dict) else {}
         self.model_cfg: ModelConfig = from_mapping(ModelConfig, model_config.get("model"), "model")
         self.policy = build_policy(self.model_cfg, dims)
+        # Whether the next `_forward_train` is an upper-level step with Gumbel noise in the graph's surrogate
+        # gradient (`model.graph.gumbel`); the learner sets it before every gradient step. Never changes outputs.
+        self.graph_noise = False
         self.value_norm = ValueNorm()
         lens = [self.n_actions] * self.n_agents
         self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=lens)  # type: ignore[misc]
 
-    def policy_output(self, batch: dict[str, Any], exit_depth: Tensor | None = None) -> PolicyOutput:
+    def policy_output(
+        self,
+        batch: dict[str, Any],
+        exit_depth: Tensor | None = None,
+        gate_open: Tensor | None = None,
+        gumbel: bool = False,
+    ) -> PolicyOutput:
         obs = batch[Columns.OBS]
         state = obs.get("state") if self.model_cfg.use_state else None
         history = obs.get("history") if self.model_cfg.env_history else None
@@ -124,7 +140,14 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             state=state,
             history=history,
             exit_depth=exit_depth,
+            gate_open=gate_open,
+            gumbel=gumbel,
         )
+
+    @property
+    def samples_gates(self) -> bool:
+        """Whether exploring rollouts draw the temporal gates' decisions (learned gates that are used)."""
+        return self.policy.gate is not None and self.model_cfg.communicate
 
     @property
     def acts_with_exits(self) -> bool:
@@ -132,19 +155,37 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         return self.model_cfg.early_exit.enabled and self.model_cfg.early_exit.rollout
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        # The acting path: only what the action needs (no value head, state embedding or exit bookkeeping).
+        return self._act(batch, sample_gates=False)
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._act(batch, sample_gates=False)
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._act(batch, sample_gates=self.samples_gates)
+
+    def _act(self, batch: dict[str, Any], sample_gates: bool) -> dict[str, Any]:
+        """The acting path: only what the action needs (no value head, state embedding or exit bookkeeping), and
+        the sampled gate decisions with their logits when `sample_gates`."""
         obs = batch[Columns.OBS]
         history = obs.get("history") if self.model_cfg.env_history else None
         exits = self.acts_with_exits
-        logits, depth = self.policy.act(obs["obs"], obs["action_mask"], obs["alive"], history=history, early_exit=exits)
-        out = {Columns.ACTION_DIST_INPUTS: logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
+        acted = self.policy.act(
+            obs["obs"], obs["action_mask"], obs["alive"], history=history, early_exit=exits, sample_gates=sample_gates
+        )
+        out = {Columns.ACTION_DIST_INPUTS: acted.logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
         if exits:
-            out[EXIT_DEPTH] = depth  # (B,)
+            out[EXIT_DEPTH] = acted.depth  # (B,)
+        if sample_gates:
+            assert acted.gate_logit is not None
+            out[GATE_OPEN] = acted.gate_open  # (B, N)
+            out[GATE_LOGIT] = acted.gate_logit  # (B, N)
         return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         exit_depth = batch.get(EXIT_DEPTH) if self.acts_with_exits else None
-        out = self.policy_output(batch, exit_depth=exit_depth)
+        out = self.policy_output(
+            batch, exit_depth=exit_depth, gate_open=self._recorded_gates(batch), gumbel=self.graph_noise
+        )
         return {
             Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A), along the recorded exit path
             VALUES_NORMALIZED: out.values,  # (B, N), in ValueNorm units
@@ -159,11 +200,22 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         """
         return self._team_value(self.policy_output(batch), batch)
 
-    def values_and_logits(self, batch: dict[str, Any], exit_depth: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One forward: the team values of `compute_values` (B,) and the logits (B, N * A) along the recorded
-        `exit_depth`, those of decoupled PPO's proximal policy (agents/learner.py)."""
-        out = self.policy_output(batch, exit_depth=exit_depth if self.acts_with_exits else None)
-        return self._team_value(out, batch), out.logits.flatten(-2)
+    def values_and_logits(
+        self, batch: dict[str, Any], exit_depth: Tensor | None = None, gate_open: Tensor | None = None
+    ) -> tuple[Tensor, PolicyOutput]:
+        """One forward: the team values of `compute_values` (B,) and the policy output along the recorded
+        `exit_depth` and gate decisions `gate_open` (B, N), whose logits (and gate logits) are those of decoupled
+        PPO's proximal policy (agents/learner.py). The values do not depend on the recorded gates."""
+        out = self.policy_output(
+            batch,
+            exit_depth=exit_depth if self.acts_with_exits else None,
+            gate_open=gate_open if self.samples_gates else None,
+        )
+        return self._team_value(out, batch), out
+
+    def _recorded_gates(self, batch: dict[str, Any]) -> Tensor | None:
+        """The gate decisions an exploring EnvRunner recorded for this batch (None: greedy gates were used)."""
+        return batch.get(GATE_OPEN) if self.samples_gates else None
 
     def _team_value(self, out: PolicyOutput, batch: dict[str, Any]) -> Tensor:
         alive = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N)

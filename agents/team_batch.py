@@ -17,8 +17,10 @@ builds the same batch from whole arrays:
    it), every recorded model output, value targets A_t + V(s_t) and the
    advantages standardised over these rows;
 5. with `proximal=True` (`training.sample_ahead`: the batch was sampled with the weights one update back), the
-   same forward's logits at the real rows, in `PROX_LOGITS`: the policy the update starts from, around which
-   decoupled PPO clips its ratio (agents/learner.py, `ppo_team_loss`).
+   same forward's logits at the real rows, in `PROX_LOGITS` (and the gate logits of the recorded gate decisions
+   in `PROX_GATE_LOGITS`): the policy the update starts from, around which decoupled PPO clips its ratio
+   (agents/learner.py, `ppo_team_loss`); with early exits in the rollouts, the final head's logits in
+   `PROX_FINAL_LOGITS`, whatever depth acted (the main policy learns from every step).
 
 It is the whole pipeline for the single-agent, stateless modules this project trains (CommFormerRLModule);
 tests/agents/test_team_batch.py checks it against RLlib's own pipeline on real episodes.
@@ -38,10 +40,16 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from agents.rl_module import EXIT_DEPTH
+from agents.rl_module import EXIT_DEPTH, GATE_OPEN
 
 PROX_LOGITS = "prox_action_dist_inputs"
 """The column of the proximal policy's logits (`proximal=True`): decoupled PPO's (agents/learner.py)."""
+PROX_GATE_LOGITS = "prox_gate_logits"
+"""The gate logits (B, N) at the start of the update, for the recorded gate decisions (whenever this forward runs
+and the EnvRunners sampled gates)."""
+PROX_FINAL_LOGITS = "prox_final_logits"
+"""The final head's logits (B, N * A) at the start of the update, when the EnvRunners acted with early exits: the
+proximal policy of the main policy's term for steps an exit took (agents/learner.py, `_policy_terms`)."""
 
 
 def gae(deltas: np.ndarray, lengths: np.ndarray, gamma: float, lambda_: float) -> np.ndarray:
@@ -105,11 +113,17 @@ class TeamPPOBatch(ConnectorV2):
 
         obs_batch = {Columns.OBS: tree.map_structure(self._tensor, every_obs)}
         keep = self._tensor(step_rows)
-        prox_logits = None
+        proximal: dict[str, torch.Tensor] = {}
+        exit_depth = self._recorded(chunks, EXIT_DEPTH)
         with torch.no_grad():
-            if self.proximal:
-                values, prox_logits = module.values_and_logits(obs_batch, self._exit_depths(chunks))
-                prox_logits = prox_logits[keep]
+            if self.proximal or exit_depth is not None:
+                values, out = module.values_and_logits(obs_batch, exit_depth, self._recorded(chunks, GATE_OPEN))
+                if self.proximal:
+                    proximal[PROX_LOGITS] = out.logits.flatten(-2)[keep]
+                if GATE_OPEN in chunks[0].extra_model_outputs and out.gate_logit is not None:
+                    proximal[PROX_GATE_LOGITS] = out.gate_logit[keep]
+                if exit_depth is not None and out.exits is not None:
+                    proximal[PROX_FINAL_LOGITS] = out.exits.final_logits.flatten(-2)[keep]
             else:
                 values = module.compute_values(obs_batch)
         values = values.cpu().numpy().astype(np.float64)
@@ -138,18 +152,21 @@ class TeamPPOBatch(ConnectorV2):
         }
         for key in chunks[0].extra_model_outputs:
             columns[key] = self._tensor(np.concatenate([_rows(episode.extra_model_outputs[key]) for episode in chunks]))
-        if prox_logits is not None:
-            columns[PROX_LOGITS] = prox_logits
+        columns.update(proximal)
         batch[DEFAULT_MODULE_ID] = columns
         return batch
 
-    def _exit_depths(self, chunks: list[SingleAgentEpisode]) -> torch.Tensor | None:
-        """The recorded early-exit depth of every row of the value forward (T + 1 per chunk; the row after a
-        chunk's last step repeats its depth and is not used), or None when the EnvRunners recorded none."""
-        if EXIT_DEPTH not in chunks[0].extra_model_outputs:
+    def _recorded(self, chunks: list[SingleAgentEpisode], key: str) -> torch.Tensor | None:
+        """A recorded model output (early-exit depths, gate decisions) for every row of the value forward (T + 1
+        per chunk; the row after a chunk's last step repeats its last entry and is not used), or None when the
+        EnvRunners recorded none."""
+        if key not in chunks[0].extra_model_outputs:
             return None
-        depths = [_rows(episode.extra_model_outputs[EXIT_DEPTH]) for episode in chunks]
-        return self._tensor(np.concatenate([np.append(d, d[-1]) for d in depths]))
+        parts = []
+        for episode in chunks:
+            rows = np.asarray(_rows(episode.extra_model_outputs[key]))
+            parts += [rows, rows[-1:]]
+        return self._tensor(np.concatenate(parts))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """A torch tensor on the learner's device; float64 becomes float32 (as RLlib's NumpyToTensor does)."""

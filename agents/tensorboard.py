@@ -33,12 +33,26 @@ LEARNER_KEYS = (
     "approx_kl",
     "clip_fraction",
     "comm_cost",
+    "aux_loss",
     "gate_open_rate",
+    "gate_greedy_open_rate",
+    "gate_prob_mean",
     "messages_per_step",
     "value_norm_mean",
     "value_norm_std",
     "graph_steps",
 )
+
+COMM_KEYS = (
+    "comm_cost",
+    "gate_open_rate",
+    "gate_greedy_open_rate",
+    "gate_prob_mean",
+    "messages_per_step",
+    "graph_steps",
+)
+"""The learner metrics TensorBoard shows under `comm/`; the others go under `loss/`. `gate_open_rate` is the rate of
+the decisions the rollouts sampled, `gate_greedy_open_rate` that of the greedy decisions (evaluation's)."""
 
 PREFIXED_GROUPS = ("moe", "exit")
 """Learner metrics named `<group>_<name>` (MoE usage / losses / temperature; early-exit losses and depths) go to
@@ -75,7 +89,7 @@ class RunLogger:
         for key in LEARNER_KEYS:
             value = _as_float(learner.get(key))
             if value is not None:
-                group = "comm" if key in ("comm_cost", "gate_open_rate", "messages_per_step", "graph_steps") else "loss"
+                group = "comm" if key in COMM_KEYS else "loss"
                 self.writer.add_scalar(f"{group}/{key}", value, env_steps)
         for key, raw in learner.items():  # mixture-of-experts and early-exit metrics, in their own groups
             group = key.split("_", 1)[0]
@@ -107,6 +121,9 @@ class RunLogger:
             parts.append(f"win {win:.2f}")
         if gate is not None:
             parts.append(f"gates {gate:.2f}")
+            greedy = _as_float(learner.get("gate_greedy_open_rate"))
+            if greedy is not None:
+                parts.append(f"(greedy {greedy:.2f})")
         if msgs is not None:
             parts.append(f"msgs {msgs:.1f}")
         depth = _as_float(learner.get("exit_rollout_depth_mean"))

@@ -1,33 +1,67 @@
 """Temporal gates: each agent decides, per step, whether to receive messages now.
 
 The extended CommFormer paper (arXiv 2411.00382) lets every agent decide from its current observation
-whether to receive shared information; its exact mechanism is not public, so this is our design:
+whether to receive shared information; its exact mechanism is not public, so this is our design.
 
-    p_i   = sigmoid(w . h_i + b)               (b initialised to ``init_bias`` so gates start open)
-    open_i = 1[w . h_i + b > 0] + (p_i - p_i.detach())
+The gate is a stochastic decision of the policy, trained like an action (as IC3Net's communication gate)::
 
-``open_i`` is exactly 0 or 1 in the forward pass (deterministic, so rollout and update see the same decision:
-the PPO consistency rule, ARCHITECTURE.md section 3) and has the gradient of ``p_i`` (straight-through).
-The decision is taken on the logit (``> 0``) rather than on ``p > 0.5``, which is the same in exact arithmetic
-but immune to sigmoid rounding to exactly 0.5 near the threshold.
+    z_i    = w . h_i + b                    (b initialised to ``init_bias``, so gates start open)
+    open_i ~ Bernoulli(sigmoid(z_i))        while training (``sample``), recorded by the EnvRunner
+    open_i = 1[z_i > 0]                     when acting greedily (evaluation, export)
 
-A closed gate leaves receiver i only its self-loop. The communication cost ``cost_weight * mean(p over alive
-agents)`` pushes gates to close when messages do not pay for themselves; it uses ``p`` (smooth) rather than
-the hard decision, which would have no gradient except through the straight-through path.
+Why not a hard threshold with a straight-through gradient (the first design): a closed receiver keeps only its
+self-loop, so its messages do not enter the forward pass and the task loss sends the gate exactly zero
+gradient; the cost's gradient is positive everywhere, so a closed gate never reopened (on the ``signal`` task
+with messages always needed, gates closed and the return fell to chance). A *sampled* gate sometimes opens where
+it is usually closed, and the return of those steps is what tells the gate what opening buys.
+
+The gradient is the score function, inside PPO: the learner replays the recorded decision and adds
+``log p(open_i)`` (``gate_log_prob``) to agent i's action log-prob, so agent i's clipped ratio is that of its
+joint decision (gate, action). Recorded and replayed, the decision keeps the PPO consistency rule exact. The
+critic must not see the sampled decision: a value computed from messages the gate happened to take would be a
+baseline that depends on the gate's own action, and would cancel the very advantage that trains it; the policy
+computes values with the greedy decisions (``CommFormerPolicy``).
+
+The communication cost ``cost_weight * mean(p over alive agents)`` is the expected share of receivers that
+listen; its gradient pushes every gate towards closing, against the task's score-function gradient where
+messages pay.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.config import GateConfig
 
-__all__ = ["TemporalGate", "communication_cost", "gate_adjacency"]
+__all__ = ["GateOutput", "TemporalGate", "communication_cost", "gate_adjacency", "gate_log_prob"]
+
+
+@dataclass(frozen=True)
+class GateOutput:
+    """The gates of one forward pass; ``*B`` are the caller's batch dims."""
+
+    open: Tensor
+    """(*B, N) the decisions acted on, exactly 0.0 or 1.0, no gradient."""
+    logit: Tensor
+    """(*B, N) the gate logits z (``sigmoid(z)`` is the open probability), with gradient."""
+
+    @property
+    def prob(self) -> Tensor:
+        """(*B, N) open probabilities ``sigmoid(logit)``."""
+        return torch.sigmoid(self.logit)
+
+    @property
+    def greedy(self) -> Tensor:
+        """(*B, N) the greedy decisions ``1[logit > 0]`` (0.0 / 1.0, no gradient)."""
+        return (self.logit.detach() > 0).to(self.logit.dtype)
 
 
 class TemporalGate(nn.Module):
-    """Per-agent hard receive gate with a straight-through gradient."""
+    """Per-agent receive gate: a Bernoulli decision from the agent's own embedding (module docstring)."""
 
     def __init__(self, embed_dim: int, config: GateConfig) -> None:
         super().__init__()
@@ -38,24 +72,53 @@ class TemporalGate(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.constant_(self.proj.bias, float(config.init_bias))
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        h: Tensor,
+        decision: Tensor | None = None,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> GateOutput:
         """Gate decisions from each agent's own embedding.
 
         Args:
             h: (..., N, d) agent embeddings.
+            decision: optional (..., N) recorded decisions (0/1) to replay; they are what the output holds.
+            sample: without a record, draw each decision from Bernoulli(sigmoid(z)); otherwise greedy (z > 0).
+            generator: optional RNG for the draw.
 
-        Returns:
-            open: (..., N) straight-through decision, forward value exactly 0.0 or 1.0.
-            prob: (..., N) open probability ``sigmoid(logit)``.
+        The greedy decision is taken on the logit (``> 0``) rather than on ``p > 0.5``, which is the same in exact
+        arithmetic but immune to sigmoid rounding to exactly 0.5 near the threshold.
         """
         logit = self.proj(h).squeeze(-1)  # (..., N)
-        prob = torch.sigmoid(logit)
-        hard = (logit > 0).to(prob.dtype)
-        return hard + (prob - prob.detach()), prob
+        if decision is not None:
+            if decision.shape != logit.shape:
+                raise ValueError(
+                    f"recorded gate decisions have shape {tuple(decision.shape)}; expected {tuple(logit.shape)}"
+                )
+            chosen = decision.to(logit.dtype)
+        elif sample:
+            prob = torch.sigmoid(logit.detach())
+            chosen = (torch.rand(prob.shape, dtype=prob.dtype, device=prob.device, generator=generator) < prob).to(
+                logit.dtype
+            )
+        else:
+            chosen = (logit.detach() > 0).to(logit.dtype)
+        return GateOutput(open=chosen, logit=logit)
 
     def cost(self, prob: Tensor, alive: Tensor | None = None) -> Tensor:
         """Communication cost ``cost_weight * mean(prob over alive agents)``; see ``communication_cost``."""
         return self.cost_weight * communication_cost(prob, alive)
+
+
+def gate_log_prob(logit: Tensor, decision: Tensor) -> Tensor:
+    """``log p(decision)`` under Bernoulli(sigmoid(logit)), elementwise: the gate's share of an agent's log-prob.
+
+    Written with ``logsigmoid`` (log p(open) = logsigmoid(z), log p(closed) = logsigmoid(-z)), which stays
+    finite where ``log(sigmoid(z))`` would underflow to -inf.
+    """
+    return torch.where(decision > 0, F.logsigmoid(logit), F.logsigmoid(-logit))
 
 
 def communication_cost(prob: Tensor, alive: Tensor | None = None) -> Tensor:
@@ -75,8 +138,8 @@ def gate_adjacency(adjacency: Tensor, gate_open: Tensor, alive: Tensor | None = 
 
     ``A_eff[b, i, :] = open[b, i] * A[i, :] + (1 - open[b, i]) * I[i, :]`` (a closed gate keeps only the
     self-loop), then every column j of a dead sender (``alive[b, j] == 0``) is zeroed except its diagonal.
-    Both are products, so straight-through gradients reach the graph logits and the gates; with 0/1 inputs
-    the forward value stays exactly 0/1.
+    Both are products, so the straight-through gradient of the graph reaches its logits through the rows of open
+    gates; with 0/1 inputs the forward value stays exactly 0/1.
 
     Args:
         adjacency: (N, N) or (B, N, N) receiver-by-sender adjacency with a unit diagonal.

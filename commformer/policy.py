@@ -7,9 +7,11 @@
     h --num_blocks x CommBlock(A_eff)--> LN --> policy head -> logits (*B, N, A), masked by action_mask
                                             \\-> value head (+ embedded global state) -> values (*B, N)
 
-Every stochastic-looking part is a deterministic function of (inputs, parameters): the graph is the hard
-top-k of the logits (Gumbel noise, if asked for, only touches its surrogate gradient) and the gates are hard
-thresholds. This keeps the PPO ratio exact (ARCHITECTURE.md section 3).
+The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
+a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
+the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
+replayed (``gate_open``). The value head always reads the trunk run with the greedy gate decisions, so the
+critic never depends on a sampled decision (commformer/gates.py says why).
 
 History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
 its own last L observations, encoded over time (commformer/history.py) *before* the agents communicate; the
@@ -35,13 +37,13 @@ from torch import Tensor, nn
 from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
 from commformer.functional import activation
-from commformer.gates import TemporalGate, gate_adjacency
+from commformer.gates import GateOutput, TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
 from commformer.history import HistoryEncoder
 from commformer.layers.attention import CommBlock
 from commformer.layers.moe import MoEHead, MoEOutput
 
-__all__ = ["CommFormerPolicy", "PolicyOutput"]
+__all__ = ["Acted", "CommFormerPolicy", "PolicyOutput"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class PolicyOutput:
     adjacency: Tensor
     """(*B, N, N) effective straight-through adjacency (receiver x sender), forward value 0/1."""
     gate_open: Tensor
-    """(*B, N) hard gate decisions (0/1, straight-through); all ones when gates are disabled."""
+    """(*B, N) the gate decisions acted on (0/1, no gradient: replayed, sampled or greedy); all ones when gates are
+    disabled, all zeros without communication."""
     gate_prob: Tensor
     """(*B, N) gate open probabilities; all ones when gates are disabled."""
     comm_cost: Tensor
@@ -69,6 +72,43 @@ class PolicyOutput:
     """The MoE heads' outputs by head name (``policy``, ``value``), for losses and usage statistics."""
     exits: ExitOutput | None = None
     """Every early exit's logits and gates (``model.early_exit.enabled``), else None."""
+    gate_logit: Tensor | None = None
+    """(*B, N) gate logits with gradient (``commformer.gates.gate_log_prob`` of ``gate_open`` is the gates' share of
+    each agent's log-prob); None without learned gates."""
+
+
+@dataclass(frozen=True)
+class Acted:
+    """What ``CommFormerPolicy.act`` returns; ``*B`` are the caller's leading batch dims."""
+
+    logits: Tensor
+    """(*B, N, A) masked logits of the head the team acted with."""
+    depth: Tensor
+    """(*B,) int64, the depth of that head (G = ``num_blocks`` for the final head)."""
+    gate_open: Tensor
+    """(*B, N) the gate decisions acted on (sampled with ``sample_gates``, else greedy)."""
+    gate_logit: Tensor | None
+    """(*B, N) gate logits, the behaviour policy of the decisions; None without learned gates."""
+
+
+@dataclass(frozen=True)
+class _Trunk:
+    """Everything before the first communication block (flat batch B = prod(*B))."""
+
+    batch: torch.Size
+    h: Tensor
+    """(B, N, d) per-agent embeddings."""
+    graph: Tensor
+    """(N, N) straight-through graph."""
+    adjacency: Tensor
+    """(B, N, N) effective adjacency of the gate decisions acted on."""
+    alive: Tensor | None
+    """(B, N) or None."""
+    gate_open: Tensor
+    """(B, N) decisions acted on."""
+    gates: GateOutput | None
+    """The learned gates' output, None when gates are disabled or there is no communication."""
+    comm_cost: Tensor
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, act: str) -> nn.Sequential:
@@ -245,10 +285,12 @@ class CommFormerPolicy(nn.Module):
         alive: Tensor | None,
         state: Tensor | None,
         history: Tensor | None,
-        gumbel: bool,
-    ) -> tuple[torch.Size, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-        """Checks shapes; returns (batch, h (B, N, d), adjacency (B, N, N), alive (B, N) or None, gate_open,
-        gate_prob (B, N), comm_cost): everything before the first communication block."""
+        *,
+        gumbel: bool = False,
+        gate_open: Tensor | None = None,
+        sample_gates: bool = False,
+    ) -> _Trunk:
+        """Checks shapes; everything before the first communication block."""
         n, a = self.n_agents, self.n_actions
         if obs.dim() < 2 or obs.shape[-2:] != (n, self.obs_dim):
             raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
@@ -262,23 +304,55 @@ class CommFormerPolicy(nn.Module):
             alive = alive.reshape(flat, n)  # (B, N)
         if state is not None and self.state_dim is not None:
             self._check("state", state, (self.state_dim,), batch)
+        if gate_open is not None:
+            if self.gate is None or not self.config.communicate:
+                raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
+            self._check("gate_open", gate_open, (n,), batch)
+            gate_open = gate_open.reshape(flat, n)
 
         h = self._encode(x, history, batch)  # (B, N, d)
         if self.agent_embed is not None:
             h = h + self.agent_embed.weight  # (N, d) broadcast over B
 
+        gates = None
         if not self.config.communicate:
             # The no-communication ablation: every gate closed, so each agent attends to itself only.
-            gate_open = gate_prob = h.new_zeros(flat, n)
+            decisions = h.new_zeros(flat, n)
             comm_cost = h.new_zeros(())
         elif self.gate is not None:
-            gate_open, gate_prob = self.gate(h)  # (B, N) each
-            comm_cost = self.gate.cost(gate_prob, alive)
+            gates = self.gate(h, gate_open, sample=sample_gates)  # (B, N) each
+            decisions = gates.open
+            comm_cost = self.gate.cost(gates.prob, alive)
         else:
-            gate_open = gate_prob = h.new_ones(flat, n)
+            decisions = h.new_ones(flat, n)
             comm_cost = h.new_zeros(())
-        adjacency = gate_adjacency(self.graph(gumbel=gumbel).to(h.dtype), gate_open, alive)  # (B, N, N)
-        return batch, h, adjacency, alive, gate_open, gate_prob, comm_cost
+        graph = self.graph(gumbel=gumbel).to(h.dtype)  # (N, N)
+        adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
+        return _Trunk(batch, h, graph, adjacency, alive, decisions, gates, comm_cost)
+
+    def _critic_features(self, trunk: _Trunk, h: Tensor) -> Tensor:
+        """The normalised last block's output (B, N, d) with the *greedy* gate decisions, for the value head.
+
+        The critic must not see sampled gate decisions (commformer/gates.py): where they equal the greedy ones (for
+        every alive agent of a team) the actor's features ``h`` are the critic's too; the other teams' blocks are
+        run again with the greedy decisions. Once the gates are confident, few teams differ.
+        """
+        gates = trunk.gates
+        if gates is None:
+            return h
+        greedy = gates.greedy  # (B, N)
+        differ = gates.open != greedy
+        if trunk.alive is not None:
+            differ = differ & (trunk.alive > 0)  # a dead agent's gate changes nothing anyone acts on
+        rows = differ.any(-1).nonzero().squeeze(-1)  # (B',) teams whose sampled gates are not the greedy ones
+        if rows.numel() == 0:
+            return h
+        alive = trunk.alive[rows] if trunk.alive is not None else None
+        adjacency = gate_adjacency(trunk.graph, greedy[rows], alive)  # (B', N, N)
+        x = trunk.h[rows]
+        for block in self.blocks:
+            x = block(x, adjacency)
+        return h.index_put((rows,), self.norm(x))  # out of place: h keeps its autograd history
 
     def _final_logits(self, h: Tensor, action_mask: Tensor | None) -> tuple[Tensor, MoEOutput | None]:
         """The final head's masked logits (B, N, A) from the normalised last block's output h (B, N, d)."""
@@ -301,6 +375,8 @@ class CommFormerPolicy(nn.Module):
         *,
         gumbel: bool = False,
         exit_depth: Tensor | None = None,
+        gate_open: Tensor | None = None,
+        sample_gates: bool = False,
     ) -> PolicyOutput:
         """One full-depth forward pass over any leading batch dims ``*B`` (every block, head and exit runs).
 
@@ -319,21 +395,27 @@ class CommFormerPolicy(nn.Module):
             exit_depth: optional (*B,) int depths recorded when the action was taken with early exits
                 (``act``); ``logits`` then come from the head at that depth (the PPO consistency rule).
                 Needs ``model.early_exit.enabled``.
+            gate_open: optional (*B, N) gate decisions recorded when the action was taken (``act`` with
+                ``sample_gates``): the logits are computed with them (the PPO consistency rule). Needs learned gates.
+            sample_gates: without ``gate_open``, draw the gate decisions instead of taking the greedy ones.
+
+        The values always come from the greedy gate decisions (``_critic_features``), whatever the actor used.
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
         """
         n, a = self.n_agents, self.n_actions
-        batch, h, adjacency, alive, gate_open, gate_prob, comm_cost = self._trunk_input(
-            obs, action_mask, alive, state, history, gumbel
+        trunk = self._trunk_input(
+            obs, action_mask, alive, state, history, gumbel=gumbel, gate_open=gate_open, sample_gates=sample_gates
         )
+        batch, h, alive = trunk.batch, trunk.h, trunk.alive
         flat = h.shape[0]
         mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
 
         stream = []  # the residual stream before each block: the early exits' inputs
         for block in self.blocks:
             stream.append(h)
-            h = block(h, adjacency)
+            h = block(h, trunk.adjacency)
         h = self.norm(h)  # (B, N, d)
         logits, policy_moe = self._final_logits(h, mask)  # (B, N, A)
         moe: dict[str, MoEOutput] = {} if policy_moe is None else {"policy": policy_moe}
@@ -347,24 +429,26 @@ class CommFormerPolicy(nn.Module):
         elif exit_depth is not None:
             raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
 
-        value_out = self._values(h, state)
+        value_out = self._values(self._critic_features(trunk, h), state)
         if isinstance(value_out, MoEOutput):
             moe["value"], value_out = value_out, value_out.out
         values = value_out.squeeze(-1)  # (B, N)
         aux_loss = sum((m.aux_loss for m in moe.values()), h.new_zeros(()))
 
-        messages = _count_messages(adjacency, alive)  # (B,)
+        messages = _count_messages(trunk.adjacency, alive)  # (B,)
+        gates = trunk.gates
         return PolicyOutput(
             logits=logits.reshape(*batch, n, a),
             values=values.reshape(*batch, n),
-            adjacency=adjacency.reshape(*batch, n, n),
-            gate_open=gate_open.reshape(*batch, n),
-            gate_prob=gate_prob.reshape(*batch, n),
-            comm_cost=comm_cost,
+            adjacency=trunk.adjacency.reshape(*batch, n, n),
+            gate_open=trunk.gate_open.reshape(*batch, n),
+            gate_prob=(gates.prob if gates is not None else trunk.gate_open).reshape(*batch, n),
+            comm_cost=trunk.comm_cost,
             messages=messages.reshape(batch),
             aux_loss=aux_loss,
             moe=moe,
             exits=None if exits is None else exits.reshape(batch),
+            gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
         )
 
     @torch.no_grad()
@@ -378,28 +462,49 @@ class CommFormerPolicy(nn.Module):
         *,
         early_exit: bool = True,
         force_depth: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The acting path: masked logits (*B, N, A) and the depth they come from (*B,), no value head.
+        sample_gates: bool = False,
+    ) -> Acted:
+        """The acting path: masked logits (*B, N, A), the depth they come from (*B,) and the gates, no value head.
 
         With exits (``early_exit`` and ``model.early_exit.enabled``) a team leaves at the first depth whose
         gates all say exit (``team_exit_depth``) and the blocks beyond it are *not run* for that team: the
         teams still going are gathered into a smaller batch before each block. ``force_depth`` makes every
         team exit at that depth (running the same modules a natural exit there runs): it is how ``exit_macs``
         measures each exit's cost. Without exits this is the plain full-depth path (depth G for every team).
-        ``state`` is accepted for a uniform signature and unused (only the critic reads it).
+        ``sample_gates`` draws the temporal gates' decisions (training rollouts, which record them); otherwise
+        they are greedy. ``state`` is accepted for a uniform signature and unused (only the critic reads it).
         """
         del state
         n, a = self.n_agents, self.n_actions
-        batch, h, adjacency, alive, _, _, _ = self._trunk_input(obs, action_mask, alive, None, history, False)
-        flat = h.shape[0]
+        trunk = self._trunk_input(obs, action_mask, alive, None, history, sample_gates=sample_gates)
+        batch, h, adjacency, alive = trunk.batch, trunk.h, trunk.adjacency, trunk.alive
+        logits, depth = self._act_blocks(h, adjacency, alive, action_mask, early_exit, force_depth)
+        gate_logit = None if trunk.gates is None else trunk.gates.logit.reshape(*batch, n)
+        return Acted(
+            logits=logits.reshape(*batch, n, a),
+            depth=depth.reshape(batch),
+            gate_open=trunk.gate_open.reshape(*batch, n),
+            gate_logit=gate_logit,
+        )
+
+    def _act_blocks(
+        self,
+        h: Tensor,
+        adjacency: Tensor,
+        alive: Tensor | None,
+        action_mask: Tensor | None,
+        early_exit: bool,
+        force_depth: int | None,
+    ) -> tuple[Tensor, Tensor]:
+        """``act``'s blocks and heads on the flat batch: logits (B, N, A) and depths (B,)."""
+        flat, n, a = h.shape[0], self.n_agents, self.n_actions
         mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
         n_blocks = len(self.blocks)
         if self.exits is None or not early_exit:
             for block in self.blocks:
                 h = block(h, adjacency)
             logits, _ = self._final_logits(self.norm(h), mask)
-            depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
-            return logits.reshape(*batch, n, a), depth.reshape(batch)
+            return logits, torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
 
         threshold = self.config.early_exit.threshold
         out = h.new_empty(flat, n, a)
@@ -416,7 +521,7 @@ class CommFormerPolicy(nn.Module):
             if leaving == rows.shape[0]:  # everyone: no copy into the batch, no block
                 out[rows] = logits
                 depth[rows] = here
-                return out.reshape(*batch, n, a), depth.reshape(batch)
+                return out, depth
             if leaving:  # some: record them, and run the next block on the others only
                 out[rows[leave]] = logits[leave]
                 depth[rows[leave]] = here
@@ -427,4 +532,4 @@ class CommFormerPolicy(nn.Module):
             h = block(h, adjacency)
         logits, _ = self._final_logits(self.norm(h), mask)
         out[rows] = logits
-        return out.reshape(*batch, n, a), depth.reshape(batch)
+        return out, depth

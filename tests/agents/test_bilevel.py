@@ -50,19 +50,24 @@ def test_rollout_and_update_agree_on_the_policy(ray_session, monkeypatch):
     """
     import agents.learner
 
-    seen = []
+    seen, gate_seen, sampled = [], [], []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         valid = weight.bool()  # (B, N): alive agents at real (non-bootstrap) steps
         seen.append(float((logits - old_logits).abs()[valid].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        assert gates is not None  # signal.yaml learns gates: the rollout sampled and recorded them
+        gate_seen.append(float((gates.logit - gates.old_logit).abs()[valid].max()))
+        sampled.append(float(gates.decision[valid].mean()))
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
-    _one_iteration(["training.graph_every=1000"])
+    # Gates at p = sigmoid(0.5) = 0.62: the greedy decision is "open", so a closed decision in the batch was drawn.
+    _one_iteration(["training.graph_every=1000", "model.gates.init_bias=0.5"])
     assert len(seen) >= 2
-    assert seen[0] == 0.0  # bit-identical before any update
-    assert seen[-1] > 0.0  # and the check can see a difference once the policy has moved
+    assert seen[0] == 0.0 and gate_seen[0] == 0.0  # bit-identical before any update, gates included
+    assert seen[-1] > 0.0 and gate_seen[-1] > 0.0  # and the check can see a difference once the policy has moved
+    assert 0.4 < sampled[0] < 0.85  # decisions were sampled (greedy would be all open) and replayed
 
 
 def test_learner_threads_apply_to_the_update_only(ray_session, monkeypatch):
@@ -74,10 +79,10 @@ def test_learner_threads_apply_to_the_update_only(ray_session, monkeypatch):
     threads, diffs = [], []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         threads.append(torch.get_num_threads())
         diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     before = torch.get_num_threads()
@@ -102,11 +107,11 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
     calls = {"n": 0}
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         calls["n"] += 1
         if calls["n"] in (1, 5):  # the first gradient step of iteration 1 and of iteration 2 (4 steps each)
             first_diffs.append(float((logits - old_logits).abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     config = load_config(
@@ -193,9 +198,9 @@ def test_minibatches_hold_only_real_steps(ray_session, monkeypatch):
     rows, masks = [], []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         rows.append(logits.shape[0])
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     real_loss = agents.learner.CommFormerPPOLearner.compute_loss_for_module
 
@@ -246,12 +251,57 @@ def test_an_overshooting_batch_takes_no_extra_minibatch(ray_session, monkeypatch
     rows = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         rows.append(logits.shape[0])
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     _, _, metrics = _one_iteration(
         ["training.graph_every=1000", "training.train_batch_size=250", "training.minibatch_size=125"]
     )
     assert rows == [125] * 4 and metrics["gradient_steps"] == 4
+
+
+@pytest.mark.parametrize("gumbel", [True, False])
+def test_gumbel_noise_reaches_the_graph_in_graph_steps_only(ray_session, monkeypatch, gumbel):
+    """model.graph.gumbel: the graph's forward inside the learner's gradient steps receives the flag on the
+    upper-level steps (every 2nd here) and only there; rollouts and the value forward never do."""
+    from commformer.graph import CommGraph
+
+    calls: list[tuple[bool, bool]] = []  # (gumbel, with autograd) of every graph forward
+    real = CommGraph.forward
+
+    def recording(self, gumbel=False, generator=None):
+        calls.append((gumbel, torch.is_grad_enabled()))
+        return real(self, gumbel=gumbel, generator=generator)
+
+    monkeypatch.setattr(CommGraph, "forward", recording)
+    _, _, metrics = _one_iteration(["training.graph_every=2", f"model.graph.gumbel={str(gumbel).lower()}"])
+    steps = [flag for flag, grad in calls if grad]  # the learner's training forwards, one per gradient step
+    assert len(steps) == metrics["gradient_steps"] == 4 and metrics["graph_steps"] == 2
+    assert steps == ([False, True, False, True] if gumbel else [False] * 4)
+    assert not any(flag for flag, grad in calls if not grad)  # rollouts and GAE values: no noise
+
+
+def test_the_moe_auxiliary_losses_are_part_of_the_training_loss(ray_session, monkeypatch):
+    """model.moe.balance_coeff / z_coeff act through the loss: a NaN planted in the MoE heads' auxiliary loss
+    must make every update non-finite (all skipped). When the learner left the auxiliary loss out, none was."""
+    import dataclasses
+
+    from commformer.layers.moe import MoEHead
+
+    real = MoEHead.forward
+
+    def planted(self, x):
+        out = real(self, x)
+        return dataclasses.replace(out, aux_loss=out.aux_loss * float("nan")) if torch.is_grad_enabled() else out
+
+    monkeypatch.setattr(MoEHead, "forward", planted)
+    before, after, metrics = _one_iteration(["training.graph_every=1000", "model.head=moe"])
+    assert metrics["skipped_updates"] == metrics["gradient_steps"] >= 4
+    assert not any(_moved(before, after, k) for k in before)
+
+
+def test_the_moe_auxiliary_loss_is_logged_and_positive(ray_session):
+    _, _, metrics = _one_iteration(["training.graph_every=1000", "model.head=moe", "model.moe.balance_coeff=0.5"])
+    assert metrics["aux_loss"] > 0.5 * 0.9  # the balance loss is >= 1 (E * sum f_i P_i, uniform at best)

@@ -37,9 +37,9 @@ def test_rollout_and_update_agree_with_a_history_encoder(ray_session, monkeypatc
     seen: list[float] = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         seen.append(float((logits - old_logits).detach().abs()[weight.bool()].max()))
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     config = load_config("configs/memory_orchid.yaml", [*SMALL, f"model.encoder={encoder}"])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.learner import huber_value_loss, masked_mean, ppo_team_loss
+from agents.learner import GateTerms, huber_value_loss, masked_mean, ppo_team_loss
 
 
 def reference_ppo(logits, old_logits, actions, adv, weight, clip):
@@ -81,6 +81,82 @@ def test_decoupled_loss_matches_loop_reference():
     # The plain loss on the same batch differs: the decoupling is not a no-op here.
     plain = ppo_team_loss(logits, behaviour, actions, adv, weight, clip_param=0.1)
     assert float(plain["policy_loss"]) != pytest.approx(expected, rel=1e-3)
+
+
+def reference_joint(logits, old_logits, gate_logit, old_gate_logit, decision, actions, adv, weight, clip, prox=None):
+    """Loops over (step, agent): the ratio of the joint decision (gate, action), p(g) = sigmoid(z) if open else
+    1 - sigmoid(z); decoupled around `prox` = (prox_logits, prox_gate_logit) when given."""
+    b, n, _ = logits.shape
+    total, count = 0.0, 0.0
+
+    def joint(action_logits, gate, t, i):
+        a = int(actions[t, i])
+        p_gate = 1 / (1 + math.exp(-float(gate[t, i])))
+        p_gate = p_gate if decision[t, i] > 0 else 1 - p_gate
+        return float(torch.softmax(action_logits[t, i], -1)[a]) * p_gate
+
+    for t in range(b):
+        for i in range(n):
+            if weight[t, i] == 0:
+                continue
+            p, behaviour = joint(logits, gate_logit, t, i), joint(old_logits, old_gate_logit, t, i)
+            anchor = behaviour if prox is None else joint(prox[0], prox[1], t, i)
+            ratio = p / anchor
+            surrogate = min(ratio * float(adv[t]), min(max(ratio, 1 - clip), 1 + clip) * float(adv[t]))
+            total += anchor / behaviour * surrogate
+            count += 1
+    return -total / count
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_sampled_gates_join_each_agents_ratio(decoupled):
+    g = torch.Generator().manual_seed(4)
+    b, n, a = 8, 3, 4
+    old = torch.randn(b, n, a, generator=g, dtype=torch.float64)
+    prox = old + 0.2 * torch.randn(b, n, a, generator=g, dtype=torch.float64)
+    logits = prox + 0.2 * torch.randn(b, n, a, generator=g, dtype=torch.float64)
+    old_gate = torch.randn(b, n, generator=g, dtype=torch.float64)
+    prox_gate = old_gate + 0.3 * torch.randn(b, n, generator=g, dtype=torch.float64)
+    gate = (prox_gate + 0.3 * torch.randn(b, n, generator=g, dtype=torch.float64)).requires_grad_()
+    decision = (torch.rand(b, n, generator=g) < 0.5).double()
+    actions = torch.randint(0, a, (b, n), generator=g)
+    adv = torch.randn(b, generator=g, dtype=torch.float64)
+    weight = torch.ones(b, n, dtype=torch.float64)
+    weight[3, 2] = 0.0
+    terms = ppo_team_loss(
+        logits,
+        old,
+        actions,
+        adv,
+        weight,
+        clip_param=0.1,
+        prox_logits=prox if decoupled else None,
+        gates=GateTerms(decision, gate, old_gate, prox_gate if decoupled else None),
+    )
+    expected = reference_joint(
+        logits, old, gate, old_gate, decision, actions, adv, weight, 0.1, (prox, prox_gate) if decoupled else None
+    )
+    assert float(terms["policy_loss"]) == pytest.approx(expected, rel=1e-10)
+    # The gates' logits get the policy gradient (the score function) and the gate terms change the loss.
+    (grad,) = torch.autograd.grad(terms["policy_loss"], gate)
+    assert grad.abs().sum() > 0
+    without = ppo_team_loss(logits, old, actions, adv, weight, 0.1, prox_logits=prox if decoupled else None)
+    assert float(without["policy_loss"]) != pytest.approx(expected, rel=1e-3)
+
+
+def test_decoupled_gates_need_their_proximal_logits():
+    z = torch.zeros(2, 1)
+    with pytest.raises(ValueError, match="proximal gate logits"):
+        ppo_team_loss(
+            torch.zeros(2, 1, 3),
+            torch.zeros(2, 1, 3),
+            torch.zeros(2, 1),
+            torch.ones(2),
+            torch.ones(2, 1),
+            0.2,
+            prox_logits=torch.zeros(2, 1, 3),
+            gates=GateTerms(z, z, z),
+        )
 
 
 def test_decoupled_loss_without_lag_is_plain_ppo():

@@ -71,13 +71,13 @@ def test_the_update_clips_around_the_weights_it_starts_from(ray_session, monkeyp
     first_steps: list[tuple[float, float]] = []
     real = agents.learner.ppo_team_loss
 
-    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None):
+    def recording(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=None, gates=None):
         assert prox_logits is not None
         valid = weight.bool()
         first_steps.append(
             (float((logits - prox_logits).abs()[valid].max()), float((old_logits - prox_logits).abs()[valid].max()))
         )
-        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits)
+        return real(logits, old_logits, actions, advantages, weight, clip_param, prox_logits=prox_logits, gates=gates)
 
     monkeypatch.setattr(agents.learner, "ppo_team_loss", recording)
     algo = _build(True)

@@ -15,7 +15,8 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agents.build import build_ppo_config, probe_env
 from agents.config import load_config
-from agents.team_batch import PROX_LOGITS, TeamPPOBatch, gae
+from agents.rl_module import GATE_OPEN
+from agents.team_batch import PROX_GATE_LOGITS, PROX_LOGITS, TeamPPOBatch, gae
 from envs import smax
 
 ADV, TARGETS = Postprocessing.ADVANTAGES, Postprocessing.VALUE_TARGETS
@@ -115,10 +116,17 @@ def test_the_proximal_logits_are_the_policy_on_the_batch_rows():
         prox = TeamPPOBatch(gamma=0.99, lambda_=0.95, proximal=True)(rl_module=module, batch={}, episodes=episodes)
         plain, prox = plain[DEFAULT_MODULE_ID], prox[DEFAULT_MODULE_ID]
         with torch.no_grad():
-            expected = module[DEFAULT_MODULE_ID].policy_output({Columns.OBS: plain[Columns.OBS]}).logits.flatten(-2)
+            # The proximal policy acts with the gate decisions the EnvRunner sampled and recorded.
+            expected = module[DEFAULT_MODULE_ID].policy_output(
+                {Columns.OBS: plain[Columns.OBS]}, gate_open=plain[GATE_OPEN]
+            )
     finally:
         algo.stop()
-    assert torch.allclose(prox.pop(PROX_LOGITS), expected, atol=1e-6)
+    assert 0.0 < float(plain[GATE_OPEN].mean()) < 1.0  # sampled decisions, some closed (init p = 0.88)
+    assert torch.allclose(prox.pop(PROX_LOGITS), expected.logits.flatten(-2), atol=1e-6)
+    assert expected.gate_logit is not None
+    assert torch.allclose(prox.pop(PROX_GATE_LOGITS), expected.gate_logit, atol=1e-6)
+    # The values (hence the targets) do not depend on the recorded gates: the critic reads the greedy ones.
     assert set(prox) == set(plain) and torch.equal(prox[TARGETS], plain[TARGETS])
 
 

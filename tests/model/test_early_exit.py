@@ -48,6 +48,12 @@ def _inputs(b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return obs, mask, alive, torch.randn(b, S, generator=gen)
 
 
+def _act(policy: CommFormerPolicy, *args: torch.Tensor, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``policy.act``'s logits and depths."""
+    acted = policy.act(*args, **kwargs)  # type: ignore[arg-type]
+    return acted.logits, acted.depth
+
+
 def _set_gates(policy: CommFormerPolicy, bias: float) -> None:
     assert policy.exits is not None
     with torch.no_grad():
@@ -218,10 +224,10 @@ def test_act_without_exits_equals_the_full_forward():
     policy = _policy()
     _set_gates(policy, -10.0)  # never exit
     obs, mask, alive, state = _inputs(7)
-    logits, depth = policy.act(obs, mask, alive, state)
+    logits, depth = _act(policy, obs, mask, alive, state)
     assert (depth == G).all()
     assert torch.allclose(logits, policy(obs, mask, alive, state).logits, atol=1e-12)
-    plain_logits, plain_depth = policy.act(obs, mask, alive, state, early_exit=False)
+    plain_logits, plain_depth = _act(policy, obs, mask, alive, state, early_exit=False)
     assert torch.equal(plain_depth, depth) and torch.allclose(plain_logits, logits, atol=1e-12)
 
 
@@ -233,10 +239,10 @@ def test_act_with_mixed_exits_matches_per_team_runs_and_the_replayed_forward():
             gate.weight.copy_(torch.tensor([[8.0, 0.0, 0.0, 0.0]]))
             gate.bias.fill_(-8.0 * 0.26 + layer * 0.4)
     obs, mask, alive, state = _inputs(32, seed=9)
-    logits, depth = policy.act(obs, mask, alive, state)
+    logits, depth = _act(policy, obs, mask, alive, state)
     assert len(set(depth.tolist())) >= 2, depth.tolist()
     for team in range(32):
-        one, one_depth = policy.act(obs[team : team + 1], mask[team : team + 1], alive[team : team + 1])
+        one, one_depth = _act(policy, obs[team : team + 1], mask[team : team + 1], alive[team : team + 1])
         assert int(one_depth) == int(depth[team])
         assert torch.allclose(one[0], logits[team], atol=1e-12)
     replay = policy(obs, mask, alive, state, exit_depth=depth)  # what the learner recomputes
@@ -255,12 +261,12 @@ def test_an_exit_at_depth_l_runs_no_block_beyond_l():
     obs, mask, alive, state = _inputs(5)
     for forced in range(G + 1):
         calls.clear()
-        _, depth = policy.act(obs, mask, alive, state, force_depth=forced)
+        _, depth = _act(policy, obs, mask, alive, state, force_depth=forced)
         assert (depth == forced).all()
         assert [index for index, _ in calls] == list(range(forced))
     _set_gates(policy, 10.0)
     calls.clear()
-    policy.act(obs, mask, alive, state)
+    _act(policy, obs, mask, alive, state)
     assert calls == []
 
 
@@ -288,18 +294,18 @@ def test_counted_macs_are_lower_for_an_early_exit_and_equal_otherwise():
     macs = exit_macs(policy)
     obs, mask, alive, state = _inputs(1)
     _set_gates(policy, -10.0)
-    assert count_macs(lambda: policy.act(obs, mask, alive, state)) == macs.per_exit[G]
+    assert count_macs(lambda: _act(policy, obs, mask, alive, state)) == macs.per_exit[G]
     _set_gates(policy, 10.0)
-    assert count_macs(lambda: policy.act(obs, mask, alive, state)) == macs.per_exit[0] < macs.per_exit[G]
+    assert count_macs(lambda: _act(policy, obs, mask, alive, state)) == macs.per_exit[0] < macs.per_exit[G]
     # a batch whose teams leave at different depths: the executed MACs are the sum of the per-team costs
     for layer, gate in enumerate(policy.exits.gates):  # type: ignore[union-attr]
         with torch.no_grad():
             gate.weight.copy_(torch.tensor([[8.0, 0.0, 0.0, 0.0]]))
             gate.bias.fill_(-8.0 * 0.26 + layer * 0.4)
     obs, mask, alive, state = _inputs(16, seed=9)
-    _, depth = policy.act(obs, mask, alive, state)
+    _, depth = _act(policy, obs, mask, alive, state)
     assert len(set(depth.tolist())) >= 2
-    executed = count_macs(lambda: policy.act(obs, mask, alive, state))
+    executed = count_macs(lambda: _act(policy, obs, mask, alive, state))
     assert executed == sum(macs.per_exit[d] for d in depth.tolist())
 
 
@@ -361,9 +367,9 @@ def test_lambda_zero_gates_learn_never_to_exit_and_actions_equal_the_full_policy
     policy = _policy()
     _set_gates(policy, 3.0)  # start by exiting everywhere
     obs, mask, alive, state = _inputs(40, seed=12)
-    assert (policy.act(obs, mask, alive, state)[1] == 0).all()
+    assert (_act(policy, obs, mask, alive, state)[1] == 0).all()
     _train_gates(policy, lam=0.0)
-    logits, depth = policy.act(obs, mask, alive, state)
+    logits, depth = _act(policy, obs, mask, alive, state)
     assert (depth == G).all()
     assert torch.equal(logits.argmax(-1), policy(obs, mask, alive, state).logits.argmax(-1))
 
@@ -373,7 +379,7 @@ def test_huge_lambda_gates_learn_to_exit_at_the_first_block():
     _set_gates(policy, -3.0)  # start by never exiting
     _train_gates(policy, lam=1e6)
     obs, mask, alive, state = _inputs(40, seed=12)
-    assert (policy.act(obs, mask, alive, state)[1] == 0).all()
+    assert (_act(policy, obs, mask, alive, state)[1] == 0).all()
 
 
 # -- config and export ----------------------------------------------------------------------------------------
@@ -415,6 +421,6 @@ def test_exported_policy_carries_the_exits(tmp_path):
     loaded, _ = load_policy(tmp_path)
     assert loaded.config.early_exit == policy.config.early_exit and loaded.exits is not None
     obs, mask, alive, state = _inputs(16, seed=9)
-    logits, depth = policy.act(obs, mask, alive, state)
-    loaded_logits, loaded_depth = loaded.act(obs, mask, alive, state)
+    logits, depth = _act(policy, obs, mask, alive, state)
+    loaded_logits, loaded_depth = _act(loaded, obs, mask, alive, state)
     assert torch.equal(depth, loaded_depth) and torch.equal(logits, loaded_logits)

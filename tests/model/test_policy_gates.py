@@ -1,0 +1,129 @@
+"""Sampled temporal gates in CommFormerPolicy: replay, the critic's greedy decisions, and the cost of keeping them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from commformer.config import GateConfig, GraphConfig, ModelConfig
+from commformer.gates import gate_log_prob
+from commformer.policy import CommFormerPolicy
+
+N, D, A, S = 4, 5, 3, 6
+CONFIG = ModelConfig(embed_dim=8, num_heads=2, num_blocks=2, graph=GraphConfig(k=2), gates=GateConfig(init_bias=0.0))
+
+
+def _policy(seed: int = 0) -> CommFormerPolicy:
+    torch.manual_seed(seed)
+    policy = CommFormerPolicy(CONFIG, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
+    assert policy.gate is not None
+    with torch.no_grad():
+        policy.gate.proj.weight.normal_()  # gates near p = 0.5 that depend on the agent: many draws differ
+    return policy
+
+
+def _inputs(b: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(b, N, D, generator=gen)
+    mask = torch.ones(b, N, A)
+    alive = torch.ones(b, N)
+    state = torch.randn(b, S, generator=gen)
+    return obs, mask, alive, state
+
+
+def test_the_update_replays_the_rollouts_gate_decisions_bit_for_bit() -> None:
+    policy = _policy()
+    obs, mask, alive, state = _inputs(64)
+    torch.manual_seed(5)
+    acted = policy.act(obs, mask, alive, sample_gates=True)
+    greedy = policy.act(obs, mask, alive)
+    assert acted.gate_logit is not None
+    assert not torch.equal(acted.gate_open, greedy.gate_open)  # the draw differs from the greedy decisions
+    replay = policy(obs, mask, alive, state, gate_open=acted.gate_open)
+    assert torch.equal(replay.gate_open, acted.gate_open)
+    assert torch.equal(replay.logits, acted.logits)  # PPO ratio exactly 1 before the first update
+    assert replay.gate_logit is not None and torch.equal(replay.gate_logit, acted.gate_logit)
+    torch.testing.assert_close(
+        gate_log_prob(replay.gate_logit, replay.gate_open).exp().mean(), torch.tensor(0.5), atol=0.2, rtol=0
+    )
+
+
+def test_values_use_the_greedy_decisions_whatever_the_actor_used() -> None:
+    """A value computed from the sampled decisions would be a baseline that depends on the gates' own action."""
+    policy = _policy()
+    obs, mask, alive, state = _inputs(64)
+    torch.manual_seed(6)
+    sampled = policy.act(obs, mask, alive, sample_gates=True).gate_open
+    greedy_out = policy(obs, mask, alive, state)
+    replay = policy(obs, mask, alive, state, gate_open=sampled)
+    differ = (sampled != greedy_out.gate_open).any(-1)
+    assert differ.any() and not differ.all()
+    torch.testing.assert_close(replay.values, greedy_out.values, rtol=0, atol=1e-12)
+    assert torch.equal(replay.logits[~differ], greedy_out.logits[~differ])
+    assert (replay.logits[differ] - greedy_out.logits[differ]).abs().amax(dim=(-2, -1)).gt(0).all()
+    # Control: the values do depend on the gates, so the check above could fail.
+    closed = policy(obs, mask, alive, state, gate_open=torch.zeros(64, N))
+    assert not torch.allclose(closed.logits, greedy_out.logits)
+
+
+def test_the_critic_reruns_only_the_teams_whose_alive_agents_were_not_greedy() -> None:
+    policy = _policy()
+    obs, mask, alive, state = _inputs(8)
+    greedy = policy(obs, mask, alive, state).gate_open
+    record = greedy.clone()
+    record[2, 1] = 1 - record[2, 1]  # team 2: an alive agent's decision differs -> rerun
+    record[5, 3] = 1 - record[5, 3]  # team 5: only a dead agent's decision differs -> no rerun
+    alive[5, 3] = 0.0
+    sizes: list[int] = []
+    hook = policy.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
+    try:
+        policy(obs, mask, alive, state, gate_open=record)
+    finally:
+        hook.remove()
+    assert sizes == [8, 1]
+    sizes.clear()
+    hook = policy.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
+    try:
+        policy(obs, mask, alive, state, gate_open=greedy)
+    finally:
+        hook.remove()
+    assert sizes == [8]  # greedy decisions: the actor's pass is the critic's
+
+
+def test_gate_decisions_need_learned_gates_and_the_right_shape() -> None:
+    policy = _policy()
+    obs, mask, alive, state = _inputs(3)
+    with pytest.raises(ValueError, match=r"gate_open has shape \(3, 3\); expected \(3, 4\)"):
+        policy(obs, mask, alive, state, gate_open=torch.ones(3, 3))
+    torch.manual_seed(0)
+    plain = CommFormerPolicy(
+        ModelConfig(embed_dim=8, gates=GateConfig(enabled=False)), n_agents=N, obs_dim=D, n_actions=A, state_dim=S
+    )
+    with pytest.raises(ValueError, match="no learned gates"):
+        plain(obs, mask, alive, state, gate_open=torch.ones(3, N))
+    assert plain.act(obs, mask, alive, sample_gates=True).gate_logit is None  # nothing to sample
+
+
+def test_the_task_gradient_reaches_a_closed_gate_through_its_log_prob() -> None:
+    """The probe the straight-through gate failed: with every gate almost surely closed (p = 0.007), a replayed
+    batch in which some decisions opened sends the gate a gradient through log p(open) (the score function), and
+    none through the messages (the decisions carry no gradient)."""
+    policy = _policy()
+    assert policy.gate is not None
+    with torch.no_grad():
+        policy.gate.proj.weight.zero_()
+        policy.gate.proj.bias.fill_(-5.0)
+    obs, mask, alive, state = _inputs(16)
+    record = torch.zeros(16, N)
+    record[::4, 0] = 1.0  # a few draws opened
+    out = policy(obs, mask, alive, state, gate_open=record)
+    assert out.gate_logit is not None
+    advantage = torch.linspace(-1, 1, 16).unsqueeze(-1)  # (B, 1)
+    score = (advantage * gate_log_prob(out.gate_logit, out.gate_open)).sum()
+    (grad,) = torch.autograd.grad(score, policy.gate.proj.bias)
+    expected = (advantage * (record - torch.sigmoid(torch.tensor(-5.0)))).sum()  # d log p(g)/dz = g - p
+    torch.testing.assert_close(grad, expected.reshape(1))
+    assert grad.abs() > 0.1
+    # The logits themselves send the gate nothing: the decisions are constants.
+    (logit_grad,) = torch.autograd.grad(out.logits.sum(), policy.gate.proj.bias, allow_unused=True)
+    assert logit_grad is None or torch.equal(logit_grad, torch.zeros(1))
