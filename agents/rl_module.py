@@ -129,6 +129,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         exit_depth: Tensor | None = None,
         gate_open: Tensor | None = None,
         gumbel: bool = False,
+        greedy_values: bool = False,
     ) -> PolicyOutput:
         obs = batch[Columns.OBS]
         state = obs.get("state") if self.model_cfg.use_state else None
@@ -142,6 +143,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             exit_depth=exit_depth,
             gate_open=gate_open,
             gumbel=gumbel,
+            greedy_values=greedy_values,
         )
 
     @property
@@ -205,11 +207,13 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     ) -> tuple[Tensor, PolicyOutput]:
         """One forward: the team values of `compute_values` (B,) and the policy output along the recorded
         `exit_depth` and gate decisions `gate_open` (B, N), whose logits (and gate logits) are those of decoupled
-        PPO's proximal policy (agents/learner.py). The values do not depend on the recorded gates."""
+        PPO's proximal policy (agents/learner.py). The values are the greedy gates' (the GAE baseline must not depend
+        on a sampled gate decision), whatever `gate_open` holds."""
         out = self.policy_output(
             batch,
             exit_depth=exit_depth if self.acts_with_exits else None,
             gate_open=gate_open if self.samples_gates else None,
+            greedy_values=True,
         )
         return self._team_value(out, batch), out
 

@@ -186,7 +186,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     colours = {c: plt.get_cmap("viridis")(i / max(1, len(costs) - 1)) for i, c in enumerate(costs)}
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 6.5), squeeze=False, sharex=True)
     for col, task in enumerate(tasks):
-        for row in (r for r in rows if r["task"] == task):
+        for row in sorted((r for r in rows if r["task"] == task), key=lambda r: (r["cost"], r["seed"])):
             c = row["curves"]
             x = [s / 1000 for s in c["env_steps"]]
             label = f"cost {row['cost']:g}" if row["seed"] == 0 else None

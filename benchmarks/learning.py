@@ -117,6 +117,10 @@ def start_run() -> None:
     init_ray()
 
 
+COMM_COLUMNS = ("gate_open_rate", "gate_greedy_open_rate", "messages_per_step")
+"""The learner's communication figures of each iteration: the sampled and greedy gate open rates, messages per step."""
+
+
 def train_to_csv(
     algo: Algorithm,
     path: Path,
@@ -128,7 +132,8 @@ def train_to_csv(
 ) -> Path:
     """Trains until `env_steps`, one CSV row per iteration (flushed, so a killed run keeps what it measured):
     env steps, per-agent return (RLlib's mean episode return times `scale`), wall seconds, then `extra`'s
-    columns. Calls `at_end` with the trained algorithm, then stops it."""
+    columns and the learner's communication figures (`COMM_COLUMNS`, where the policy has them). Calls `at_end`
+    with the trained algorithm, then stops it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with path.open("w", newline="") as f:
@@ -141,6 +146,8 @@ def train_to_csv(
             steps = int(runners["num_env_steps_sampled_lifetime"])
             ret = float(runners.get("episode_return_mean", float("nan"))) * scale
             columns = extra(result) if extra else {}
+            learner = result.get("learners", {}).get("default_policy", {})
+            columns.update({key: float(learner[key]) for key in COMM_COLUMNS if key in learner})
             if not header_written:
                 writer.writerow(["env_steps", "return_per_agent", "wall_s", *columns])
                 header_written = True

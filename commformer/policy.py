@@ -10,8 +10,8 @@
 The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
 a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
 the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
-replayed (``gate_open``). The value head always reads the trunk run with the greedy gate decisions, so the
-critic never depends on a sampled decision (commformer/gates.py says why).
+replayed (``gate_open``). Values for GAE are computed with the greedy gate decisions (``greedy_values``), so the
+baseline never depends on a sampled decision (commformer/gates.py says why).
 
 History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
 its own last L observations, encoded over time (commformer/history.py) *before* the agents communicate; the
@@ -333,9 +333,9 @@ class CommFormerPolicy(nn.Module):
     def _critic_features(self, trunk: _Trunk, h: Tensor) -> Tensor:
         """The normalised last block's output (B, N, d) with the *greedy* gate decisions, for the value head.
 
-        The critic must not see sampled gate decisions (commformer/gates.py): where they equal the greedy ones (for
-        every alive agent of a team) the actor's features ``h`` are the critic's too; the other teams' blocks are
-        run again with the greedy decisions. Once the gates are confident, few teams differ.
+        The GAE baseline must not depend on sampled gate decisions (commformer/gates.py): where they equal the greedy
+        ones (for every alive agent of a team) the actor's features ``h`` are the critic's too; the other teams'
+        blocks are run again with the greedy decisions. Once the gates are confident, few teams differ.
         """
         gates = trunk.gates
         if gates is None:
@@ -377,6 +377,7 @@ class CommFormerPolicy(nn.Module):
         exit_depth: Tensor | None = None,
         gate_open: Tensor | None = None,
         sample_gates: bool = False,
+        greedy_values: bool = False,
     ) -> PolicyOutput:
         """One full-depth forward pass over any leading batch dims ``*B`` (every block, head and exit runs).
 
@@ -398,8 +399,9 @@ class CommFormerPolicy(nn.Module):
             gate_open: optional (*B, N) gate decisions recorded when the action was taken (``act`` with
                 ``sample_gates``): the logits are computed with them (the PPO consistency rule). Needs learned gates.
             sample_gates: without ``gate_open``, draw the gate decisions instead of taking the greedy ones.
-
-        The values always come from the greedy gate decisions (``_critic_features``), whatever the actor used.
+            greedy_values: compute the values with the greedy gate decisions whatever the actor used
+                (``_critic_features``): the baseline for GAE must not depend on a sampled decision. Otherwise the
+                values read the actor's own features (what the value loss trains on).
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
@@ -429,7 +431,7 @@ class CommFormerPolicy(nn.Module):
         elif exit_depth is not None:
             raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
 
-        value_out = self._values(self._critic_features(trunk, h), state)
+        value_out = self._values(self._critic_features(trunk, h) if greedy_values else h, state)
         if isinstance(value_out, MoEOutput):
             moe["value"], value_out = value_out, value_out.out
         values = value_out.squeeze(-1)  # (B, N)

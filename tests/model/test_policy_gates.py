@@ -48,17 +48,22 @@ def test_the_update_replays_the_rollouts_gate_decisions_bit_for_bit() -> None:
     )
 
 
-def test_values_use_the_greedy_decisions_whatever_the_actor_used() -> None:
-    """A value computed from the sampled decisions would be a baseline that depends on the gates' own action."""
+def test_greedy_values_use_the_greedy_decisions_whatever_the_actor_used() -> None:
+    """A GAE baseline computed from the sampled decisions would depend on the gates' own action."""
     policy = _policy()
     obs, mask, alive, state = _inputs(64)
     torch.manual_seed(6)
     sampled = policy.act(obs, mask, alive, sample_gates=True).gate_open
     greedy_out = policy(obs, mask, alive, state)
-    replay = policy(obs, mask, alive, state, gate_open=sampled)
+    replay = policy(obs, mask, alive, state, gate_open=sampled, greedy_values=True)
     differ = (sampled != greedy_out.gate_open).any(-1)
     assert differ.any() and not differ.all()
     torch.testing.assert_close(replay.values, greedy_out.values, rtol=0, atol=1e-12)
+    # Without greedy_values the values read the actor's features (what the value loss trains on): they differ
+    # exactly in the teams whose decisions differ.
+    acted = policy(obs, mask, alive, state, gate_open=sampled)
+    assert torch.equal(acted.values[~differ], greedy_out.values[~differ])
+    assert (acted.values[differ] - greedy_out.values[differ]).abs().amax(-1).gt(0).all()
     assert torch.equal(replay.logits[~differ], greedy_out.logits[~differ])
     assert (replay.logits[differ] - greedy_out.logits[differ]).abs().amax(dim=(-2, -1)).gt(0).all()
     # Control: the values do depend on the gates, so the check above could fail.
@@ -66,7 +71,7 @@ def test_values_use_the_greedy_decisions_whatever_the_actor_used() -> None:
     assert not torch.allclose(closed.logits, greedy_out.logits)
 
 
-def test_the_critic_reruns_only_the_teams_whose_alive_agents_were_not_greedy() -> None:
+def test_greedy_values_rerun_only_the_teams_whose_alive_agents_were_not_greedy() -> None:
     policy = _policy()
     obs, mask, alive, state = _inputs(8)
     greedy = policy(obs, mask, alive, state).gate_open
@@ -77,17 +82,16 @@ def test_the_critic_reruns_only_the_teams_whose_alive_agents_were_not_greedy() -
     sizes: list[int] = []
     hook = policy.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
     try:
+        policy(obs, mask, alive, state, gate_open=record, greedy_values=True)
+        assert sizes == [8, 1]
+        sizes.clear()
+        policy(obs, mask, alive, state, gate_open=greedy, greedy_values=True)
+        assert sizes == [8]  # greedy decisions: the actor's pass is the critic's
+        sizes.clear()
         policy(obs, mask, alive, state, gate_open=record)
+        assert sizes == [8]  # the training forward's values read the actor's pass: no rerun per gradient step
     finally:
         hook.remove()
-    assert sizes == [8, 1]
-    sizes.clear()
-    hook = policy.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
-    try:
-        policy(obs, mask, alive, state, gate_open=greedy)
-    finally:
-        hook.remove()
-    assert sizes == [8]  # greedy decisions: the actor's pass is the critic's
 
 
 def test_gate_decisions_need_learned_gates_and_the_right_shape() -> None:
