@@ -16,7 +16,9 @@ CommFormer attends across agents at each time step, so one observation must hold
 Decisions written down here (not in the architecture notes):
 
 - Agent order is `possible_agents` of the raw env; N and the row of each agent never change.
-- An agent is *dead* when it terminated, has no observation, or has left `env.agents` without being truncated.
+- An agent is *dead* when it terminated, has no observation, or has left `env.agents` without being truncated;
+  an agent still in `env.agents` whose info says `"active": False` is dead for that step (a car not on the road:
+  PettingZoo does not let an agent that left come back, so such an agent stays and says it sits out).
   A dead agent's row is all zero (type one-hot included), `alive` is 0 and only action 0 (its no-op) is
   available. An agent that was *truncated* keeps its last observation and `alive` 1: on a time limit the final
   observation is the real next state, which the critic needs to bootstrap from.
@@ -323,10 +325,12 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         for spec in self.specs:
             i, name = spec.index, spec.name
             obs: Any = raw_obs.get(name)
+            agent_info = raw_infos.get(name)
             is_alive = (
                 obs is not None
                 and not terminations.get(name, False)
                 and (name in live or bool(truncations.get(name, False)))
+                and not (isinstance(agent_info, Mapping) and agent_info.get("active", True) is False)
             )
             if not is_alive:
                 if self._alive_flags[i]:
@@ -345,10 +349,8 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             if spec.mask_in_obs:
                 mask = obs["action_mask"]
                 obs = obs["observation"]
-            else:
-                agent_info = raw_infos.get(name)
-                if agent_info:
-                    mask = agent_info.get("action_mask")
+            elif agent_info:
+                mask = agent_info.get("action_mask")
             self._write_obs_row(spec, obs)
             if mask is not None:
                 self._write_mask_row(spec, mask)
@@ -404,7 +406,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
                 continue
             i = self._index[name]
             for key, value in agent_info.items():
-                if key != "action_mask" and _is_scalar(value):
+                if key not in ("action_mask", "active") and _is_scalar(value):
                     values.setdefault(key, {})[i] = value
         for key, by_agent in values.items():
             first = next(iter(by_agent.values()))
