@@ -23,7 +23,7 @@ One JSON row per run goes to docs/benchmarks/gates/: the per-iteration sampled a
 mean gate probability and the return, and the greedy evaluation. ``closed_at`` is the first env step from which the
 greedy open rate stays below 0.1 to the end of the run; ``solved_at`` the first env step from which the training
 return stays at or above 90% of the best (7.2 of 8); ``graph_right`` the share of receivers whose kept sender is
-the agent they must name (i - 1).
+the agent they must name.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def run(task: str, cost: float, seed: int, env_steps: int, episodes: int, out: P
     finally:
         env.close()
     curves = read_curves(run_dir)
-    n = policy.n_agents
+    n, offset = policy.n_agents, int(metadata["env"]["options"].get("offset", -1))
     adjacency = policy.graph.hard()
-    right = sum(float(adjacency[i, (i - 1) % n]) for i in range(n)) / n
+    right = sum(float(adjacency[i, (i + offset) % n]) for i in range(n)) / n  # agent i must name agent i + offset
     row = {
         "task": task,
         "cost": cost,
@@ -164,7 +164,9 @@ def summarize(out: Path) -> str:
         closed = when(group, "gate_greedy_open_rate", lambda rate: rate < CLOSED)
         solved = when(group, "return", lambda ret: ret >= SOLVED)
         right = [r.get("graph_right") for r in group]
-        right_text = "-" if None in right else f"{statistics.mean(r for r in right if r is not None):.2f}"
+        learned = "graph_freeze_fraction=0.0" not in TASKS[task]  # a frozen graph is right or wrong by design
+        shown = learned and None not in right
+        right_text = f"{statistics.mean(r for r in right if r is not None):.2f}" if shown else "-"
         lines.append(
             f"| {task} | {cost:g} | {len(group)} | {ret:.2f} | {gates:.2f} | {end:.2f} | {closed} | {solved} "
             f"| {right_text} |"

@@ -37,6 +37,9 @@ HEADS: tuple[str, ...] = get_args(HeadName)
 ActivationName = Literal["gelu", "relu", "silu"]
 ACTIVATIONS: tuple[str, ...] = get_args(ActivationName)
 
+GraphInit = Literal["uniform", "random"]
+GRAPH_INITS: tuple[str, ...] = get_args(GraphInit)
+
 EncoderName = Literal["mlp", "orchid", "attention"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
 
@@ -55,6 +58,10 @@ class GraphConfig:
     """Add Gumbel noise to the surrogate gradient in upper-level (graph) steps; never changes the graph."""
     gumbel_tau: float = 1.0
     """Temperature of the softmax whose gradient the straight-through graph uses."""
+    init: GraphInit = "uniform"
+    """Initial logits: ``uniform`` (all ones, as the official code; ties make the first graph the ring
+    i <- i+1..i+k) or ``random`` (standard normal draws from the run's seed: a random graph of k senders; with
+    ``training.graph_freeze_fraction=0`` it is the fixed random graph of the communication benchmark)."""
 
     def __post_init__(self) -> None:
         sparsity = require_float("model.graph.sparsity", self.sparsity)
@@ -63,6 +70,7 @@ class GraphConfig:
         if self.k is not None:
             require_int("model.graph.k", self.k, 1)
         require_bool("model.graph.gumbel", self.gumbel)
+        require_choice("model.graph.init", self.init, GRAPH_INITS)
         tau = require_float("model.graph.gumbel_tau", self.gumbel_tau)
         if tau <= 0.0:
             raise ValueError(f"model.graph.gumbel_tau={self.gumbel_tau}; expected a number > 0")

@@ -113,8 +113,8 @@ class CommGraph(nn.Module):
     """Learnable receiver-by-sender communication graph with a straight-through top-k relaxation.
 
     Attributes:
-        logits: (N, N) parameter, initialised to ones as in the official code; the upper level of the
-            bi-level optimisation.
+        logits: (N, N) parameter, initialised to ones as in the official code (or standard normal with
+            ``model.graph.init=random``); the upper level of the bi-level optimisation.
         k: senders per receiver besides itself (``config.senders(N)``).
     """
 
@@ -123,7 +123,9 @@ class CommGraph(nn.Module):
         self.n_agents = n_agents
         self.k = config.senders(n_agents)  # validates n_agents and an explicit k
         self.tau = float(config.gumbel_tau)
-        self.logits = nn.Parameter(torch.ones(n_agents, n_agents))
+        # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
+        initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
+        self.logits = nn.Parameter(initial)
 
     def forward(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Straight-through adjacency (N, N): exactly the hard 0/1 graph forward, softmax gradient.

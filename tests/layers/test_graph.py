@@ -126,3 +126,19 @@ def test_dense_graph_keeps_gradient() -> None:
 
 def test_hard_topk_k_zero_is_identity() -> None:
     assert torch.equal(hard_topk(torch.randn(4, 4), 0), torch.eye(4))
+
+
+def test_a_random_init_is_a_seeded_random_graph_of_k_senders() -> None:
+    graphs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        graphs.append(CommGraph(8, GraphConfig(k=3, init="random")).hard())
+    assert torch.equal(graphs[0], graphs[1]) and not torch.equal(graphs[0], graphs[2])
+    assert torch.equal(graphs[0].sum(-1), torch.full((8,), 4.0))  # k senders + the self-loop
+    ring = CommGraph(8, GraphConfig(k=3)).hard()
+    assert not torch.equal(graphs[0], ring)  # the uniform start is the ring i <- i+1..i+3
+
+
+def test_an_unknown_graph_init_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"model\.graph\.init"):
+        GraphConfig(init="zeros")  # type: ignore[arg-type]

@@ -21,11 +21,11 @@ STEPS = 40_000
 EPISODE_LEN = 8
 
 
-def _train_and_evaluate(tmp_path, name: str, overrides: list[str]) -> tuple[float, np.ndarray]:
+def _train_and_evaluate(tmp_path, name: str, overrides: list[str], steps: int = STEPS) -> tuple[float, np.ndarray]:
     config = load_config(
         "configs/signal.yaml",
         [
-            f"stop.env_steps={STEPS}",
+            f"stop.env_steps={steps}",
             f"run.output_dir={tmp_path}",
             f"run.name={name}",
             "run.checkpoint_every=1000",
@@ -55,3 +55,18 @@ def test_with_a_frozen_wrong_graph_the_team_stays_at_chance(tmp_path):
     n = adjacency.shape[0]
     assert all(adjacency[i, (i + 1) % n] == 1.0 for i in range(n))  # the initial ring, untouched
     assert ret <= 0.45 * EPISODE_LEN, ret
+
+
+@pytest.mark.slow
+def test_the_graph_search_finds_one_sender_among_five_under_ppo(tmp_path):
+    """N = 6, k = 1: each receiver must find agent i-1 among 5 candidates, from the wrong ring i <- i+1, with the
+    default exploration (deterministic top-k and its straight-through gradient, no Gumbel noise) and the default
+    gates. Measured with benchmarks/gate_sweep.py (task graph_n6): solved at ~60-100k env steps."""
+    ret, adjacency = _train_and_evaluate(
+        tmp_path, "n6", ["env.options.n_agents=6", "resources.num_env_runners=0"], steps=150_000
+    )
+    n = adjacency.shape[0]
+    assert n == 6
+    for i in range(n):
+        assert adjacency[i, (i - 1) % n] == 1.0, adjacency
+    assert ret >= 0.9 * EPISODE_LEN, ret
