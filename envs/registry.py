@@ -22,6 +22,7 @@ from typing import Any
 import gymnasium
 
 from envs import magent, mpe, smacv2, smax
+from envs import predator_prey as pp
 from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
@@ -78,6 +79,30 @@ ENVS: dict[str, EnvEntry] = {
         MemoryOptions,
         _make_memory,
         "each agent must repeat a private cue seen `delay` steps earlier; solvable only with a long enough history",
+    ),
+    "predator_prey": EnvEntry(
+        pp.PredatorPreyOptions,
+        pp.predator_prey_env,
+        "IC3Net's predator-prey: 3 predators find a still prey on a 5x5 grid (vision 1); numpy, vectorised",
+        make_vector=pp.predator_prey_vector_env,
+    ),
+    "predator_prey_10x10": EnvEntry(
+        pp.PredatorPreyMediumOptions,
+        pp.predator_prey_env,
+        "predator-prey, 5 predators on 10x10, vision 1, 40 steps (IC3Net / MAGIC medium); numpy, vectorised",
+        make_vector=pp.predator_prey_vector_env,
+    ),
+    "predator_prey_20x20": EnvEntry(
+        pp.PredatorPreyHardOptions,
+        pp.predator_prey_env,
+        "predator-prey, 10 predators on 20x20, vision 1, 80 steps (IC3Net / MAGIC hard); numpy, vectorised",
+        make_vector=pp.predator_prey_vector_env,
+    ),
+    "predator_capture_prey": EnvEntry(
+        pp.PredatorCapturePreyOptions,
+        pp.predator_capture_prey_env,
+        "MAGIC's predator-capture-prey: predators that see, blind capture agents that capture; numpy, vectorised",
+        make_vector=pp.predator_capture_prey_vector_env,
     ),
     "magent_battle": EnvEntry(
         magent.BattleOptions,
