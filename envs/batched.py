@@ -227,8 +227,9 @@ class BatchedTeamEnv(gymnasium.vector.VectorEnv):
         seen = self.game.observe()
         terminated = stepped.terminated & ~resetting
         alive = seen.alive & ~terminated[:, None]  # (B, N): a terminal state ends the whole team (as TeamEnv's)
-        obs = np.where(alive[..., None], seen.obs, 0.0).astype(np.float32)  # (B, N, D)
-        mask = np.where(alive[..., None], seen.action_mask, 0.0).astype(np.float32)  # (B, N, A)
+        zero = np.float32(0.0)  # keeps np.where's result float32 for float32 inputs: no second copy
+        obs = np.where(alive[..., None], seen.obs, zero).astype(np.float32, copy=False)  # (B, N, D)
+        mask = np.where(alive[..., None], seen.action_mask, zero).astype(np.float32, copy=False)  # (B, N, A)
         mask[..., NOOP_ACTION] = np.where(alive, mask[..., NOOP_ACTION], 1.0)
         self._mask, self._alive = mask, alive
         self.action_space.available = mask

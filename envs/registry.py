@@ -23,6 +23,7 @@ import gymnasium
 
 from envs import magent, mpe, smacv2, smax
 from envs import predator_prey as pp
+from envs import traffic_junction as tj
 from envs.memory import MemoryEnv, MemoryOptions
 from envs.options import options_from_mapping
 from envs.signal import SignalEnv, SignalOptions
@@ -103,6 +104,13 @@ ENVS: dict[str, EnvEntry] = {
         pp.predator_capture_prey_env,
         "MAGIC's predator-capture-prey: predators that see, blind capture agents that capture; numpy, vectorised",
         make_vector=pp.predator_capture_prey_vector_env,
+    ),
+    "traffic_junction": EnvEntry(
+        tj.TrafficJunctionOptions,
+        tj.traffic_junction_env,
+        "IC3Net's traffic junction (easy / medium / hard): cars choose gas or brake to cross without colliding; numpy, "
+        "vectorised",
+        make_vector=tj.traffic_junction_vector_env,
     ),
     "magent_battle": EnvEntry(
         magent.BattleOptions,

@@ -1,0 +1,240 @@
+"""What communication buys: CommFormer's learned sparse graph against dense, a fixed random graph and none.
+
+    python -m benchmarks.communication run --task predator_prey --arm learned --seed 0
+    python -m benchmarks.communication sweep --task predator_prey --seeds 0 1 2     # every arm x seed, in turn
+    python -m benchmarks.communication summarize [--task predator_prey]            # tables + PNG of the curves
+
+Every arm trains the task's ready config (`TASKS`) through the normal training path with one change each, so
+everything else (model size, PPO settings, the critic's input, env steps) is equal:
+
+- ``learned``: the config as it is: the learned graph (k = round(0.4 N) senders per receiver) with temporal gates.
+- ``learned_nogates``: the same without gates (``model.gates.enabled=false``): every receiver always listens.
+- ``dense``: every agent hears every other at every step (``model.graph.sparsity=1.0``, no gates): the MAT-like
+  full-communication reference.
+- ``random``: a fixed random graph with the learned arm's k (``model.graph.init=random``, never updated:
+  ``training.graph_freeze_fraction=0``), no gates: what the graph search buys over any graph of that size.
+- ``no_comm``: no communication (``model.communicate=false``).
+
+A task name with the suffix ``_nostate`` runs the same task with ``env.use_state=false``: the critic then reads only
+what the agents' features and the graph carry (CommFormer's own critic), where a centralised critic on the global
+state could mask what communication buys.
+
+Each run writes one CSV row per iteration to docs/benchmarks/communication/<task>_<arm>_seed<k>.csv (env steps,
+return, wall seconds, the training success rate (the share of won episodes among the last 100), mean episode
+length, and the learner's gate open rates and messages per step), and at the end plays `--eval-episodes` episodes
+greedily: success rate, return, episode length (steps to capture where the episode ends at success) and messages
+per step, in <stem>_greedy.json. Messages per step count the edges used after gates and dead senders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.learning import _at, start_run, train_to_csv
+
+OUT = Path("docs/benchmarks/communication")
+ARMS: dict[str, tuple[str, ...]] = {
+    "learned": (),
+    "learned_nogates": ("model.gates.enabled=false",),
+    "dense": ("model.graph.sparsity=1.0", "model.gates.enabled=false"),
+    "random": ("model.graph.init=random", "training.graph_freeze_fraction=0.0", "model.gates.enabled=false"),
+    "no_comm": ("model.communicate=false",),
+}
+TASKS: dict[str, tuple[str, int]] = {
+    "predator_prey": ("configs/predator_prey.yaml", 1_000_000),
+    "predator_prey_vision0": ("configs/predator_prey.yaml", 1_000_000),
+    "predator_prey_10x10": ("configs/predator_prey_10x10.yaml", 3_000_000),
+    "predator_prey_20x20": ("configs/predator_prey_20x20.yaml", 5_000_000),
+    "predator_capture_prey": ("configs/predator_capture_prey.yaml", 1_000_000),
+}
+"""task -> (ready config, env steps per run)."""
+TASK_OVERRIDES: dict[str, tuple[str, ...]] = {"predator_prey_vision0": ("env.options.vision=0",)}
+NOSTATE = "_nostate"
+COLORS = {
+    "learned": "tab:blue",
+    "learned_nogates": "tab:cyan",
+    "dense": "tab:green",
+    "random": "tab:orange",
+    "no_comm": "tab:red",
+}
+
+
+def _task(name: str) -> tuple[str, int, tuple[str, ...]]:
+    """(config, env steps, overrides) of a task name, `_nostate` included."""
+    base = name.removesuffix(NOSTATE)
+    if base not in TASKS:
+        raise SystemExit(f"unknown task {name!r}; expected one of {', '.join(TASKS)} (optionally + {NOSTATE!r})")
+    config, steps = TASKS[base]
+    extra = TASK_OVERRIDES.get(base, ())
+    return config, steps, (*extra, "env.use_state=false") if name.endswith(NOSTATE) else extra
+
+
+def run(task: str, arm: str, seed: int, env_steps: int | None, eval_episodes: int, out: Path) -> Path:
+    """Trains one arm on one task and writes its CSV and greedy evaluation."""
+    config_path, default_steps, task_overrides = _task(task)
+    steps = env_steps or default_steps
+    start_run()
+    from agents.build import build_ppo_config, probe_env
+    from agents.config import load_config
+    from agents.env_runner import EPISODE_WIN_RATE
+    from benchmarks.smax_learning import greedy_win_rate
+
+    overrides = [*task_overrides, *ARMS[arm], f"run.seed={seed}", f"stop.env_steps={steps}"]
+    config = load_config(config_path, overrides)
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    stem = f"{task}_{arm}_seed{seed}"
+
+    def columns(result: dict[str, Any]) -> dict[str, float]:
+        runners = result["env_runners"]
+        return {
+            "success": float(runners.get(EPISODE_WIN_RATE, float("nan"))),
+            "episode_len": float(runners.get("episode_len_mean", float("nan"))),
+        }
+
+    def greedy(trained: Any) -> None:
+        summary = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
+        (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
+        print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    return train_to_csv(algo, out / f"{stem}.csv", steps, stem, extra=columns, at_end=greedy)
+
+
+def _read(path: Path) -> dict[str, list[float]]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(r[key]) for r in rows] for key in rows[0]} if rows else {}
+
+
+def summarize(tasks: list[str], out: Path) -> str:
+    """Per task: one row per arm (means over seeds) of the training success at 25/50/100% of the run, the greedy
+    success, return, episode length and messages per step, and messages as a share of dense's; plus a PNG."""
+    lines = []
+    for task in tasks:
+        runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]] = {}
+        for arm in ARMS:
+            for path in sorted(out.glob(f"{task}_{arm}_seed*.csv")):
+                curve = _read(path)
+                greedy_path = path.with_name(f"{path.stem}_greedy.json")
+                greedy = json.loads(greedy_path.read_text()) if greedy_path.exists() else None
+                if curve:
+                    runs.setdefault(arm, []).append((curve, greedy))
+        if not runs:
+            continue
+        total = max(c["env_steps"][-1] for group in runs.values() for c, _ in group)
+        marks = [int(total * f) for f in (0.25, 0.5, 1.0)]
+        dense_msgs = _mean([g["messages_per_step"] for _, g in runs.get("dense", []) if g])
+        lines += [
+            f"### {task}",
+            "",
+            "| arm | seeds | success " + " | ".join(f"{m / 1e6:g}M" for m in marks) + " | greedy success | greedy "
+            "return | greedy episode length | greedy messages / step | share of dense's messages |",
+            "|---|---|" + "---|" * len(marks) + "---|---|---|---|---|",
+        ]
+        for arm, group in runs.items():
+            at = [
+                _mean([_at(_int(c["env_steps"]), c["success"], m, window=total // 20) for c, _ in group]) for m in marks
+            ]
+            done = [g for _, g in group if g]
+            msgs = _mean([g["messages_per_step"] for g in done])
+            share = "-" if msgs is None or not dense_msgs else f"{msgs / dense_msgs:.0%}"
+            cells = " | ".join(_fmt(v) for v in at)
+            lines.append(
+                f"| {arm} | {len(group)} | {cells} | {_fmt(_mean([g['win_rate'] for g in done]))} | "
+                f"{_fmt(_mean([g['return_mean'] for g in done]))} | "
+                f"{_fmt(_mean([g['episode_len_mean'] for g in done]), 1)} "
+                f"| {_fmt(msgs)} | {share} |"
+            )
+        lines.append("")
+        _plot(task, runs, out / f"{task}_success.png")
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text + "\n")
+    return text
+
+
+def _int(values: list[float]) -> list[int]:
+    return [int(v) for v in values]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.mean(kept) if kept else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for arm, group in runs.items():
+        for i, (curve, _) in enumerate(group):
+            label = arm if i == 0 else None
+            axes[0].plot(curve["env_steps"], curve["success"], color=COLORS[arm], alpha=0.8, lw=1.2, label=label)
+            if "messages_per_step" in curve:
+                axes[1].plot(curve["env_steps"], curve["messages_per_step"], color=COLORS[arm], alpha=0.8, lw=1.2)
+    axes[0].set_ylabel("success rate (last 100 episodes)")
+    axes[1].set_ylabel("messages per step (training, sampled gates)")
+    for ax in axes:
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{task}: one line per seed")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="train and evaluate one arm on one task")
+    one.add_argument("--arm", choices=list(ARMS), required=True)
+    one.add_argument("--seed", type=int, default=0)
+    many = sub.add_parser("sweep", help="every arm x seed of a task, in turn (runs with a greedy result are skipped)")
+    many.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    many.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    for p in (one, many):
+        p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, optionally with {NOSTATE!r}")
+        p.add_argument("--env-steps", type=int, default=None, help="default: the task's")
+        p.add_argument("--eval-episodes", type=int, default=200)
+        p.add_argument("--out", type=Path, default=OUT)
+    table = sub.add_parser("summarize", help="print and write the tables and the figures")
+    table.add_argument("--task", nargs="*", default=None)
+    table.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.command == "summarize":
+        tasks = args.task or sorted({p.stem.split("_learned")[0] for p in args.out.glob("*_learned_seed*.csv")})
+        print(summarize(tasks, args.out))
+        return 0
+    if args.command == "run":
+        run(args.task, args.arm, args.seed, args.env_steps, args.eval_episodes, args.out)
+        return 0
+    for seed in args.seeds:
+        for arm in args.arms:
+            if (args.out / f"{args.task}_{arm}_seed{seed}_greedy.json").exists():
+                continue
+            # One process per run: each starts its own local Ray and leaves nothing behind for the next.
+            command = [sys.executable, "-m", "benchmarks.communication", "run", "--task", args.task, "--arm", arm]
+            command += ["--seed", str(seed), "--eval-episodes", str(args.eval_episodes), "--out", str(args.out)]
+            if args.env_steps:
+                command += ["--env-steps", str(args.env_steps)]
+            subprocess.run(command, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
