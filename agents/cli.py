@@ -86,8 +86,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
+    """One line per figure; nested figures (e.g. the gate open rate given each env fact) as dotted keys."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", summary)
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
         text = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         print(f"  {key:<{width}}  {text}")
 
@@ -153,10 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rest = play(env, actor, args.episodes - 1, seed=args.seed + 1)
     finally:
         env.close()
-    for key in ("returns", "lengths", "wins"):
-        getattr(stats, key).extend(getattr(rest, key))
-    for key, values in rest.step_stats.items():
-        stats.step_stats.setdefault(key, []).extend(values)
+    stats.extend(rest)
     summary = {"checkpoint": str(checkpoint), "env": env_section["name"], **stats.summary()}
     if args.early_exit:
         summary["early_exit"] = actor.report()

@@ -46,6 +46,8 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.metrics import RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
 
+from agents.rl_module import GATE_OPEN
+
 EPISODE_WIN_RATE = "episode_win_rate"
 """Mean of the `won` flag over the last finished episodes (same window as RLlib's episode_return_mean)."""
 
@@ -107,6 +109,37 @@ class _Segment:
     first: int
     last: int
     continues: bool  # the chunk continues the episode that was open when the call began
+
+
+class _GateFacts:
+    """The sampled gate open rate of the alive agents for which an env fact holds and of the others (the env's
+    `fact_names`, e.g. predator-prey's `saw_prey`: the agent holds information the others may lack), counted over a
+    `sample()` call with the facts of the observation the gates decided on."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.counts = {name: np.zeros(4) for name in names}  # open & fact, fact, open & not fact, not fact
+
+    def count(self, decisions: np.ndarray | None, alive: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """One vector step: decisions and alive (B, N), each env's info (its facts (N,))."""
+        if decisions is None or not self.names:
+            return
+        live = np.asarray(alive) > 0
+        opened = (decisions > 0) & live
+        for name in self.names:
+            fact = np.stack([np.asarray(info.get(name, np.zeros(live.shape[1]))) > 0 for info in infos])  # (B, N)
+            open_other, other = opened & ~fact, live & ~fact
+            self.counts[name] += [(opened & fact).sum(), (live & fact).sum(), open_other.sum(), other.sum()]
+
+    def rates(self) -> dict[str, float]:
+        """`gate_open_rate_if_<fact>` and `gate_open_rate_unless_<fact>` where there were agent-steps of each."""
+        out = {}
+        for name, (open_true, n_true, open_false, n_false) in self.counts.items():
+            if n_true:
+                out[f"gate_open_rate_if_{name}"] = float(open_true / n_true)
+            if n_false:
+                out[f"gate_open_rate_unless_{name}"] = float(open_false / n_false)
+        return out
 
 
 def _segments(valid: np.ndarray) -> list[_Segment]:
@@ -189,8 +222,10 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         episodes: list[SingleAgentEpisode] = []
         rollout = _Rollout.start(self._open)
         ts = 0
+        gates = _GateFacts(getattr(self.env.unwrapped, "fact_names", ()))
         while ts < num_timesteps:
             actions, extras = self._act(rollout.obs[-1], explore, ts)
+            gates.count(extras.get(GATE_OPEN), rollout.obs[-1]["alive"], rollout.infos[-1])
             results = self._try_env_step(actions)
             if results is ENV_STEP_FAILURE:
                 # As RLlib's loop: keep the episodes that finished, drop the unfinished ones, start afresh.
@@ -213,6 +248,8 @@ class TeamEnvRunner(SingleAgentEnvRunner):
             self._open.resetting = (rollout.terminated[-1] | rollout.truncated[-1]) & valid
             ts += int(valid.sum())
         episodes += self._cut(rollout, keep_open=True)
+        for key, rate in gates.rates().items():
+            self.metrics.log_value(key, rate, window=1)
         finished = sum(ep.is_done for ep in episodes)
         self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
         self._increase_sampled_metrics(ts, finished)

@@ -28,8 +28,11 @@ from commformer.policy import CommFormerPolicy
 from envs.registry import make_team_env
 from envs.team import TeamEnv
 
-Actor = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, dict[str, float]]]
-"""obs dict of one team -> (actions (N,), per-step stats such as messages and gate_open_rate)."""
+Actor = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, dict[str, Any]]]
+"""obs dict of one team -> (actions (N,), per-step stats such as messages and gate_open_rate; the array under
+`GATE_DECISIONS` (N,), where present, is each agent's gate decision, for the rates conditioned on the env's facts)."""
+
+GATE_DECISIONS = "gate_open_agents"
 
 
 def make_play_env(
@@ -72,6 +75,7 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
         stats = {
             "messages": float(out.messages),
             "gate_open_rate": float((out.gate_open * alive).sum()) / receivers,
+            GATE_DECISIONS: out.gate_open.numpy(),
         }
         return out.logits.argmax(-1).numpy(), stats
 
@@ -140,6 +144,7 @@ class EarlyExitActor:
             "gate_open_rate": float((full.gate_open * alive).sum()) / receivers,
             "exit_depth": float(d),
             "macs": float(self.macs.per_exit[d]),
+            GATE_DECISIONS: full.gate_open.numpy(),
         }
         return actions.numpy(), stats
 
@@ -183,12 +188,49 @@ def random_actor(seed: int | None) -> Actor:
     return act
 
 
+def agent_facts(env: TeamEnv, info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The per-agent facts the raw env reports (its `fact_names`, e.g. predator-prey's `saw_prey`), (N,) bool each,
+    from a TeamEnv info: TeamEnv passes a per-agent scalar on as `info[key]` when every agent reports the same value
+    and as `info["agent_info"][key]` (N,) otherwise."""
+    names = getattr(env.raw_env, "fact_names", ())
+    per_agent = info.get("agent_info", {})
+    return {
+        key: np.asarray(per_agent[key] if key in per_agent else np.full(env.n_agents, info.get(key, False)), bool)
+        for key in names
+    }
+
+
 @dataclass
 class EpisodeStats:
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     wins: list[bool] = field(default_factory=list)
     step_stats: dict[str, list[float]] = field(default_factory=dict)
+    gate_given: dict[str, list[float]] = field(default_factory=dict)
+    """Per env fact: [open and fact, fact, open and not fact, not fact], counted over alive agents and steps, the
+    fact as known when the gate decided."""
+
+    def count_gates(self, decisions: np.ndarray, alive: np.ndarray, facts: dict[str, np.ndarray]) -> None:
+        """Adds one step's gate decisions (N,) of the alive agents to the counts of every fact (N,)."""
+        live = np.asarray(alive) > 0
+        opened = (np.asarray(decisions) > 0) & live
+        for key, fact in facts.items():
+            counts = self.gate_given.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            counts[0] += float((opened & fact).sum())
+            counts[1] += float((live & fact).sum())
+            counts[2] += float((opened & ~fact).sum())
+            counts[3] += float((live & ~fact).sum())
+
+    def extend(self, other: EpisodeStats) -> None:
+        """Adds another set of episodes' figures to these."""
+        self.returns += other.returns
+        self.lengths += other.lengths
+        self.wins += other.wins
+        for key, values in other.step_stats.items():
+            self.step_stats.setdefault(key, []).extend(values)
+        for key, counts in other.gate_given.items():
+            mine = self.gate_given.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            self.gate_given[key] = [a + b for a, b in zip(mine, counts, strict=True)]
 
     def summary(self) -> dict[str, Any]:
         """The figures `evaluate` reports (JSON-ready; win_rate is None where the env has no win signal)."""
@@ -205,7 +247,23 @@ class EpisodeStats:
             "win_rate": float(np.mean(self.wins)) if len(self.wins) == n and n else None,
             "messages_per_step": means.get("messages"),
             "gate_open_rate": means.get("gate_open_rate"),
+            **self._gate_given_summary(),
         }
+
+    def _gate_given_summary(self) -> dict[str, Any]:
+        """`gate_open_rate_given`: per env fact, the gate open rate of the agents for which it holds (`true`) and of
+        the others (`false`), with the agent-steps behind each; empty where the env reports no facts."""
+        if not self.gate_given:
+            return {}
+        out = {}
+        for key, (open_true, n_true, open_false, n_false) in self.gate_given.items():
+            out[key] = {
+                "true": open_true / n_true if n_true else None,
+                "false": open_false / n_false if n_false else None,
+                "agent_steps_true": int(n_true),
+                "agent_steps_false": int(n_false),
+            }
+        return {"gate_open_rate_given": out}
 
 
 def play(
@@ -219,13 +277,15 @@ def play(
     """Plays `episodes` full episodes; appends rendered frames of every step to `frames` when given."""
     stats = EpisodeStats()
     for episode in range(episodes):
-        obs, _ = env.reset(seed=None if seed is None else seed + episode)
+        obs, info = env.reset(seed=None if seed is None else seed + episode)
         total, length, done = 0.0, 0, False
-        info: dict[str, Any] = {}
         if frames is not None:
             frames.append(np.asarray(env.render()))
         while not done:
             actions, step = actor(obs)
+            decisions = step.pop(GATE_DECISIONS, None)
+            if decisions is not None:
+                stats.count_gates(decisions, obs["alive"], agent_facts(env, info))
             for key, value in step.items():
                 stats.step_stats.setdefault(key, []).append(value)
             obs, reward, terminated, truncated, info = env.step(actions)

@@ -54,6 +54,10 @@ COMM_KEYS = (
 """The learner metrics TensorBoard shows under `comm/`; the others go under `loss/`. `gate_open_rate` is the rate of
 the decisions the rollouts sampled, `gate_greedy_open_rate` that of the greedy decisions (evaluation's)."""
 
+GATE_GIVEN_PREFIX = "gate_open_rate_"
+"""EnvRunner metrics `gate_open_rate_if_<fact>` / `gate_open_rate_unless_<fact>` (agents/env_runner.py) go to
+TensorBoard under `comm/`."""
+
 PREFIXED_GROUPS = ("moe", "exit")
 """Learner metrics named `<group>_<name>` (MoE usage / losses / temperature; early-exit losses and depths) go to
 TensorBoard as `<group>/<name>`."""
@@ -96,6 +100,10 @@ class RunLogger:
             value = _as_float(raw) if group in PREFIXED_GROUPS else None
             if value is not None:
                 self.writer.add_scalar(f"{group}/{key[len(group) + 1 :]}", value, env_steps)
+        for key, raw in _lookup_dict(result, ("env_runners",)).items():  # the gate open rate given each env fact
+            value = _as_float(raw) if key.startswith(GATE_GIVEN_PREFIX) else None
+            if value is not None:
+                self.writer.add_scalar(f"comm/{key}", value, env_steps)
         self.writer.add_scalar("perf/env_steps_per_s", fps, env_steps)
         self.writer.flush()
 

@@ -73,6 +73,8 @@ class BatchedGame(abc.ABC):
     agent_prefix: ClassVar[str] = "agent"
     """Agent names are ``f"{agent_prefix}_{i}"``."""
     name: ClassVar[str] = "game"
+    fact_names: ClassVar[tuple[str, ...]] = ()
+    """The keys of ``Observed.facts`` this game reports (per-agent facts both faces pass on)."""
     n_agents: int
     n_actions: int
     obs_dim: int
@@ -165,6 +167,7 @@ class BatchedTeamEnv(gymnasium.vector.VectorEnv):
     def __init__(self, game: BatchedGame, *, team_reward: str = "mean", use_state: bool = False, history: int = 0):
         check_team_args(team_reward, history)
         self.game = game
+        self.fact_names = game.fact_names
         self.num_envs = b = game.num_envs
         self.use_state, self.history, self.team_reward = use_state, int(history), team_reward
         n, a, d = game.n_agents, game.n_actions, game.obs_dim
@@ -272,6 +275,7 @@ class BatchedParallelEnv(ParallelEnv):
                 f"render_mode {render_mode!r} is not supported by {game.name}; expected None or 'rgb_array'"
             )
         self.game, self.render_mode = game, render_mode
+        self.fact_names = game.fact_names
         self.metadata = {**self.metadata, "name": game.name}
         self.possible_agents = [f"{game.agent_prefix}_{i}" for i in range(game.n_agents)]
         self.agents: list[str] = []

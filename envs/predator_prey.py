@@ -162,6 +162,7 @@ class _Hunt(BatchedGame):
     """B grid hunts (module docstring); ``n_capture == 0`` is predator_prey, otherwise predator_capture_prey."""
 
     agent_prefix: ClassVar[str] = "agent"
+    fact_names: ClassVar[tuple[str, ...]] = ("saw_prey",)
 
     def __init__(self, options: Any, n_predators: int, n_capture: int, num_envs: int) -> None:
         super().__init__(num_envs)

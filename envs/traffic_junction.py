@@ -247,6 +247,8 @@ class TrafficJunctionGame(BatchedGame):
     ``progress`` (index along the route), ``tau`` (steps on the road) (B, N) int64, ``last_gas`` (B, N) bool,
     ``t``, ``collisions`` (B,) int64, ``failed`` (B,) bool."""
 
+    fact_names: ClassVar[tuple[str, ...]] = ("at_risk",)
+
     agent_prefix: ClassVar[str] = "car"
     name: ClassVar[str] = "traffic_junction"
     CELL = 12
