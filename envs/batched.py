@@ -137,7 +137,7 @@ def check_team_actions(actions: Any, mask: np.ndarray, checked: np.ndarray, pref
     return acts.astype(np.int64)
 
 
-class _AvailableTeamActions(spaces.MultiDiscrete):
+class AvailableTeamActions(spaces.MultiDiscrete):
     """`MultiDiscrete` (B, N) whose unmasked `sample()` draws only the actions available now."""
 
     def __init__(self, available: np.ndarray) -> None:
@@ -186,7 +186,7 @@ class BatchedTeamEnv(gymnasium.vector.VectorEnv):
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, b)
         self._mask = np.zeros((b, n, a), dtype=np.float32)
         self._mask[..., NOOP_ACTION] = 1.0
-        self.action_space: _AvailableTeamActions = _AvailableTeamActions(self._mask)
+        self.action_space: AvailableTeamActions = AvailableTeamActions(self._mask)
         self.render_mode = None
         self.metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
         self._alive = np.zeros((b, n), dtype=bool)

@@ -55,6 +55,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from envs.batched import AvailableTeamActions, check_team_actions
 from envs.history import HistoryWindow
 from envs.options import check_field_types, require
 from envs.team import NOOP_ACTION, check_team_args
@@ -308,21 +309,6 @@ class SMAXEnv(ParallelEnv):
         return {a: dict(facts) for a in agents}
 
 
-class _BatchedTeamActions(spaces.MultiDiscrete):
-    """`MultiDiscrete` of shape (B, N) whose unmasked `sample()` draws only the actions available now."""
-
-    def __init__(self, available: np.ndarray) -> None:
-        b, n, a = available.shape
-        super().__init__(np.full((b, n), a, dtype=np.int64))
-        self.available = available  # (B, N, A), replaced by the vector env after every reset / step
-
-    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
-        if mask is not None or probability is not None:
-            return super().sample(mask=mask, probability=probability)
-        scores = np.where(self.available > 0, self.np_random.random(self.available.shape), -1.0)  # (B, N, A)
-        return scores.argmax(-1).astype(np.int64)
-
-
 class SMAXVectorEnv(gymnasium.vector.VectorEnv):
     """`num_envs` SMAX battles in one jitted step, each seen as the team env of `SMAXEnv` (module docstring).
 
@@ -369,7 +355,7 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
         self._mask = np.zeros((num_envs, n, a), dtype=np.float32)
         self._mask[:, :, NOOP_ACTION] = 1.0
-        self.action_space: _BatchedTeamActions = _BatchedTeamActions(self._mask)
+        self.action_space: AvailableTeamActions = AvailableTeamActions(self._mask)
         self.render_mode = None
         self.metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
         self._alive = np.zeros((num_envs, n), dtype=bool)
@@ -485,25 +471,8 @@ class SMAXVectorEnv(gymnasium.vector.VectorEnv):
     # ------------------------------------------------------------------ host side
 
     def _check_actions(self, actions: Any) -> np.ndarray:
-        acts = np.asarray(actions)
-        b, n, a = self._mask.shape
-        if acts.shape != (b, n) or acts.dtype.kind not in "iu":
-            raise ValueError(
-                f"actions must be an integer array of shape ({b}, {n}), one per env and agent; got shape "
-                f"{acts.shape}, dtype {acts.dtype}"
-            )
         checked = ~self._resetting[:, None] & self._alive  # (B, N): ended envs and dead agents are ignored
-        in_range = (acts >= 0) & (acts < a)
-        chosen = np.take_along_axis(self._mask, np.clip(acts, 0, a - 1)[..., None], axis=-1)[..., 0]  # (B, N)
-        bad = checked & (~in_range | (chosen == 0))
-        if bad.any():
-            env, agent = (int(x) for x in np.argwhere(bad)[0])
-            available = np.flatnonzero(self._mask[env, agent]).tolist()
-            raise ValueError(
-                f"action {int(acts[env, agent])} for agent ally_{agent} of env {env} is not available; "
-                f"available actions: {available}"
-            )
-        return acts.astype(np.int32)
+        return check_team_actions(actions, self._mask, checked, "ally").astype(np.int32)
 
     def _unpack(
         self, out: dict[str, Any], resetting: np.ndarray

@@ -9,6 +9,7 @@ from pettingzoo.test import parallel_api_test
 
 from envs.batched import BatchedGame, BatchedParallelEnv, BatchedTeamEnv, Observed, Stepped
 from envs.team import TeamEnv
+from tests.envs.vector_check import assert_vector_matches_singles
 
 LENGTH, N, T = 5, 3, 6
 
@@ -70,31 +71,11 @@ def test_the_vector_env_equals_single_team_envs_through_auto_resets(history: int
     b = 4
     vector = BatchedTeamEnv(Walk(b), use_state=True, history=history)
     singles = [_team_env(b_, history) for b_ in range(b)]
-    obs, _ = vector.reset(seed=10)
-    single_obs = [env.reset(seed=10 + i)[0] for i, env in enumerate(singles)]
-    rng = np.random.default_rng(0)
-    done = np.zeros(b, dtype=bool)
-    resets = 0
-    for _ in range(40):
-        for i in range(b):
-            for key in single_obs[i]:
-                np.testing.assert_array_equal(obs[key][i], single_obs[i][key], err_msg=key)
-        mask = obs["action_mask"]
-        scores = np.where(mask > 0, rng.random(mask.shape), -1.0)
-        actions = scores.argmax(-1)
-        obs, reward, terminated, truncated, info = vector.step(actions)
-        for i, env in enumerate(singles):
-            if done[i]:  # NEXT_STEP auto-reset: this step started a new episode (reward 0)
-                single_obs[i], _ = env.reset()
-                assert reward[i] == 0.0 and not terminated[i] and not truncated[i]
-                resets += 1
-                continue
-            single_obs[i], r, term, trunc, single_info = env.step(actions[i])
-            assert reward[i] == pytest.approx(r) and terminated[i] == term and truncated[i] == trunc
-            assert bool(info["won"][i]) == bool(single_info.get("won", False))
-            np.testing.assert_array_equal(info["agent_rewards"][i], single_info["agent_rewards"])
-        done = terminated | truncated
-    assert resets >= 4  # the comparison went through several auto-resets
+
+    def won(vector_info: dict, i: int, single_info: dict) -> None:
+        assert bool(vector_info["won"][i]) == bool(single_info.get("won", False))
+
+    assert_vector_matches_singles(vector, singles, 40, info=won)
 
 
 def test_an_inactive_agent_is_dead_to_the_team_and_rejoins() -> None:

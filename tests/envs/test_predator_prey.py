@@ -33,6 +33,7 @@ from envs.predator_prey import (
 )
 from envs.team import TeamEnv
 from tests.envs.test_registry import check_team_env
+from tests.envs.vector_check import assert_vector_matches_singles
 
 Cell = tuple[int, int]
 
@@ -256,33 +257,15 @@ def _check_vector_equals_singles(make_vector: Any, make_single: Any, options: An
     b = 4
     vector = make_vector(options, b, "mean", True, history)
     singles = [TeamEnv(make_single(options), use_state=True, history=history) for _ in range(b)]
-    obs, _ = vector.reset(seed=10)
-    single_obs = [env.reset(seed=10 + i)[0] for i, env in enumerate(singles)]
-    rng = np.random.default_rng(0)
-    done = np.zeros(b, dtype=bool)
-    resets = wins = 0
-    for _ in range(60):
-        for i in range(b):
-            for key in single_obs[i]:
-                np.testing.assert_array_equal(obs[key][i], single_obs[i][key], err_msg=key)
-        mask = obs["action_mask"]
-        actions = np.where(mask > 0, rng.random(mask.shape), -1.0).argmax(-1)
-        obs, reward, terminated, truncated, info = vector.step(actions)
-        for i, env in enumerate(singles):
-            if done[i]:  # NEXT_STEP auto-reset: this step started a new episode (reward 0)
-                single_obs[i], _ = env.reset()
-                assert reward[i] == 0.0 and not terminated[i] and not truncated[i]
-                resets += 1
-                continue
-            single_obs[i], r, term, trunc, single_info = env.step(actions[i])
-            assert reward[i] == pytest.approx(r) and terminated[i] == term and truncated[i] == trunc
-            assert bool(info["won"][i]) == single_info["won"] and info["capture_step"][i] == single_info["capture_step"]
-            np.testing.assert_array_equal(info["agent_rewards"][i], single_info["agent_rewards"])
-            saw = single_info.get("agent_info", {}).get("saw_prey", single_info.get("saw_prey"))
-            np.testing.assert_array_equal(info["saw_prey"][i], np.broadcast_to(saw, (options_agents(options),)))
-            wins += bool(single_info["won"])
-        done = terminated | truncated
-    assert resets >= 4 and wins >= 1  # through several auto-resets, successes among them
+
+    def facts(vector_info: dict, i: int, single_info: dict) -> None:
+        assert bool(vector_info["won"][i]) == single_info["won"]
+        assert vector_info["capture_step"][i] == single_info["capture_step"]
+        saw = single_info.get("agent_info", {}).get("saw_prey", single_info.get("saw_prey"))
+        np.testing.assert_array_equal(vector_info["saw_prey"][i], np.broadcast_to(saw, (options_agents(options),)))
+
+    stepped = assert_vector_matches_singles(vector, singles, 60, info=facts)
+    assert any(info["won"] for info in stepped)  # successes among the compared steps
 
 
 def options_agents(options: Any) -> int:

@@ -21,6 +21,7 @@ from envs.traffic_junction import (
     traffic_junction_env,
     traffic_junction_vector_env,
 )
+from tests.envs.vector_check import assert_vector_matches_singles
 
 # Medium, 14 x 14: rows 6 (westward) and 7 (eastward), columns 6 (southward) and 7 (northward); right-hand traffic.
 TOP_STRAIGHT = [(r, 6) for r in range(14)]
@@ -178,30 +179,16 @@ def test_the_vector_env_equals_single_team_envs_through_auto_resets(difficulty: 
     options = TrafficJunctionOptions(difficulty=difficulty, episode_len=7, arrival_prob=0.5, vision=1)
     vector = traffic_junction_vector_env(options, b, "mean", True, 2)
     singles = [TeamEnv(traffic_junction_env(options), use_state=True, history=2) for _ in range(b)]
-    obs, _ = vector.reset(seed=10)
-    single_obs = [env.reset(seed=10 + i)[0] for i, env in enumerate(singles)]
-    rng = np.random.default_rng(0)
-    done = np.zeros(b, dtype=bool)
-    resets = collisions = 0
-    for _ in range(30):
-        for i in range(b):
-            for key in single_obs[i]:
-                np.testing.assert_array_equal(obs[key][i], single_obs[i][key], err_msg=key)
-        actions = np.where(obs["action_mask"][..., GAS] > 0, rng.integers(0, 2, size=(b, vector.game.n_agents)), BRAKE)
-        obs, reward, terminated, truncated, info = vector.step(actions)
-        for i, env in enumerate(singles):
-            if done[i]:  # NEXT_STEP auto-reset: this step started a new episode (reward 0)
-                single_obs[i], _ = env.reset()
-                assert reward[i] == 0.0 and not terminated[i] and not truncated[i]
-                resets += 1
-                continue
-            single_obs[i], r, term, trunc, single_info = env.step(actions[i])
-            assert reward[i] == pytest.approx(r) and terminated[i] == term and truncated[i] == trunc
-            assert info["won"][i] == single_info["won"] and info["collisions"][i] == single_info["collisions"]
-            np.testing.assert_array_equal(info["agent_rewards"][i], single_info["agent_rewards"])
-            collisions += int(info["collisions"][i])
-        done = terminated | truncated
-    assert resets >= 8 and collisions > 0  # several auto-resets, and the crash rule was exercised
+
+    def gas_or_brake(obs: dict, rng: np.random.Generator) -> np.ndarray:
+        return np.where(obs["action_mask"][..., GAS] > 0, rng.integers(0, 2, size=(b, vector.game.n_agents)), BRAKE)
+
+    def facts(vector_info: dict, i: int, single_info: dict) -> None:
+        assert vector_info["won"][i] == single_info["won"]
+        assert vector_info["collisions"][i] == single_info["collisions"]
+
+    stepped = assert_vector_matches_singles(vector, singles, 30, actions=gas_or_brake, info=facts)
+    assert sum(int(info["collisions"]) for info in stepped) > 0  # the crash rule was exercised
 
 
 @pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
