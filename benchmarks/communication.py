@@ -53,6 +53,9 @@ TASKS: dict[str, tuple[str, int]] = {
     "predator_prey_10x10": ("configs/predator_prey_10x10.yaml", 3_000_000),
     "predator_prey_20x20": ("configs/predator_prey_20x20.yaml", 5_000_000),
     "predator_capture_prey": ("configs/predator_capture_prey.yaml", 1_000_000),
+    "traffic_junction_easy": ("configs/traffic_junction_easy.yaml", 1_000_000),
+    "traffic_junction_medium": ("configs/traffic_junction_medium.yaml", 3_000_000),
+    "smax_1o_2r_vs_4r": ("configs/smax_1o_2r_vs_4r.yaml", 2_000_000),
 }
 """task -> (ready config, env steps per run)."""
 TASK_OVERRIDES: dict[str, tuple[str, ...]] = {"predator_prey_vision0": ("env.options.vision=0",)}

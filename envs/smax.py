@@ -55,15 +55,17 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from envs import smax_scenarios
 from envs.batched import AvailableTeamActions, check_team_actions
 from envs.history import HistoryWindow
 from envs.options import check_field_types, require
 from envs.team import NOOP_ACTION, check_team_args
 
-SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units")
-"""jaxmarl scenarios this adapter supports; smacv2_5_units draws unit types and start positions per battle."""
+SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units", *smax_scenarios.SCENARIOS)
+"""Scenarios this adapter supports: jaxmarl's (smacv2_5_units draws unit types and start positions per battle) and
+ours, built from jaxmarl's parameters (envs/smax_scenarios.py: battles where allies must talk)."""
 
-TABLE_SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units")
+TABLE_SCENARIOS = SCENARIOS
 """Scenarios listed in the env table as `smax_<scenario>`. smacv2_5_units's masks depend on the reset seed (its
 random start positions put enemies in range or not), so the table-wide env check (tests/envs/test_registry.py)
 draws its determinism action from the mask of the seeded reset it steps from."""
@@ -144,8 +146,12 @@ class SMAXGame:
 
         self.jax, self.jnp = jax, jnp
         self.scenario, self.options = scenario, options
+        if scenario in smax_scenarios.SCENARIOS:
+            battle = smax_scenarios.jaxmarl_kwargs(scenario, smax)
+        else:
+            battle = {"scenario": smax.map_name_to_scenario(scenario)}
         self.env = smax.HeuristicEnemySMAX(
-            scenario=smax.map_name_to_scenario(scenario),
+            **battle,
             max_steps=options.max_steps,
             enemy_shoots=options.enemy_shoots,
             attack_mode=options.attack_mode,
