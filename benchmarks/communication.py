@@ -14,6 +14,8 @@ everything else (model size, PPO settings, the critic's input, env steps) is equ
 - ``random``: a fixed random graph with the learned arm's k (``model.graph.init=random``, never updated:
   ``training.graph_freeze_fraction=0``), no gates: what the graph search buys over any graph of that size.
 - ``no_comm``: no communication (``model.communicate=false``).
+- ``cost<c>`` (e.g. ``cost0.1``): the learned arm with ``model.gates.cost_weight=c``: a sweep of these draws the trade
+  of success against messages per step (``summarize`` plots the greedy figures of every arm as that front).
 
 A task name with the suffix ``_nostate`` runs the same task with ``env.use_state=false``: the critic then reads only
 what the agents' features and the graph carry (CommFormer's own critic), where a centralised critic on the global
@@ -60,6 +62,7 @@ TASKS: dict[str, tuple[str, int]] = {
 """task -> (ready config, env steps per run)."""
 TASK_OVERRIDES: dict[str, tuple[str, ...]] = {"predator_prey_vision0": ("env.options.vision=0",)}
 NOSTATE = "_nostate"
+COST_ARM = "cost"
 COLORS = {
     "learned": "tab:blue",
     "learned_nogates": "tab:cyan",
@@ -67,6 +70,25 @@ COLORS = {
     "random": "tab:orange",
     "no_comm": "tab:red",
 }
+
+
+def arm_overrides(arm: str) -> tuple[str, ...]:
+    """The config changes of an arm: one of `ARMS`, or ``cost<c>`` for the learned arm at gate cost c."""
+    if arm in ARMS:
+        return ARMS[arm]
+    if arm.startswith(COST_ARM):
+        try:
+            cost = float(arm.removeprefix(COST_ARM))
+        except ValueError:
+            cost = -1.0
+        if cost >= 0.0:
+            return (f"model.gates.cost_weight={cost:g}",)
+    raise argparse.ArgumentTypeError(f"unknown arm {arm!r}; expected one of {', '.join(ARMS)} or {COST_ARM}<c>, c >= 0")
+
+
+def _arm(arm: str) -> str:
+    arm_overrides(arm)
+    return arm
 
 
 def _task(name: str) -> tuple[str, int, tuple[str, ...]]:
@@ -89,7 +111,7 @@ def run(task: str, arm: str, seed: int, env_steps: int | None, eval_episodes: in
     from agents.env_runner import EPISODE_WIN_RATE
     from benchmarks.smax_learning import greedy_win_rate
 
-    overrides = [*task_overrides, *ARMS[arm], f"run.seed={seed}", f"stop.env_steps={steps}"]
+    overrides = [*task_overrides, *arm_overrides(arm), f"run.seed={seed}", f"stop.env_steps={steps}"]
     config = load_config(config_path, overrides)
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
@@ -123,7 +145,8 @@ def summarize(tasks: list[str], out: Path) -> str:
     lines = []
     for task in tasks:
         runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]] = {}
-        for arm in ARMS:
+        costs = sorted({p.stem.split("_")[-2] for p in out.glob(f"{task}_{COST_ARM}*_seed*.csv")})
+        for arm in [*ARMS, *sorted(costs, key=lambda a: float(a.removeprefix(COST_ARM)))]:
             for path in sorted(out.glob(f"{task}_{arm}_seed*.csv")):
                 curve = _read(path)
                 greedy_path = path.with_name(f"{path.stem}_greedy.json")
@@ -132,8 +155,8 @@ def summarize(tasks: list[str], out: Path) -> str:
                     runs.setdefault(arm, []).append((curve, greedy))
         if not runs:
             continue
-        total = max(c["env_steps"][-1] for group in runs.values() for c, _ in group)
-        marks = [int(total * f) for f in (0.25, 0.5, 1.0)]
+        total = min(c["env_steps"][-1] for group in runs.values() for c, _ in group)  # every run got there
+        marks = [int(total * f) // 10_000 * 10_000 for f in (0.25, 0.5, 1.0)]
         dense_msgs = _mean([g["messages_per_step"] for _, g in runs.get("dense", []) if g])
         lines += [
             f"### {task}",
@@ -158,6 +181,7 @@ def summarize(tasks: list[str], out: Path) -> str:
             )
         lines.append("")
         _plot(task, runs, out / f"{task}_success.png")
+        _plot_front(task, runs, out / f"{task}_front.png")
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
     return text
@@ -186,9 +210,22 @@ def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], 
     for arm, group in runs.items():
         for i, (curve, _) in enumerate(group):
             label = arm if i == 0 else None
-            axes[0].plot(curve["env_steps"], curve["success"], color=COLORS[arm], alpha=0.8, lw=1.2, label=label)
+            axes[0].plot(
+                curve["env_steps"],
+                curve["success"],
+                color=COLORS.get(arm, "tab:purple"),
+                alpha=0.8,
+                lw=1.2,
+                label=label,
+            )
             if "messages_per_step" in curve:
-                axes[1].plot(curve["env_steps"], curve["messages_per_step"], color=COLORS[arm], alpha=0.8, lw=1.2)
+                axes[1].plot(
+                    curve["env_steps"],
+                    curve["messages_per_step"],
+                    color=COLORS.get(arm, "tab:purple"),
+                    alpha=0.8,
+                    lw=1.2,
+                )
     axes[0].set_ylabel("success rate (last 100 episodes)")
     axes[1].set_ylabel("messages per step (training, sampled gates)")
     for ax in axes:
@@ -201,14 +238,37 @@ def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], 
     plt.close(fig)
 
 
+def _plot_front(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], path: Path) -> None:
+    """Greedy success against greedy messages per step, one point per run, labelled by arm: the bandwidth trade."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    for arm, group in runs.items():
+        points = [(g["messages_per_step"], g["win_rate"]) for _, g in group if g and g["win_rate"] is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, color=COLORS.get(arm, "tab:purple"), label=arm, alpha=0.8)
+    ax.set_xlabel("messages per step (greedy)")
+    ax.set_ylabel("success rate (greedy)")
+    ax.set_title(f"{task}: success vs bandwidth, one point per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("run", help="train and evaluate one arm on one task")
-    one.add_argument("--arm", choices=list(ARMS), required=True)
+    one.add_argument("--arm", type=_arm, required=True, help=f"one of {', '.join(ARMS)}, or {COST_ARM}<c>")
     one.add_argument("--seed", type=int, default=0)
     many = sub.add_parser("sweep", help="every arm x seed of a task, in turn (runs with a greedy result are skipped)")
-    many.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    many.add_argument("--arms", nargs="+", type=_arm, default=list(ARMS))
     many.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     for p in (one, many):
         p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, optionally with {NOSTATE!r}")

@@ -1,0 +1,61 @@
+"""benchmarks/communication.py: every arm changes what it says, and the summary reads the files a run writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.config import load_config
+from benchmarks import communication as comm
+
+
+@pytest.mark.parametrize("arm", [*comm.ARMS, "cost0.1"])
+def test_each_arm_loads_and_changes_only_its_keys(arm: str) -> None:
+    config_path, _, task_overrides = comm._task("predator_prey_vision0_nostate")
+    base = load_config(config_path, list(task_overrides))
+    changed = load_config(config_path, [*task_overrides, *comm.arm_overrides(arm)])
+    assert base.env.options.vision == 0 and not base.env.use_state
+    model, training = changed.model, changed.training
+    expected = {
+        "learned": (True, 0.4, True, "uniform", 1.0),
+        "learned_nogates": (True, 0.4, False, "uniform", 1.0),
+        "dense": (True, 1.0, False, "uniform", 1.0),
+        "random": (True, 0.4, False, "random", 0.0),
+        "no_comm": (False, 0.4, True, "uniform", 1.0),
+        "cost0.1": (True, 0.4, True, "uniform", 1.0),
+    }[arm]
+    graph = model.graph
+    got = (model.communicate, graph.sparsity, model.gates.enabled, graph.init, training.graph_freeze_fraction)
+    assert got == expected
+    assert model.gates.cost_weight == (0.1 if arm == "cost0.1" else base.model.gates.cost_weight)
+
+
+def test_unknown_arms_and_tasks_are_refused() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown arm 'costly'"):
+        comm.arm_overrides("costly")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown arm 'cost-1'"):
+        comm.arm_overrides("cost-1")
+    with pytest.raises(SystemExit, match="unknown task 'chess'"):
+        comm._task("chess")
+
+
+def _write_run(out: Path, stem: str, success: list[float], messages: float, win: float) -> None:
+    rows = ["env_steps,return_per_agent,wall_s,success,episode_len,messages_per_step"]
+    rows += [f"{(i + 1) * 100_000},-0.5,{i},{s},10,{messages}" for i, s in enumerate(success)]
+    (out / f"{stem}.csv").write_text("\n".join(rows) + "\n")
+    greedy = {"win_rate": win, "return_mean": -0.4, "episode_len_mean": 9.0, "messages_per_step": messages}
+    (out / f"{stem}_greedy.json").write_text(json.dumps(greedy))
+
+
+def test_the_summary_reads_the_runs_and_compares_messages_with_dense(tmp_path: Path) -> None:
+    _write_run(tmp_path, "t_learned_seed0", [0.2, 0.5, 0.8, 0.9], messages=1.5, win=0.9)
+    _write_run(tmp_path, "t_dense_seed0", [0.3, 0.6, 0.9, 0.95], messages=6.0, win=0.95)
+    _write_run(tmp_path, "t_cost0.1_seed0", [0.1, 0.3, 0.5, 0.6], messages=0.5, win=0.6)
+    text = comm.summarize(["t"], tmp_path)
+    learned = next(line for line in text.splitlines() if line.startswith("| learned |"))
+    assert "| 0.90 | -0.40 | 9.0 | 1.50 | 25% |" in learned
+    assert any(line.startswith("| cost0.1 |") for line in text.splitlines())
+    assert (tmp_path / "t_success.png").stat().st_size > 0 and (tmp_path / "t_front.png").stat().st_size > 0
