@@ -305,3 +305,15 @@ def test_the_moe_auxiliary_losses_are_part_of_the_training_loss(ray_session, mon
 def test_the_moe_auxiliary_loss_is_logged_and_positive(ray_session):
     _, _, metrics = _one_iteration(["training.graph_every=1000", "model.head=moe", "model.moe.balance_coeff=0.5"])
     assert metrics["aux_loss"] > 0.5 * 0.9  # the balance loss is >= 1 (E * sum f_i P_i, uniform at best)
+
+
+def test_the_frozen_random_graph_arm_never_changes_its_graph(ray_session):
+    """The communication benchmark's `random` arm: a seeded random graph (`model.graph.init=random`) frozen from the
+    start takes no graph step, even where every step would be one (`graph_every=1`), while the policy learns."""
+    overrides = ["training.graph_every=1", "model.graph.init=random", "training.graph_freeze_fraction=0.0"]
+    overrides += ["env.options.n_agents=5", "model.graph.k=2"]
+    before, after, metrics = _one_iteration(overrides)
+    assert metrics["graph_steps"] == 0 and metrics["gradient_steps"] >= 4
+    assert torch.equal(before["graph.logits"], after["graph.logits"])
+    assert not torch.equal(before["graph.logits"], torch.ones(5, 5))  # the random start, not the uniform one
+    assert _moved(before, after, "policy_head.0.weight")
