@@ -185,8 +185,14 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         exit_depth = batch.get(EXIT_DEPTH) if self.acts_with_exits else None
+        # The critic reads the greedy gates' trunk here too: trained on the features of the sampled decisions instead,
+        # it disagreed with the baseline GAE uses, and the signal task's graph stopped learning (docs/DESIGN.md).
         out = self.policy_output(
-            batch, exit_depth=exit_depth, gate_open=self._recorded_gates(batch), gumbel=self.graph_noise
+            batch,
+            exit_depth=exit_depth,
+            gate_open=self._recorded_gates(batch),
+            gumbel=self.graph_noise,
+            greedy_values=True,
         )
         return {
             Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A), along the recorded exit path

@@ -55,12 +55,32 @@ TASKS: dict[str, tuple[str, int]] = {
     "predator_prey_10x10": ("configs/predator_prey_10x10.yaml", 3_000_000),
     "predator_prey_20x20": ("configs/predator_prey_20x20.yaml", 5_000_000),
     "predator_capture_prey": ("configs/predator_capture_prey.yaml", 1_000_000),
+    "capture_3x3": ("configs/predator_capture_prey.yaml", 150_000),
+    "capture_2p2c_4x4": ("configs/predator_capture_prey.yaml", 1_000_000),
     "traffic_junction_easy": ("configs/traffic_junction_easy.yaml", 1_000_000),
     "traffic_junction_medium": ("configs/traffic_junction_medium.yaml", 3_000_000),
     "smax_1o_2r_vs_4r": ("configs/smax_1o_2r_vs_4r.yaml", 2_000_000),
 }
 """task -> (ready config, env steps per run)."""
-TASK_OVERRIDES: dict[str, tuple[str, ...]] = {"predator_prey_vision0": ("env.options.vision=0",)}
+TASK_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "predator_prey_vision0": ("env.options.vision=0",),
+    # tests/learning/test_capture_learning.py's task: a seeing predator and a blind capture agent, 6 steps.
+    "capture_3x3": (
+        "env.options.n_predators=1",
+        "env.options.n_capture=1",
+        "env.options.dim=3",
+        "env.options.max_steps=6",
+        "resources.num_envs_per_env_runner=64",
+    ),
+    # Two of each, one sender per receiver: the graph decides whether a capture agent hears a predator.
+    "capture_2p2c_4x4": (
+        "env.options.n_predators=2",
+        "env.options.n_capture=2",
+        "env.options.dim=4",
+        "env.options.max_steps=10",
+        "model.graph.k=1",
+    ),
+}
 NOSTATE = "_nostate"
 COST_ARM = "cost"
 COLORS = {

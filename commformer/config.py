@@ -55,9 +55,9 @@ class GraphConfig:
     k: int | None = None
     """Exact number of senders per receiver (excluding itself); overrides ``sparsity``."""
     gumbel: bool = True
-    """Add Gumbel noise to the softmax surrogate whose gradient the upper-level (graph) steps take; the graph itself (the
-    hard top-k) never changes. It lets the graph search among the edges it does not hold: with N = 6 agents and one
-    sender of five candidates, 6 of 6 seeds found the right one within 64k env steps, against 4 of 6 without it."""
+    """Add Gumbel noise to the softmax surrogate whose gradient the upper-level (graph) steps take; the graph itself
+    (the hard top-k) never changes. It lets the graph search among the edges it does not hold (docs/DESIGN.md, "The
+    graph", has the measurement at N = 6)."""
     gumbel_tau: float = 1.0
     """Temperature of the softmax whose gradient the straight-through graph uses."""
     init: GraphInit = "uniform"

@@ -18,9 +18,10 @@ it is usually closed, and the return of those steps is what tells the gate what 
 The gradient is the score function, inside PPO: the learner replays the recorded decision and adds
 ``log p(open_i)`` (``gate_log_prob``) to agent i's action log-prob, so agent i's clipped ratio is that of its
 joint decision (gate, action). Recorded and replayed, the decision keeps the PPO consistency rule exact. The
-baseline must not see the sampled decision: a value computed from messages the gate happened to take would be a
-baseline that depends on the gate's own action, and would cancel the very advantage that trains it; the values
-that GAE uses are computed with the greedy decisions (``CommFormerPolicy.forward(greedy_values=True)``).
+critic must not see the sampled decision: a value computed from messages the gate happened to take would be a
+baseline that depends on the gate's own action, and would cancel the very advantage that trains it; the critic
+reads the trunk run with the greedy decisions (``CommFormerPolicy.forward(greedy_values=True)``), both for GAE and
+in the value loss.
 
 The communication cost ``cost_weight * mean(p over alive agents)`` is the expected share of receivers that
 listen; its gradient pushes every gate towards closing, against the task's score-function gradient where

@@ -10,7 +10,7 @@
 The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
 a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
 the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
-replayed (``gate_open``). Values for GAE are computed with the greedy gate decisions (``greedy_values``), so the
+replayed (``gate_open``). The critic reads the trunk run with the greedy gate decisions (``greedy_values``), so the
 baseline never depends on a sampled decision (commformer/gates.py says why).
 
 History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
@@ -400,8 +400,8 @@ class CommFormerPolicy(nn.Module):
                 ``sample_gates``): the logits are computed with them (the PPO consistency rule). Needs learned gates.
             sample_gates: without ``gate_open``, draw the gate decisions instead of taking the greedy ones.
             greedy_values: compute the values with the greedy gate decisions whatever the actor used
-                (``_critic_features``): the baseline for GAE must not depend on a sampled decision. Otherwise the
-                values read the actor's own features (what the value loss trains on).
+                (``_critic_features``): the critic must not depend on a sampled decision (the learner's forwards
+                ask for this). Otherwise the values read the actor's own features.
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
