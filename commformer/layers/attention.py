@@ -15,7 +15,7 @@ Scaling: the score is divided by sqrt(d_head) once (the official code scales twi
 
 Multiplying the softmax weights by ``A``: with a straight-through adjacency, A is exactly 1 on kept entries,
 so the forward value is unchanged, but this product is the path that carries gradient to the graph logits
-(and to the temporal gates).
+(the temporal gates' decisions enter as constants: they learn through their log-probs, commformer/gates.py).
 
 N is small (<= 64), so attention is written out with einsum over a dense (N, N) score matrix.
 """
