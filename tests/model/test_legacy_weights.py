@@ -1,0 +1,69 @@
+"""Weights saved by earlier versions of the policy still load, into the same parameters, and act the same.
+
+The fixtures (tests/model/fixtures/, written by its make_legacy.py with the code of that time) are exported
+policies whose parameter names predate the split of the policy into encoder, trunk and heads, with their outputs on
+fixed inputs. RLlib checkpoints hold the same names (``policy.<name>`` in the RLModule state), so this is also what
+keeps old checkpoints loadable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from commformer.export import WEIGHTS, load_policy
+from commformer.policy import CommFormerPolicy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CASES = sorted(path.name for path in FIXTURES.iterdir() if (path / WEIGHTS).is_file())
+
+
+def _outputs(policy: CommFormerPolicy, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What make_legacy.py recorded, computed by the same calls on the recorded inputs."""
+    state = reference["input.state"] if policy.state_dim is not None else None
+    obs, mask, alive = reference["input.obs"], reference["input.action_mask"], reference["input.alive"]
+    args = (obs, mask, alive, state, reference.get("input.history"))
+    out = policy(*args)
+    names = ("logits", "values", "adjacency", "gate_open", "gate_prob", "comm_cost", "messages", "aux_loss")
+    result = {f"forward.{name}": getattr(out, name) for name in names}
+    if out.exits is not None:
+        result |= {"forward.exit_head_logits": out.exits.head_logits, "forward.exit_gate_logits": out.exits.gate_logits}
+    acted = policy.act(*args)
+    result |= {"act.logits": acted.logits, "act.depth": acted.depth, "act.gate_open": acted.gate_open}
+    torch.manual_seed(3)
+    sampled = policy.act(*args, sample_gates=True)
+    result |= {"sampled.logits": sampled.logits, "sampled.depth": sampled.depth, "sampled.gate_open": sampled.gate_open}
+    exit_depth = sampled.depth if out.exits is not None else None
+    gate_open = sampled.gate_open if out.gate_logit is not None else None
+    replay = policy(*args, exit_depth=exit_depth, gate_open=gate_open, greedy_values=True)
+    return result | {"replay.logits": replay.logits, "replay.values": replay.values}
+
+
+def test_the_fixtures_are_there() -> None:
+    assert CASES == ["attention_nostate", "mlp_state_linear", "orchid_moe_exits"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_legacy_export_loads_into_the_same_parameters_in_the_same_order(case: str) -> None:
+    """Every saved tensor lands in a parameter, and the parameters keep their order: the optimizer's state in an
+    RLlib checkpoint is a list in that order, so a reordering would hand one parameter another's Adam moments."""
+    policy, metadata = load_policy(FIXTURES / case)
+    saved = load_file(FIXTURES / case / WEIGHTS)
+    order = metadata["parameter_order"]
+    assert len(order) == len(list(policy.parameters()))
+    for old_name, param in zip(order, policy.parameters(), strict=True):
+        assert torch.equal(param.detach().to(saved[old_name].dtype), saved[old_name]), old_name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_legacy_export_reproduces_its_outputs_exactly(case: str) -> None:
+    torch.set_default_dtype(torch.float32)  # the fixtures are float32 (the conftest fixture restores the default)
+    policy, _ = load_policy(FIXTURES / case)
+    reference = load_file(FIXTURES / case / "reference.safetensors")
+    got = _outputs(policy, reference)
+    assert set(got) == {name for name in reference if not name.startswith("input.")}
+    for name, tensor in got.items():
+        assert torch.equal(tensor, reference[name]), name
