@@ -48,9 +48,10 @@ from torch.utils.flop_counter import FlopCounterMode
 if TYPE_CHECKING:
     from commformer.policy import CommFormerPolicy
 
+from commformer.config import EarlyExitConfig
 from commformer.functional import activation as make_activation
 from commformer.functional import log_softmax
-from commformer.validate import require_bool, require_float, require_int
+from commformer.validate import require_int
 
 __all__ = [
     "N_FEATURES",
@@ -73,57 +74,6 @@ __all__ = [
 
 N_FEATURES = 4
 """Uncertainty features per agent and exit: max probability, entropy, margin, entropy of p^2 / sum p^2."""
-
-
-@dataclass(frozen=True)
-class EarlyExitConfig:
-    """JEI-DNN early exits (``model.early_exit``); off by default."""
-
-    enabled: bool = False
-    """Build an inference head and a gate after the encoder and after every block but the last."""
-    cost_weight: float = 0.1
-    """lambda of the gates' surrogate target ``loss_l + lambda * C_l`` (C_l: relative MACs); 0 = never exit early."""
-    threshold: float = 0.5
-    """Test-time rule: the team exits at the first depth where every alive agent's gate is >= threshold."""
-    rollout: bool = False
-    """Act with exits on the EnvRunners during training (exit depths recorded and replayed); default full depth."""
-    distill_weight: float = 1.0
-    """Weight of the heads' distillation loss ``KL(pi_final || pi_l)`` in the learner's total loss."""
-    gate_weight: float = 1.0
-    """Weight of the gates' binary cross-entropy in the learner's total loss."""
-    warmup_steps: int = 20
-    """Gradient steps at the start in which only the heads learn (the gates' targets need trained heads)."""
-    alternate_every: int = 10
-    """After warm-up, gates and heads take turns every this many gradient steps (gates first)."""
-    backbone_grad: bool = False
-    """Let the heads' losses train the encoder and blocks beneath them; false keeps the main policy unaffected."""
-    gate_init_bias: float = -2.0
-    """Initial gate bias; sigmoid(-2) = 0.12, so untrained gates do not exit."""
-    gate_lr: float = 0.02
-    """Adam learning rate of the gates, which have their own optimizer: each gate is a 5-parameter classifier of a
-    target that moves only as the heads learn. At the policy's lr (5e-4) the gates of a 250k-step run on
-    simple_spread were still below the threshold at the end, with targets at depth 0 for most samples."""
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "rollout", "backbone_grad"):
-            require_bool(f"model.early_exit.{name}", getattr(self, name))
-        if require_float("model.early_exit.gate_lr", self.gate_lr) <= 0.0:
-            raise ValueError(f"model.early_exit.gate_lr={self.gate_lr}; expected a number > 0")
-        for name in ("cost_weight", "distill_weight", "gate_weight"):
-            if require_float(f"model.early_exit.{name}", getattr(self, name)) < 0.0:
-                raise ValueError(f"model.early_exit.{name}={getattr(self, name)}; expected a number >= 0")
-        threshold = require_float("model.early_exit.threshold", self.threshold)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"model.early_exit.threshold={self.threshold}; expected a number in (0, 1)")
-        require_int("model.early_exit.warmup_steps", self.warmup_steps, 0)
-        require_int("model.early_exit.alternate_every", self.alternate_every, 1)
-        require_float("model.early_exit.gate_init_bias", self.gate_init_bias)
-
-    def phase(self, step: int) -> str:
-        """Which exit part learns at gradient step ``step`` (0-based): ``heads`` or ``gates``."""
-        if step < self.warmup_steps:
-            return "heads"
-        return "gates" if ((step - self.warmup_steps) // self.alternate_every) % 2 == 0 else "heads"
 
 
 @dataclass(frozen=True)
