@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 from commformer.config import EarlyExitConfig
 from commformer.functional import activation as make_activation
-from commformer.functional import log_softmax
+from commformer.functional import log_softmax, mask_logits
 from commformer.validate import require_int
 
 __all__ = [
@@ -230,10 +230,7 @@ class EarlyExits(nn.Module):
     def head_logits(self, depth: int, h: Tensor, action_mask: Tensor | None) -> Tensor:
         """IM_depth's masked logits (B, N, A) from the residual stream h (B, N, d) after ``depth`` blocks."""
         x = h if self.backbone_grad else h.detach()
-        logits = self.heads[depth](x)
-        if action_mask is not None:
-            logits = logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
-        return logits
+        return mask_logits(self.heads[depth](x), action_mask)
 
     def gate_logit(self, depth: int, logits: Tensor) -> Tensor:
         """Gate pre-activation (B, N) from IM_depth's logits (B, N, A), through detached features."""

@@ -36,12 +36,13 @@ from torch import Tensor, nn
 
 from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
-from commformer.functional import activation
+from commformer.encoder import AgentEncoder
+from commformer.functional import activation, mask_logits
 from commformer.gates import GateOutput, TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
-from commformer.history import HistoryEncoder
 from commformer.layers.attention import CommBlock
 from commformer.layers.moe import MoEHead, MoEOutput
+from commformer.validate import require_shape
 
 __all__ = ["Acted", "CommFormerPolicy", "PolicyOutput"]
 
@@ -111,6 +112,33 @@ class _Trunk:
     comm_cost: Tensor
 
 
+LEGACY_MODULES = {
+    "obs_embed": "encoder.obs_embed",
+    "history_encoder": "encoder.history_encoder",
+    "agent_embed": "encoder.agent_embed",
+}
+"""Where each top-level module of the policy before its split into parts (format version 1 of commformer/export.py,
+and the RLlib checkpoints of that time) now lives."""
+
+
+def current_name(name: str) -> str:
+    """The current name of a parameter or buffer that a version-1 state dict holds under ``name``."""
+    first, _, rest = name.partition(".")
+    return f"{LEGACY_MODULES[first]}.{rest}" if first in LEGACY_MODULES else name
+
+
+def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """``load_state_dict`` pre-hook: renames a version-1 state dict's keys in place (``load_state_dict`` works on its
+    own copy), so that old checkpoints and exported policies load. A version-1 dict is recognised by its graph
+    logits at the top level; any other dict is left alone."""
+    if f"{prefix}graph.logits" not in state_dict:
+        return
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        new = prefix + current_name(key[len(prefix) :])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
+
+
 def _mlp(in_dim: int, hidden: int, out_dim: int, act: str) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), activation(act), nn.Linear(hidden, out_dim))
 
@@ -150,18 +178,7 @@ class CommFormerPolicy(nn.Module):
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         self.state_dim = state_dim if config.use_state else None
 
-        # Exactly one encoder is built, so every parameter is used (and gets a gradient) in every forward.
-        self.obs_embed: nn.Sequential | None = None
-        self.history_encoder: HistoryEncoder | None = None
-        if config.encoder == "mlp":
-            self.obs_embed = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, d), activation(act))
-        else:
-            self.history_encoder = HistoryEncoder(
-                config.encoder, obs_dim, d, config.history, config.num_heads, config.orchid
-            )
-        self.agent_embed = nn.Embedding(n_agents, d) if config.agent_embedding else None
-        if self.agent_embed is not None:
-            nn.init.normal_(self.agent_embed.weight, std=0.02)
+        self.encoder = AgentEncoder(config, n_agents, obs_dim)
         self.graph = CommGraph(n_agents, config.graph)
         self.gate = TemporalGate(d, config.gates) if config.gates.enabled else None
         self.blocks = nn.ModuleList(
@@ -196,6 +213,7 @@ class CommFormerPolicy(nn.Module):
         self.exits = (
             EarlyExits(d, n_actions, config.num_blocks, config.early_exit, act) if config.early_exit.enabled else None
         )
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def moe_heads(self) -> dict[str, MoEHead]:
         """The heads that are mixtures of experts, by name."""
@@ -222,9 +240,7 @@ class CommFormerPolicy(nn.Module):
         return [p for p in self.parameters() if id(p) not in graph]
 
     def _check(self, name: str, tensor: Tensor, tail: tuple[int, ...], batch: torch.Size) -> None:
-        expected = (*batch, *tail)
-        if tuple(tensor.shape) != expected:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {expected}")
+        require_shape(name, tensor.shape, (*batch, *tail))
 
     def _state_features(self, h: Tensor, state: Tensor | None) -> Tensor | None:
         """The embedded global state (B, d) that the value head reads beside each agent's features, or None when
@@ -260,24 +276,6 @@ class CommFormerPolicy(nn.Module):
         hidden = F.linear(h, first.weight[:, :d]) + F.linear(s, first.weight[:, d:], first.bias).unsqueeze(1)
         return cast(Tensor, last(nonlinearity(hidden)))  # (B, N, 1)
 
-    def _encode(self, x: Tensor, history: Tensor | None, batch: torch.Size) -> Tensor:
-        """Per-agent embeddings (B, N, d) from the current observations x (B, N, D) or from the windows."""
-        if self.obs_embed is not None:
-            return self.obs_embed(x)  # (B, N, d)
-        assert self.history_encoder is not None
-        n, length, dim = self.n_agents, self.config.history, self.obs_dim
-        if history is None:
-            raise ValueError(
-                f"history is None but model.encoder={self.config.encoder!r} computes each action from the last "
-                f"model.history={length} observations; expected history (*B, {length}, {n}, {dim}) (the team env's "
-                f'obs["history"], built with history={length})'
-            )
-        self._check("history", history, (length, n, dim), batch)
-        flat = x.shape[0]
-        seq = history.reshape(flat, length, n, dim).transpose(1, 2)  # (B, N, L, D)
-        seq = seq.reshape(flat * n, length, dim)  # (B * N, L, D): one sequence per agent
-        return self.history_encoder(seq).reshape(flat, n, -1)  # (B, N, d)
-
     def _trunk_input(
         self,
         obs: Tensor,
@@ -296,7 +294,6 @@ class CommFormerPolicy(nn.Module):
             raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
         batch = obs.shape[:-2]
         flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
-        x = obs.reshape(flat, n, self.obs_dim)  # (B, N, D)
         if action_mask is not None:
             self._check("action_mask", action_mask, (n, a), batch)
         if alive is not None:
@@ -310,9 +307,7 @@ class CommFormerPolicy(nn.Module):
             self._check("gate_open", gate_open, (n,), batch)
             gate_open = gate_open.reshape(flat, n)
 
-        h = self._encode(x, history, batch)  # (B, N, d)
-        if self.agent_embed is not None:
-            h = h + self.agent_embed.weight  # (N, d) broadcast over B
+        h = self.encoder(obs, history).reshape(flat, n, self.config.embed_dim)  # (B, N, d)
 
         gates = None
         if not self.config.communicate:
@@ -360,10 +355,7 @@ class CommFormerPolicy(nn.Module):
         moe = None
         if isinstance(head_out, MoEOutput):
             moe, head_out = head_out, head_out.out
-        if action_mask is not None:
-            # finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
-            head_out = head_out.masked_fill(action_mask == 0, torch.finfo(head_out.dtype).min)
-        return head_out, moe
+        return mask_logits(head_out, action_mask), moe
 
     def forward(
         self,

@@ -267,8 +267,8 @@ def backbone_gradient_of_exit_heads() -> Probe:
         exits = module.forward_train(_train_batch(module))[POLICY_OUTPUT].exits
         weights = torch.randn(exits.head_logits.shape, generator=torch.Generator().manual_seed(2))
         (exits.head_logits * weights).sum().backward()  # any function of the exits' logits alone
-        assert module.policy.obs_embed is not None  # the mlp encoder: Sequential(LayerNorm, Linear, activation)
-        grad = module.policy.obs_embed[1].weight.grad
+        assert module.policy.encoder.obs_embed is not None  # the mlp encoder: Sequential(LayerNorm, Linear, activation)
+        grad = module.policy.encoder.obs_embed[1].weight.grad
         return torch.zeros(()) if grad is None else grad
 
     return Probe("module", "gradient of the encoder from a function of the exit heads' logits", observe)

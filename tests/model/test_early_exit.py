@@ -348,7 +348,7 @@ def test_backbone_grad_lets_distillation_train_the_blocks():
     policy = _policy(_config(backbone_grad=True))
     distill, _ = _exit_losses(policy, lam=0.5)
     names = _grad_names(policy, distill)
-    assert "blocks.0.mlp.0.weight" in names and "obs_embed.1.weight" in names
+    assert "blocks.0.mlp.0.weight" in names and "encoder.obs_embed.1.weight" in names
     assert not any(name.startswith(("policy_head.", "value_head.", "exits.gates.")) for name in names)
 
 
