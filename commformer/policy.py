@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
 from commformer.encoder import AgentEncoder
-from commformer.functional import activation, mask_logits
 from commformer.gates import GateOutput, TemporalGate, gate_adjacency
 from commformer.graph import CommGraph
+from commformer.heads import PolicyHead, ValueHead
 from commformer.layers.attention import CommBlock
 from commformer.layers.moe import MoEHead, MoEOutput
 from commformer.validate import require_shape
@@ -116,15 +114,25 @@ LEGACY_MODULES = {
     "obs_embed": "encoder.obs_embed",
     "history_encoder": "encoder.history_encoder",
     "agent_embed": "encoder.agent_embed",
+    "state_embed": "value_head.state_embed",
 }
 """Where each top-level module of the policy before its split into parts (format version 1 of commformer/export.py,
 and the RLlib checkpoints of that time) now lives."""
+LEGACY_HEAD_LAYERS = {"0": "mlp.hidden", "2": "mlp.out"}
+"""The heads were an ``nn.Sequential`` (Linear, activation, Linear) or a ``MoEHead``; now they hold one of them as
+``mlp`` (with named layers) or ``moe``."""
 
 
 def current_name(name: str) -> str:
-    """The current name of a parameter or buffer that a version-1 state dict holds under ``name``."""
+    """The current name of a parameter or buffer that a version-1 state dict holds under ``name`` (the identity on
+    current names)."""
     first, _, rest = name.partition(".")
-    return f"{LEGACY_MODULES[first]}.{rest}" if first in LEGACY_MODULES else name
+    if first in LEGACY_MODULES:
+        return f"{LEGACY_MODULES[first]}.{rest}"
+    layer, _, tail = rest.partition(".")
+    if first not in ("policy_head", "value_head") or layer in ("mlp", "moe", "state_embed"):
+        return name
+    return f"{first}.{LEGACY_HEAD_LAYERS[layer]}.{tail}" if layer in LEGACY_HEAD_LAYERS else f"{first}.moe.{rest}"
 
 
 def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
@@ -137,10 +145,6 @@ def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix
         new = prefix + current_name(key[len(prefix) :])
         if new != key:
             state_dict[new] = state_dict.pop(key)
-
-
-def _mlp(in_dim: int, hidden: int, out_dim: int, act: str) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), activation(act), nn.Linear(hidden, out_dim))
 
 
 def _count_messages(adjacency: Tensor, alive: Tensor | None) -> Tensor:
@@ -186,29 +190,8 @@ class CommFormerPolicy(nn.Module):
         )
         # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
         self.norm = nn.LayerNorm(d)
-        self.policy_head: nn.Module
-        last_weight: Tensor
-        last_bias: Tensor
-        if config.head == "moe":
-            moe_head = MoEHead(d, n_actions, config.moe)
-            self.policy_head, last_weight, last_bias = moe_head, moe_head.w2, moe_head.b2
-        else:
-            logits_layer = nn.Linear(d, n_actions)
-            self.policy_head = nn.Sequential(nn.Linear(d, d), activation(act), logits_layer)
-            last_weight, last_bias = logits_layer.weight, logits_layer.bias
-        # Near-uniform initial policy (as the 0.01-gain output layer of PPO practice), for early exploration.
-        with torch.no_grad():
-            last_weight.mul_(0.01)
-            last_bias.zero_()
-        self.state_embed = (
-            nn.Sequential(nn.LayerNorm(self.state_dim), nn.Linear(self.state_dim, d), activation(act))
-            if self.state_dim is not None
-            else None
-        )
-        value_in = 2 * d if self.state_embed is not None else d
-        self.value_head: nn.Module = (
-            MoEHead(value_in, 1, config.moe) if config.value_head == "moe" else _mlp(value_in, d, 1, act)
-        )
+        self.policy_head = PolicyHead(config.head, d, n_actions, act, config.moe)
+        self.value_head = ValueHead(config.value_head, d, self.state_dim, act, config.moe)
         # Built last, so that every other module draws the same initial weights with exits on or off.
         self.exits = (
             EarlyExits(d, n_actions, config.num_blocks, config.early_exit, act) if config.early_exit.enabled else None
@@ -217,8 +200,8 @@ class CommFormerPolicy(nn.Module):
 
     def moe_heads(self) -> dict[str, MoEHead]:
         """The heads that are mixtures of experts, by name."""
-        heads = {"policy": self.policy_head, "value": self.value_head}
-        return {name: head for name, head in heads.items() if isinstance(head, MoEHead)}
+        heads = {"policy": self.policy_head.moe, "value": self.value_head.moe}
+        return {name: head for name, head in heads.items() if head is not None}
 
     @torch.no_grad()
     def set_moe_tau(self, value: float) -> None:
@@ -241,40 +224,6 @@ class CommFormerPolicy(nn.Module):
 
     def _check(self, name: str, tensor: Tensor, tail: tuple[int, ...], batch: torch.Size) -> None:
         require_shape(name, tensor.shape, (*batch, *tail))
-
-    def _state_features(self, h: Tensor, state: Tensor | None) -> Tensor | None:
-        """The embedded global state (B, d) that the value head reads beside each agent's features, or None when
-        the policy does not use a state."""
-        if self.state_embed is None or self.state_dim is None:
-            if state is not None and self.config.use_state:
-                raise ValueError(
-                    "state was given but the policy was built with state_dim=None; "
-                    "expected state=None or a policy built with the environment's state_dim"
-                )
-            return None
-        if state is None:
-            raise ValueError(
-                f"state is None but the policy was built with state_dim={self.state_dim} and "
-                "model.use_state=true; expected a (*B, S) global state"
-            )
-        return cast(Tensor, self.state_embed(state.reshape(h.shape[0], self.state_dim)))  # (B, d)
-
-    def _values(self, h: Tensor, state: Tensor | None) -> Tensor | MoEOutput:
-        """The value head on each agent's features h (B, N, d), with the embedded global state s beside them
-        when the policy uses one: the head's input is then [h, s] (B, N, 2d), every agent seeing the same s."""
-        s = self._state_features(h, state)
-        if s is None:
-            return cast(Tensor | MoEOutput, self.value_head(h))
-        if isinstance(self.value_head, MoEHead):
-            flat, n, d = h.shape
-            return self.value_head(torch.cat([h, s.unsqueeze(1).expand(flat, n, d)], dim=-1))
-        head = cast(nn.Sequential, self.value_head)  # _mlp: Linear(2d, d), activation, Linear(d, 1)
-        first, nonlinearity, last = cast(nn.Linear, head[0]), head[1], head[2]
-        d = h.shape[-1]
-        # [h, s] W^T + b = h W_h^T + (s W_s^T + b): the state's half once per team, not once per agent, and no
-        # (B, N, 2d) concatenation (forward + backward of the value head ~3.8 -> ~2.4 ms on a 3m minibatch).
-        hidden = F.linear(h, first.weight[:, :d]) + F.linear(s, first.weight[:, d:], first.bias).unsqueeze(1)
-        return cast(Tensor, last(nonlinearity(hidden)))  # (B, N, 1)
 
     def _trunk_input(
         self,
@@ -349,14 +298,6 @@ class CommFormerPolicy(nn.Module):
             x = block(x, adjacency)
         return h.index_put((rows,), self.norm(x))  # out of place: h keeps its autograd history
 
-    def _final_logits(self, h: Tensor, action_mask: Tensor | None) -> tuple[Tensor, MoEOutput | None]:
-        """The final head's masked logits (B, N, A) from the normalised last block's output h (B, N, d)."""
-        head_out = self.policy_head(h)
-        moe = None
-        if isinstance(head_out, MoEOutput):
-            moe, head_out = head_out, head_out.out
-        return mask_logits(head_out, action_mask), moe
-
     def forward(
         self,
         obs: Tensor,
@@ -411,7 +352,7 @@ class CommFormerPolicy(nn.Module):
             stream.append(h)
             h = block(h, trunk.adjacency)
         h = self.norm(h)  # (B, N, d)
-        logits, policy_moe = self._final_logits(h, mask)  # (B, N, A)
+        logits, policy_moe = self.policy_head(h, mask)  # (B, N, A)
         moe: dict[str, MoEOutput] = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
         if self.exits is not None:
@@ -423,10 +364,10 @@ class CommFormerPolicy(nn.Module):
         elif exit_depth is not None:
             raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
 
-        value_out = self._values(self._critic_features(trunk, h) if greedy_values else h, state)
-        if isinstance(value_out, MoEOutput):
-            moe["value"], value_out = value_out, value_out.out
-        values = value_out.squeeze(-1)  # (B, N)
+        critic = self._critic_features(trunk, h) if greedy_values else h
+        values, value_moe = self.value_head(critic, state if self.config.use_state else None)  # (B, N)
+        if value_moe is not None:
+            moe["value"] = value_moe
         aux_loss = sum((m.aux_loss for m in moe.values()), h.new_zeros(()))
 
         messages = _count_messages(trunk.adjacency, alive)  # (B,)
@@ -497,7 +438,7 @@ class CommFormerPolicy(nn.Module):
         if self.exits is None or not early_exit:
             for block in self.blocks:
                 h = block(h, adjacency)
-            logits, _ = self._final_logits(self.norm(h), mask)
+            logits, _ = self.policy_head(self.norm(h), mask)
             return logits, torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
 
         threshold = self.config.early_exit.threshold
@@ -524,6 +465,6 @@ class CommFormerPolicy(nn.Module):
                 mask = mask[stay] if mask is not None else None
                 alive = alive[stay] if alive is not None else None
             h = block(h, adjacency)
-        logits, _ = self._final_logits(self.norm(h), mask)
+        logits, _ = self.policy_head(self.norm(h), mask)
         out[rows] = logits
         return out, depth

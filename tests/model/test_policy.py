@@ -238,7 +238,7 @@ def test_input_errors_name_the_input() -> None:
 
 def test_use_state_false_ignores_state() -> None:
     policy = _policy(3, ModelConfig(embed_dim=8, use_state=False))
-    assert policy.state_embed is None
+    assert policy.value_head.state_embed is None
     obs, _, _, state = _inputs((2,), 3)
     torch.testing.assert_close(policy(obs, state=state).values, policy(obs).values)
 
@@ -269,8 +269,8 @@ def test_value_head_reads_each_agent_beside_the_state():
     policy.norm.register_forward_hook(lambda module, args, out: trunk.update(h=out))
     out = policy(obs.double(), mask, alive, state.double())
     h = trunk["h"]  # (B, N, d): what the value head reads for each agent
-    s = policy.state_embed(state.double())  # (B, d)
-    reference = policy.value_head(torch.cat([h, s.unsqueeze(1).expand_as(h)], dim=-1)).squeeze(-1)
+    s = policy.value_head.state_embed(state.double())  # (B, d)
+    reference = policy.value_head.mlp(torch.cat([h, s.unsqueeze(1).expand_as(h)], dim=-1)).squeeze(-1)
     torch.testing.assert_close(out.values, reference, rtol=1e-12, atol=1e-12)
     weights = torch.randn(4, 3, dtype=torch.float64)
     params = list(policy.parameters())
