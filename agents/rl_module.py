@@ -149,7 +149,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     @property
     def samples_gates(self) -> bool:
         """Whether exploring rollouts draw the temporal gates' decisions (learned gates that are used)."""
-        return self.policy.gate is not None and self.model_cfg.communicate
+        return self.policy.trunk.learns_gates
 
     @property
     def acts_with_exits(self) -> bool:
@@ -243,4 +243,4 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def graph_snapshot(self) -> dict[str, Tensor]:
         """The learned graph for logging: hard adjacency (N, N) and sender probabilities (N, N)."""
-        return {"adjacency": self.policy.graph.hard().cpu(), "probs": self.policy.graph.probs().cpu()}
+        return {"adjacency": self.policy.trunk.graph.hard().cpu(), "probs": self.policy.trunk.graph.probs().cpu()}

@@ -36,7 +36,7 @@ detached unless ``backbone_grad``, so with exits the main policy trains exactly 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -237,7 +237,7 @@ class EarlyExits(nn.Module):
         return self.gates[depth](uncertainty_features(logits).to(logits.dtype)).squeeze(-1)
 
     def all_exits(
-        self, stream: list[Tensor], final_logits: Tensor, mask: Tensor | None, depth: Tensor | None
+        self, stream: Sequence[Tensor], final_logits: Tensor, mask: Tensor | None, depth: Tensor | None
     ) -> ExitOutput:
         """Every exit of a full-depth pass (flat batch B).
 

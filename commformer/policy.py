@@ -1,24 +1,15 @@
-"""``CommFormerPolicy``: per-agent embedding -> gated learned graph -> graph attention -> policy/value heads.
+"""``CommFormerPolicy``: the CommFormer actor-critic, a composition of four parts.
 
-    encoder=mlp:               obs (*B, N, D) --LN, Linear, activation--> h (*B, N, d)
-    encoder=orchid/attention:  history (*B, L, N, D) --per agent, over time: HistoryEncoder--> h (*B, N, d)
-    h (+ agent-index embedding)
-    h --TemporalGate--> open (*B, N)          graph() (N, N) --gates, dead senders--> A_eff (*B, N, N)
-    h --num_blocks x CommBlock(A_eff)--> LN --> policy head -> logits (*B, N, A), masked by action_mask
-                                            \\-> value head (+ embedded global state) -> values (*B, N)
+    obs (*B, N, D) [, history (*B, L, N, D)] --AgentEncoder--> h (B, N, d)          commformer/encoder.py
+    h --CommTrunk: gates, graph, communication blocks, LN--> features (B, N, d)       commformer/trunk.py
+    features --PolicyHead--> logits (*B, N, A), masked by action_mask                 commformer/heads.py
+    features (greedy gates) --ValueHead (+ embedded global state)--> values (*B, N)   commformer/heads.py
+    the residual stream before each block --EarlyExits--> exit logits and gates       commformer/early_exit.py
 
-The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
-a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
-the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
-replayed (``gate_open``). The critic reads the trunk run with the greedy gate decisions (``greedy_values``), so the
-baseline never depends on a sampled decision (commformer/gates.py says why).
-
-History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
-its own last L observations, encoded over time (commformer/history.py) *before* the agents communicate; the
-graph attention then mixes the agents' encodings of the current step. The window ``history`` (*B, L, N, D) is
-part of the observation (the team env builds it, envs/team.py): it holds steps t - L + 1 .. t, so nothing
-after step t can reach the action at step t, and the learner recomputes from the very window the EnvRunner
-used. ``obs`` is still passed (it fixes the batch shape, and the mlp encoder reads it).
+B = prod(*B): the parts work on the flattened batch; the policy checks the inputs' shapes against the caller's batch
+dims *B and restores them on the way out. ``forward`` is the full-depth pass of the learner (every part, every exit);
+``act`` is the acting path of the EnvRunners (no value head, and with early exits the blocks a team no longer needs
+are not run).
 
 The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
 other parameters are the lower level (``model_parameters``).
@@ -35,14 +26,12 @@ from torch import Tensor, nn
 from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
 from commformer.encoder import AgentEncoder
-from commformer.gates import GateOutput, TemporalGate, gate_adjacency
-from commformer.graph import CommGraph
 from commformer.heads import PolicyHead, ValueHead
-from commformer.layers.attention import CommBlock
 from commformer.layers.moe import MoEHead, MoEOutput
+from commformer.trunk import CommTrunk, Connection
 from commformer.validate import require_shape
 
-__all__ = ["Acted", "CommFormerPolicy", "PolicyOutput"]
+__all__ = ["Acted", "CommFormerPolicy", "PolicyOutput", "current_name"]
 
 
 @dataclass(frozen=True)
@@ -91,23 +80,19 @@ class Acted:
 
 
 @dataclass(frozen=True)
-class _Trunk:
-    """Everything before the first communication block (flat batch B = prod(*B))."""
+class _Inputs:
+    """The optional inputs of one call, shapes checked, on the flat batch B = prod(*B)."""
 
     batch: torch.Size
-    h: Tensor
-    """(B, N, d) per-agent embeddings."""
-    graph: Tensor
-    """(N, N) straight-through graph."""
-    adjacency: Tensor
-    """(B, N, N) effective adjacency of the gate decisions acted on."""
+    """*B, the caller's batch dims."""
+    action_mask: Tensor | None
+    """(B, N, A)."""
     alive: Tensor | None
-    """(B, N) or None."""
-    gate_open: Tensor
-    """(B, N) decisions acted on."""
-    gates: GateOutput | None
-    """The learned gates' output, None when gates are disabled or there is no communication."""
-    comm_cost: Tensor
+    """(B, N)."""
+    gate_open: Tensor | None
+    """(B, N)."""
+    exit_depth: Tensor | None
+    """(B,)."""
 
 
 LEGACY_MODULES = {
@@ -115,6 +100,10 @@ LEGACY_MODULES = {
     "history_encoder": "encoder.history_encoder",
     "agent_embed": "encoder.agent_embed",
     "state_embed": "value_head.state_embed",
+    "graph": "trunk.graph",
+    "gate": "trunk.gate",
+    "blocks": "trunk.blocks",
+    "norm": "trunk.norm",
 }
 """Where each top-level module of the policy before its split into parts (format version 1 of commformer/export.py,
 and the RLlib checkpoints of that time) now lives."""
@@ -147,16 +136,6 @@ def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix
             state_dict[new] = state_dict.pop(key)
 
 
-def _count_messages(adjacency: Tensor, alive: Tensor | None) -> Tensor:
-    """Off-diagonal edges into alive receivers, (B, N, N) -> (B,), without gradient."""
-    n = adjacency.shape[-1]
-    off_diagonal = 1.0 - torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
-    used = adjacency.detach() * off_diagonal  # (B, N, N)
-    if alive is not None:
-        used = used * alive.to(used.dtype).unsqueeze(-1)  # a dead receiver acts on no message
-    return used.sum(dim=(-2, -1))
-
-
 class CommFormerPolicy(nn.Module):
     """CommFormer actor-critic over a team of ``n_agents`` agents (shared weights across agents).
 
@@ -181,15 +160,10 @@ class CommFormerPolicy(nn.Module):
         self.config = config
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         self.state_dim = state_dim if config.use_state else None
-
+        # The parts are built in the order of their first random draws in earlier versions, so that a seed keeps
+        # giving the same initial weights.
         self.encoder = AgentEncoder(config, n_agents, obs_dim)
-        self.graph = CommGraph(n_agents, config.graph)
-        self.gate = TemporalGate(d, config.gates) if config.gates.enabled else None
-        self.blocks = nn.ModuleList(
-            CommBlock(d, config.num_heads, config.mlp_ratio, act) for _ in range(config.num_blocks)
-        )
-        # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
-        self.norm = nn.LayerNorm(d)
+        self.trunk = CommTrunk(config, n_agents)
         self.policy_head = PolicyHead(config.head, d, n_actions, act, config.moe)
         self.value_head = ValueHead(config.value_head, d, self.state_dim, act, config.moe)
         # Built last, so that every other module draws the same initial weights with exits on or off.
@@ -211,7 +185,7 @@ class CommFormerPolicy(nn.Module):
 
     def graph_parameters(self) -> list[nn.Parameter]:
         """Upper-level parameters of the bi-level optimisation: the graph logits only."""
-        return [self.graph.logits]
+        return [self.trunk.graph.logits]
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The early-exit gates' parameters (a subset of ``model_parameters``; none without exits)."""
@@ -221,82 +195,6 @@ class CommFormerPolicy(nn.Module):
         """Lower-level parameters: all but the graph logits (with ``graph_parameters``, a partition)."""
         graph = {id(p) for p in self.graph_parameters()}
         return [p for p in self.parameters() if id(p) not in graph]
-
-    def _check(self, name: str, tensor: Tensor, tail: tuple[int, ...], batch: torch.Size) -> None:
-        require_shape(name, tensor.shape, (*batch, *tail))
-
-    def _trunk_input(
-        self,
-        obs: Tensor,
-        action_mask: Tensor | None,
-        alive: Tensor | None,
-        state: Tensor | None,
-        history: Tensor | None,
-        *,
-        gumbel: bool = False,
-        gate_open: Tensor | None = None,
-        sample_gates: bool = False,
-    ) -> _Trunk:
-        """Checks shapes; everything before the first communication block."""
-        n, a = self.n_agents, self.n_actions
-        if obs.dim() < 2 or obs.shape[-2:] != (n, self.obs_dim):
-            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
-        batch = obs.shape[:-2]
-        flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
-        if action_mask is not None:
-            self._check("action_mask", action_mask, (n, a), batch)
-        if alive is not None:
-            self._check("alive", alive, (n,), batch)
-            alive = alive.reshape(flat, n)  # (B, N)
-        if state is not None and self.state_dim is not None:
-            self._check("state", state, (self.state_dim,), batch)
-        if gate_open is not None:
-            if self.gate is None or not self.config.communicate:
-                raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
-            self._check("gate_open", gate_open, (n,), batch)
-            gate_open = gate_open.reshape(flat, n)
-
-        h = self.encoder(obs, history).reshape(flat, n, self.config.embed_dim)  # (B, N, d)
-
-        gates = None
-        if not self.config.communicate:
-            # The no-communication ablation: every gate closed, so each agent attends to itself only.
-            decisions = h.new_zeros(flat, n)
-            comm_cost = h.new_zeros(())
-        elif self.gate is not None:
-            gates = self.gate(h, gate_open, sample=sample_gates)  # (B, N) each
-            decisions = gates.open
-            comm_cost = self.gate.cost(gates.prob, alive)
-        else:
-            decisions = h.new_ones(flat, n)
-            comm_cost = h.new_zeros(())
-        graph = self.graph(gumbel=gumbel).to(h.dtype)  # (N, N)
-        adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
-        return _Trunk(batch, h, graph, adjacency, alive, decisions, gates, comm_cost)
-
-    def _critic_features(self, trunk: _Trunk, h: Tensor) -> Tensor:
-        """The normalised last block's output (B, N, d) with the *greedy* gate decisions, for the value head.
-
-        The GAE baseline must not depend on sampled gate decisions (commformer/gates.py): where they equal the greedy
-        ones (for every alive agent of a team) the actor's features ``h`` are the critic's too; the other teams'
-        blocks are run again with the greedy decisions. Once the gates are confident, few teams differ.
-        """
-        gates = trunk.gates
-        if gates is None:
-            return h
-        greedy = gates.greedy  # (B, N)
-        differ = gates.open != greedy
-        if trunk.alive is not None:
-            differ = differ & (trunk.alive > 0)  # a dead agent's gate changes nothing anyone acts on
-        rows = differ.any(-1).nonzero().squeeze(-1)  # (B',) teams whose sampled gates are not the greedy ones
-        if rows.numel() == 0:
-            return h
-        alive = trunk.alive[rows] if trunk.alive is not None else None
-        adjacency = gate_adjacency(trunk.graph, greedy[rows], alive)  # (B', N, N)
-        x = trunk.h[rows]
-        for block in self.blocks:
-            x = block(x, adjacency)
-        return h.index_put((rows,), self.norm(x))  # out of place: h keeps its autograd history
 
     def forward(
         self,
@@ -333,57 +231,41 @@ class CommFormerPolicy(nn.Module):
                 ``sample_gates``): the logits are computed with them (the PPO consistency rule). Needs learned gates.
             sample_gates: without ``gate_open``, draw the gate decisions instead of taking the greedy ones.
             greedy_values: compute the values with the greedy gate decisions whatever the actor used
-                (``_critic_features``): the critic must not depend on a sampled decision (the learner's forwards
-                ask for this). Otherwise the values read the actor's own features.
+                (``CommTrunk.critic_features``): the critic must not depend on a sampled decision (the learner's
+                forwards ask for this). Otherwise the values read the actor's own features.
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
         """
-        n, a = self.n_agents, self.n_actions
-        trunk = self._trunk_input(
-            obs, action_mask, alive, state, history, gumbel=gumbel, gate_open=gate_open, sample_gates=sample_gates
-        )
-        batch, h, alive = trunk.batch, trunk.h, trunk.alive
-        flat = h.shape[0]
-        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
-
-        stream = []  # the residual stream before each block: the early exits' inputs
-        for block in self.blocks:
-            stream.append(h)
-            h = block(h, trunk.adjacency)
-        h = self.norm(h)  # (B, N, d)
-        logits, policy_moe = self.policy_head(h, mask)  # (B, N, A)
-        moe: dict[str, MoEOutput] = {} if policy_moe is None else {"policy": policy_moe}
+        inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth)
+        h = self._embed(obs, history)
+        trunk = self.trunk(h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel)
+        logits, policy_moe = self.policy_head(trunk.features, inputs.action_mask)  # (B, N, A)
+        moe = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
         if self.exits is not None:
-            if exit_depth is not None:
-                self._check("exit_depth", exit_depth, (), batch)
-                exit_depth = exit_depth.reshape(h.shape[0])
-            exits = self.exits.all_exits(stream, logits, mask, exit_depth)
+            exits = self.exits.all_exits(trunk.stream, logits, inputs.action_mask, inputs.exit_depth)
             logits = select_depth(exits)  # the recorded path's logits (the final head's without a record)
-        elif exit_depth is not None:
-            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
-
-        critic = self._critic_features(trunk, h) if greedy_values else h
+        critic = self.trunk.critic_features(trunk) if greedy_values else trunk.features
         values, value_moe = self.value_head(critic, state if self.config.use_state else None)  # (B, N)
         if value_moe is not None:
             moe["value"] = value_moe
-        aux_loss = sum((m.aux_loss for m in moe.values()), h.new_zeros(()))
+        aux_loss = sum((m.aux_loss for m in moe.values()), values.new_zeros(()))
 
-        messages = _count_messages(trunk.adjacency, alive)  # (B,)
-        gates = trunk.gates
+        batch, n, c = inputs.batch, self.n_agents, trunk.connection
+        gate_prob = c.gates.prob if c.gates is not None else c.gate_open
         return PolicyOutput(
-            logits=logits.reshape(*batch, n, a),
+            logits=logits.reshape(*batch, n, self.n_actions),
             values=values.reshape(*batch, n),
-            adjacency=trunk.adjacency.reshape(*batch, n, n),
-            gate_open=trunk.gate_open.reshape(*batch, n),
-            gate_prob=(gates.prob if gates is not None else trunk.gate_open).reshape(*batch, n),
-            comm_cost=trunk.comm_cost,
-            messages=messages.reshape(batch),
+            adjacency=c.adjacency.reshape(*batch, n, n),
+            gate_open=c.gate_open.reshape(*batch, n),
+            gate_prob=gate_prob.reshape(*batch, n),
+            comm_cost=c.comm_cost,
+            messages=c.messages().reshape(batch),
             aux_loss=aux_loss,
             moe=moe,
             exits=None if exits is None else exits.reshape(batch),
-            gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
+            gate_logit=None if c.gates is None else c.gates.logit.reshape(*batch, n),
         )
 
     @torch.no_grad()
@@ -402,50 +284,80 @@ class CommFormerPolicy(nn.Module):
         """The acting path: masked logits (*B, N, A), the depth they come from (*B,) and the gates, no value head.
 
         With exits (``early_exit`` and ``model.early_exit.enabled``) a team leaves at the first depth whose
-        gates all say exit (``team_exit_depth``) and the blocks beyond it are *not run* for that team: the
-        teams still going are gathered into a smaller batch before each block. ``force_depth`` makes every
-        team exit at that depth (running the same modules a natural exit there runs): it is how ``exit_macs``
-        measures each exit's cost. Without exits this is the plain full-depth path (depth G for every team).
-        ``sample_gates`` draws the temporal gates' decisions (training rollouts, which record them); otherwise
-        they are greedy. ``state`` is accepted for a uniform signature and unused (only the critic reads it).
+        gates all say exit and the blocks beyond it are *not run* for that team (``EarlyExits.act``);
+        ``force_depth`` makes every team exit at that depth, which is how ``exit_macs`` measures each exit's cost.
+        Without exits this is the plain full-depth path (depth G for every team). ``sample_gates`` draws the temporal
+        gates' decisions (training rollouts, which record them); otherwise they are greedy. ``state`` is accepted
+        for a uniform signature and unused (only the critic reads it).
         """
         del state
-        n, a = self.n_agents, self.n_actions
-        trunk = self._trunk_input(obs, action_mask, alive, None, history, sample_gates=sample_gates)
-        batch, h, adjacency, alive = trunk.batch, trunk.h, trunk.adjacency, trunk.alive
-        logits, depth = self._act_blocks(h, adjacency, alive, action_mask, early_exit, force_depth)
-        gate_logit = None if trunk.gates is None else trunk.gates.logit.reshape(*batch, n)
+        inputs = self._inputs(obs, action_mask, alive)
+        h = self._embed(obs, history)
+        connection = self.trunk.connect(h, inputs.alive, sample_gates=sample_gates)
+        if self.exits is not None and early_exit:
+            logits, depth = self._act_with_exits(h, connection, inputs.action_mask, force_depth)
+        else:
+            features, _ = self.trunk.run(h, connection.adjacency)
+            logits, _ = self.policy_head(features, inputs.action_mask)
+            depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)
+        batch, n, gates = inputs.batch, self.n_agents, connection.gates
         return Acted(
-            logits=logits.reshape(*batch, n, a),
+            logits=logits.reshape(*batch, n, self.n_actions),
             depth=depth.reshape(batch),
-            gate_open=trunk.gate_open.reshape(*batch, n),
-            gate_logit=gate_logit,
+            gate_open=connection.gate_open.reshape(*batch, n),
+            gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
         )
 
-    def _act_blocks(
+    def _inputs(
         self,
-        h: Tensor,
-        adjacency: Tensor,
-        alive: Tensor | None,
+        obs: Tensor,
         action_mask: Tensor | None,
-        early_exit: bool,
-        force_depth: int | None,
-    ) -> tuple[Tensor, Tensor]:
-        """``act``'s blocks and heads on the flat batch: logits (B, N, A) and depths (B,)."""
-        flat, n, a = h.shape[0], self.n_agents, self.n_actions
-        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
-        n_blocks = len(self.blocks)
-        if self.exits is None or not early_exit:
-            for block in self.blocks:
-                h = block(h, adjacency)
-            logits, _ = self.policy_head(self.norm(h), mask)
-            return logits, torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
+        alive: Tensor | None,
+        state: Tensor | None = None,
+        gate_open: Tensor | None = None,
+        exit_depth: Tensor | None = None,
+    ) -> _Inputs:
+        """Checks every input's shape against the batch dims *B of ``obs`` (errors name the input); the flat views."""
+        n, d = self.n_agents, self.obs_dim
+        if obs.dim() < 2 or obs.shape[-2:] != (n, d):
+            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {d})")
+        batch = obs.shape[:-2]
+        flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
+        if exit_depth is not None and self.exits is None:
+            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
+        if state is not None and self.state_dim is not None:
+            require_shape("state", state.shape, (*batch, self.state_dim))
+        flat_views = []
+        for name, tensor, tail in (
+            ("action_mask", action_mask, (n, self.n_actions)),
+            ("alive", alive, (n,)),
+            ("gate_open", gate_open, (n,)),
+            ("exit_depth", exit_depth, ()),
+        ):
+            if tensor is not None:
+                require_shape(name, tensor.shape, (*batch, *tail))
+                tensor = tensor.reshape(flat, *tail)
+            flat_views.append(tensor)
+        return _Inputs(batch, *flat_views)
 
+    def _embed(self, obs: Tensor, history: Tensor | None) -> Tensor:
+        """The encoder's embeddings on the flat batch, (B, N, d)."""
+        h = self.encoder(obs, history)  # (*B, N, d)
+        return h.reshape(math.prod(h.shape[:-2]), self.n_agents, self.config.embed_dim)
+
+    def _act_with_exits(
+        self, h: Tensor, connection: Connection, mask: Tensor | None, force_depth: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """``act``'s blocks and heads with early exits on the flat batch: logits (B, N, A) and depths (B,)."""
+        assert self.exits is not None
+        flat, n, a = h.shape[0], self.n_agents, self.n_actions
+        adjacency, alive = connection.adjacency, connection.alive
+        n_blocks = len(self.trunk.blocks)
         threshold = self.config.early_exit.threshold
         out = h.new_empty(flat, n, a)
         depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
         rows = torch.arange(flat, device=h.device)  # which original teams are still running
-        for here, block in enumerate(self.blocks):
+        for here, block in enumerate(self.trunk.blocks):
             logits = self.exits.head_logits(here, h, mask)  # (b, N, A)
             gates = torch.sigmoid(self.exits.gate_logit(here, logits))  # (b, N)
             if force_depth is None:
@@ -465,6 +377,6 @@ class CommFormerPolicy(nn.Module):
                 mask = mask[stay] if mask is not None else None
                 alive = alive[stay] if alive is not None else None
             h = block(h, adjacency)
-        logits, _ = self.policy_head(self.norm(h), mask)
+        logits, _ = self.policy_head(self.trunk.norm(h), mask)
         out[rows] = logits
         return out, depth

@@ -544,8 +544,8 @@ CASES: dict[str, Case] = {
     "model.graph.k": Case("2", forward("adjacency")),
     "model.graph.init": Case("random", forward("adjacency")),
     # Consumed in upper-level steps only: the Learner arms the module's Gumbel noise, the forward passes it on.
-    "model.graph.gumbel": Case("false", gradient("graph."), UPPER_LEVEL),
-    "model.graph.gumbel_tau": Case("0.5", gradient("graph."), UPPER_LEVEL),
+    "model.graph.gumbel": Case("false", gradient("trunk.graph."), UPPER_LEVEL),
+    "model.graph.gumbel_tau": Case("0.5", gradient("trunk.graph."), UPPER_LEVEL),
     # model.gates
     "model.gates.enabled": Case("false", parameters()),
     "model.gates.cost_weight": Case("0.5", forward("comm_cost")),
