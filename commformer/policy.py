@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
-from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
+from commformer.early_exit import EarlyExits, ExitOutput, select_depth
 from commformer.encoder import AgentEncoder
 from commformer.heads import PolicyHead, ValueHead
 from commformer.layers.moe import MoEHead, MoEOutput
-from commformer.trunk import CommTrunk, Connection
+from commformer.trunk import CommTrunk
 from commformer.validate import require_shape
 
 __all__ = ["Acted", "CommFormerPolicy", "PolicyOutput", "current_name"]
@@ -295,7 +295,7 @@ class CommFormerPolicy(nn.Module):
         h = self._embed(obs, history)
         connection = self.trunk.connect(h, inputs.alive, sample_gates=sample_gates)
         if self.exits is not None and early_exit:
-            logits, depth = self._act_with_exits(h, connection, inputs.action_mask, force_depth)
+            logits, depth = self.exits.act(h, connection, inputs.action_mask, self.trunk, self.policy_head, force_depth)
         else:
             features, _ = self.trunk.run(h, connection.adjacency)
             logits, _ = self.policy_head(features, inputs.action_mask)
@@ -344,39 +344,3 @@ class CommFormerPolicy(nn.Module):
         """The encoder's embeddings on the flat batch, (B, N, d)."""
         h = self.encoder(obs, history)  # (*B, N, d)
         return h.reshape(math.prod(h.shape[:-2]), self.n_agents, self.config.embed_dim)
-
-    def _act_with_exits(
-        self, h: Tensor, connection: Connection, mask: Tensor | None, force_depth: int | None
-    ) -> tuple[Tensor, Tensor]:
-        """``act``'s blocks and heads with early exits on the flat batch: logits (B, N, A) and depths (B,)."""
-        assert self.exits is not None
-        flat, n, a = h.shape[0], self.n_agents, self.n_actions
-        adjacency, alive = connection.adjacency, connection.alive
-        n_blocks = len(self.trunk.blocks)
-        threshold = self.config.early_exit.threshold
-        out = h.new_empty(flat, n, a)
-        depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
-        rows = torch.arange(flat, device=h.device)  # which original teams are still running
-        for here, block in enumerate(self.trunk.blocks):
-            logits = self.exits.head_logits(here, h, mask)  # (b, N, A)
-            gates = torch.sigmoid(self.exits.gate_logit(here, logits))  # (b, N)
-            if force_depth is None:
-                leave = team_exit_depth(gates.unsqueeze(-1), alive, threshold) == 0  # (b,)
-            else:
-                leave = torch.full_like(rows, here == force_depth, dtype=torch.bool)
-            leaving = int(leave.sum())  # the one host synchronisation per depth: how many teams stop here
-            if leaving == rows.shape[0]:  # everyone: no copy into the batch, no block
-                out[rows] = logits
-                depth[rows] = here
-                return out, depth
-            if leaving:  # some: record them, and run the next block on the others only
-                out[rows[leave]] = logits[leave]
-                depth[rows[leave]] = here
-                stay = ~leave
-                rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
-                mask = mask[stay] if mask is not None else None
-                alive = alive[stay] if alive is not None else None
-            h = block(h, adjacency)
-        logits, _ = self.policy_head(self.trunk.norm(h), mask)
-        out[rows] = logits
-        return out, depth

@@ -64,24 +64,27 @@ def _source(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+def _direct_imports(module: str) -> set[str]:
+    """The commformer modules that `module`'s source imports, `if TYPE_CHECKING:` blocks included."""
+    found = set()
+    for node in ast.walk(ast.parse(_source(module).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "commformer"}
+
+
 def _commformer_imports(module: str) -> set[str]:
     """The commformer modules that `module`'s source imports, transitively, `if TYPE_CHECKING:` blocks included."""
     seen: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse(_source(name).read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            todo += [n for n in names if n.split(".")[0] == "commformer"]
-    return {name for name in seen if name.split(".")[0] == "commformer"}
+        if name not in seen:
+            seen.add(name)
+            todo += _direct_imports(name)
+    return seen
 
 
 def _top_level(loaded: set[str]) -> set[str]:
@@ -120,3 +123,16 @@ def test_the_config_probes_see_model_modules_when_they_are_imported() -> None:
     """Control: the same probes on the policy report the model modules and torch."""
     assert {"commformer.graph", "torch"} <= _loaded_by("commformer.policy")
     assert "commformer.graph" in _commformer_imports("commformer.policy")
+
+
+def test_no_commformer_module_imports_itself_back() -> None:
+    """No import circle inside the library, `if TYPE_CHECKING:` imports included (config -> early_exit -> policy ->
+    config was one): every module sees only modules below it."""
+    modules = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in sorted((ROOT / "commformer").rglob("*.py"))
+    ]
+    assert len(modules) >= 15, modules
+    for module in modules:
+        below = set().union(*(_commformer_imports(name) for name in _direct_imports(module)))
+        assert module not in below, f"{module} imports itself back"
