@@ -323,22 +323,21 @@ class CommFormerPolicy(nn.Module):
             raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {d})")
         batch = obs.shape[:-2]
         flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
-        if exit_depth is not None and self.exits is None:
-            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
+
+        def flatten(name: str, tensor: Tensor | None, *tail: int) -> Tensor | None:
+            if tensor is None:
+                return None
+            require_shape(name, tensor.shape, (*batch, *tail))
+            return tensor.reshape(flat, *tail)
+
+        action_mask = flatten("action_mask", action_mask, n, self.n_actions)
+        alive = flatten("alive", alive, n)
         if state is not None and self.state_dim is not None:
             require_shape("state", state.shape, (*batch, self.state_dim))
-        flat_views = []
-        for name, tensor, tail in (
-            ("action_mask", action_mask, (n, self.n_actions)),
-            ("alive", alive, (n,)),
-            ("gate_open", gate_open, (n,)),
-            ("exit_depth", exit_depth, ()),
-        ):
-            if tensor is not None:
-                require_shape(name, tensor.shape, (*batch, *tail))
-                tensor = tensor.reshape(flat, *tail)
-            flat_views.append(tensor)
-        return _Inputs(batch, *flat_views)
+        gate_open = flatten("gate_open", gate_open, n)
+        if exit_depth is not None and self.exits is None:
+            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
+        return _Inputs(batch, action_mask, alive, gate_open, flatten("exit_depth", exit_depth))
 
     def _embed(self, obs: Tensor, history: Tensor | None) -> Tensor:
         """The encoder's embeddings on the flat batch, (B, N, d)."""
