@@ -356,14 +356,12 @@ class _ActingPolicy(Protocol):
     def act(
         self,
         obs: Tensor,
-        action_mask: Tensor | None = None,
-        alive: Tensor | None = None,
-        state: Tensor | None = None,
-        history: Tensor | None = None,
+        action_mask: Tensor,
+        alive: Tensor,
         *,
-        early_exit: bool = True,
-        force_depth: int | None = None,
-        sample_gates: bool = False,
+        history: Tensor | None,
+        early_exit: bool,
+        force_depth: int | None,
     ) -> object: ...
 
 

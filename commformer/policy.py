@@ -239,7 +239,10 @@ class CommFormerPolicy(nn.Module):
         """
         inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth)
         h = self._embed(obs, history)
-        trunk = self.trunk(h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel)
+        connection = self.trunk.connect(
+            h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel
+        )
+        trunk = self.trunk(h, connection)
         logits, policy_moe = self.policy_head(trunk.features, inputs.action_mask)  # (B, N, A)
         moe = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
@@ -252,20 +255,20 @@ class CommFormerPolicy(nn.Module):
             moe["value"] = value_moe
         aux_loss = sum((m.aux_loss for m in moe.values()), values.new_zeros(()))
 
-        batch, n, c = inputs.batch, self.n_agents, trunk.connection
-        gate_prob = c.gates.prob if c.gates is not None else c.gate_open
+        batch, n, gates = inputs.batch, self.n_agents, connection.gates
+        gate_prob = gates.prob if gates is not None else connection.gate_open
         return PolicyOutput(
             logits=logits.reshape(*batch, n, self.n_actions),
             values=values.reshape(*batch, n),
-            adjacency=c.adjacency.reshape(*batch, n, n),
-            gate_open=c.gate_open.reshape(*batch, n),
+            adjacency=connection.adjacency.reshape(*batch, n, n),
+            gate_open=connection.gate_open.reshape(*batch, n),
             gate_prob=gate_prob.reshape(*batch, n),
-            comm_cost=c.comm_cost,
-            messages=c.messages().reshape(batch),
+            comm_cost=connection.comm_cost,
+            messages=connection.messages().reshape(batch),
             aux_loss=aux_loss,
             moe=moe,
             exits=None if exits is None else exits.reshape(batch),
-            gate_logit=None if c.gates is None else c.gates.logit.reshape(*batch, n),
+            gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
         )
 
     @torch.no_grad()
@@ -297,8 +300,7 @@ class CommFormerPolicy(nn.Module):
         if self.exits is not None and early_exit:
             logits, depth = self.exits.act(h, connection, inputs.action_mask, self.trunk, self.policy_head, force_depth)
         else:
-            features, _ = self.trunk.run(h, connection.adjacency)
-            logits, _ = self.policy_head(features, inputs.action_mask)
+            logits, _ = self.policy_head(self.trunk(h, connection).features, inputs.action_mask)
             depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)
         batch, n, gates = inputs.batch, self.n_agents, connection.gates
         return Acted(

@@ -1,5 +1,5 @@
 """``CommTrunk``: the agents communicate. It owns the learned graph, the temporal gates, the communication blocks and
-the final LayerNorm; it decides who listens to whom this step (``connect``) and runs the blocks (``run``).
+the final LayerNorm; it decides who listens to whom this step (``connect``) and runs the blocks (``forward``).
 
     h (B, N, d) --TemporalGate--> open (B, N)          graph() (N, N) --gates, dead senders--> A_eff (B, N, N)
     h --num_blocks x CommBlock(A_eff)--> LN --> features (B, N, d)
@@ -94,20 +94,6 @@ class CommTrunk(nn.Module):
         """Whether learned gates take the decisions (``model.gates.enabled`` with communication)."""
         return self.gate is not None and self.communicate
 
-    def forward(
-        self,
-        h: Tensor,
-        alive: Tensor | None = None,
-        *,
-        gate_open: Tensor | None = None,
-        sample_gates: bool = False,
-        gumbel: bool = False,
-    ) -> TrunkOutput:
-        """``connect``, then ``run``: the agents' embeddings h (B, N, d) after communication."""
-        connection = self.connect(h, alive, gate_open=gate_open, sample_gates=sample_gates, gumbel=gumbel)
-        features, stream = self.run(h, connection.adjacency)
-        return TrunkOutput(features, stream, connection)
-
     def connect(
         self,
         h: Tensor,
@@ -144,11 +130,15 @@ class CommTrunk(nn.Module):
         adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
         return Connection(graph, adjacency, decisions, gates, comm_cost, alive)
 
-    def run(self, h: Tensor, adjacency: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Every block on the embeddings h (B, N, d) over ``adjacency`` (B, N, N), then the final LayerNorm.
+    def forward(self, h: Tensor, connection: Connection) -> TrunkOutput:
+        """Every block on the embeddings h (B, N, d) over the connection ``connect`` made for them, then the final
+        LayerNorm."""
+        features, stream = self._run(h, connection.adjacency)
+        return TrunkOutput(features, stream, connection)
 
-        Returns the features (B, N, d) and the residual stream before each block (G tensors (B, N, d)).
-        """
+    def _run(self, h: Tensor, adjacency: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The features (B, N, d) and the residual stream before each block (G tensors (B, N, d)) for the
+        embeddings h (B, N, d) over ``adjacency`` (B, N, N)."""
         stream = []
         for block in self.blocks:
             stream.append(h)
@@ -174,5 +164,5 @@ class CommTrunk(nn.Module):
             return out.features
         alive = alive[rows] if alive is not None else None
         adjacency = gate_adjacency(out.connection.graph, greedy[rows], alive)  # (B', N, N)
-        features, _ = self.run(out.stream[0][rows], adjacency)  # from those teams' embeddings
+        features, _ = self._run(out.stream[0][rows], adjacency)  # from those teams' embeddings
         return out.features.index_put((rows,), features)  # out of place: the features keep their autograd history

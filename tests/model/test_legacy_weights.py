@@ -20,30 +20,10 @@ from torch import nn
 from commformer.config import EarlyExitConfig, ModelConfig
 from commformer.export import SPEC, WEIGHTS, PolicyFileError, load_policy
 from commformer.policy import CommFormerPolicy, current_name
+from tests.model.fixtures.make_legacy import outputs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(path.name for path in FIXTURES.iterdir() if (path / WEIGHTS).is_file())
-
-
-def _outputs(policy: CommFormerPolicy, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What make_legacy.py recorded, computed by the same calls on the recorded inputs."""
-    state = reference["input.state"] if policy.state_dim is not None else None
-    obs, mask, alive = reference["input.obs"], reference["input.action_mask"], reference["input.alive"]
-    args = (obs, mask, alive, state, reference.get("input.history"))
-    out = policy(*args)
-    names = ("logits", "values", "adjacency", "gate_open", "gate_prob", "comm_cost", "messages", "aux_loss")
-    result = {f"forward.{name}": getattr(out, name) for name in names}
-    if out.exits is not None:
-        result |= {"forward.exit_head_logits": out.exits.head_logits, "forward.exit_gate_logits": out.exits.gate_logits}
-    acted = policy.act(*args)
-    result |= {"act.logits": acted.logits, "act.depth": acted.depth, "act.gate_open": acted.gate_open}
-    torch.manual_seed(3)
-    sampled = policy.act(*args, sample_gates=True)
-    result |= {"sampled.logits": sampled.logits, "sampled.depth": sampled.depth, "sampled.gate_open": sampled.gate_open}
-    exit_depth = sampled.depth if out.exits is not None else None
-    gate_open = sampled.gate_open if out.gate_logit is not None else None
-    replay = policy(*args, exit_depth=exit_depth, gate_open=gate_open, greedy_values=True)
-    return result | {"replay.logits": replay.logits, "replay.values": replay.values}
 
 
 def test_the_fixtures_are_there() -> None:
@@ -67,7 +47,8 @@ def test_a_legacy_export_reproduces_its_outputs_exactly(case: str) -> None:
     torch.set_default_dtype(torch.float32)  # the fixtures are float32 (the conftest fixture restores the default)
     policy, _ = load_policy(FIXTURES / case)
     reference = load_file(FIXTURES / case / "reference.safetensors")
-    got = _outputs(policy, reference)
+    inputs = {name.removeprefix("input."): tensor for name, tensor in reference.items() if name.startswith("input.")}
+    got = outputs(policy, inputs)  # the calls that recorded the reference
     assert set(got) == {name for name in reference if not name.startswith("input.")}
     for name, tensor in got.items():
         assert torch.equal(tensor, reference[name]), name
