@@ -45,7 +45,7 @@ TASKS: dict[str, list[str]] = {
     "useless": ["training.graph_freeze_fraction=0.0"],
     "learned": [],
     "start_closed": ["env.options.offset=1", "training.graph_freeze_fraction=0.0", "model.gates.init_bias=-3.0"],
-    "graph_n6": ["env.options.n_agents=6"],
+    "graph_n6": ["env.options.n_agents=6", "model.graph.gumbel=false"],  # named: the default is on
     "graph_n6_gumbel": ["env.options.n_agents=6", "model.graph.gumbel=true"],
 }
 SCALARS = {

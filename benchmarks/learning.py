@@ -223,12 +223,12 @@ def summarize() -> None:
 def plot_curves(
     curves: dict[str, list[tuple[list[int], list[float]]]],
     colors: dict[str, str],
-    baseline: tuple[float, str],
+    baseline: tuple[float, str] | None,
     title: str,
     path: Path,
     ylabel: str = "per-agent mean episode return",
 ) -> None:
-    """One line per run (env steps vs `ylabel`), one colour per arm, a dotted baseline; a PNG at `path`."""
+    """One line per run (env steps vs `ylabel`), one colour per arm, a dotted baseline if given; a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +238,8 @@ def plot_curves(
     for arm, runs in curves.items():
         for i, (steps, rets) in enumerate(runs):
             ax.plot(steps, rets, color=colors[arm], alpha=0.8, lw=1.2, label=arm if i == 0 else None)
-    ax.axhline(baseline[0], color="gray", ls=":", lw=1, label=baseline[1])
+    if baseline is not None:
+        ax.axhline(baseline[0], color="gray", ls=":", lw=1, label=baseline[1])
     ax.set_xlabel("env steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -51,31 +51,47 @@ def run(
         raise SystemExit("overrides change the ready config: name the probe with --tag")
     out = OUT / "probes" if tag else OUT
     stem = f"{scenario}_{tag}_seed{seed}" if tag else f"{scenario}_seed{seed}"
+    marks = (greedy_at,) if greedy_at else ()
+    return train_smax(
+        f"configs/smax_{scenario}.yaml", out / f"{stem}.csv", seed, env_steps, eval_episodes, overrides, marks
+    )
+
+
+def train_smax(
+    config_path: str,
+    csv_path: Path,
+    seed: int,
+    env_steps: int,
+    eval_episodes: int,
+    overrides: tuple[str, ...] = (),
+    greedy_marks: tuple[int, ...] = (),
+) -> Path:
+    """Trains a SMAX config to `csv_path` (one row per iteration: env steps, return, wall seconds, training win rate)
+    and plays `eval_episodes` greedy battles at each of `greedy_marks` passed and at the end, written beside it as
+    <stem>_greedy_at<mark>M.json and <stem>_greedy.json."""
     start_run()
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
     from agents.env_runner import EPISODE_WIN_RATE
 
-    config = load_config(
-        f"configs/smax_{scenario}.yaml", [*overrides, f"run.seed={seed}", f"stop.env_steps={env_steps}"]
-    )
+    config = load_config(config_path, [*overrides, f"run.seed={seed}", f"stop.env_steps={env_steps}"])
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
-
-    pending = [greedy_at] if 0 < greedy_at < env_steps else []
+    stem = csv_path.stem
+    pending = sorted(m for m in greedy_marks if 0 < m < env_steps)
 
     def greedy(trained: Any, suffix: str = "") -> None:
         result = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
-        (out / f"{stem}_greedy{suffix}.json").write_text(json.dumps(result, indent=2))
+        csv_path.with_name(f"{stem}_greedy{suffix}.json").write_text(json.dumps(result, indent=2))
         print(f"greedy policy{suffix} over {eval_episodes} battles: win rate {result['win_rate']:.3f}", flush=True)
 
     def win_rate(result: dict) -> dict[str, float]:
         runners = result["env_runners"]
-        if pending and runners["num_env_steps_sampled_lifetime"] >= pending[0]:
-            greedy(algo, f"_at{pending.pop() / 1e6:g}M")  # the policy of the first iteration past the mark
+        while pending and runners["num_env_steps_sampled_lifetime"] >= pending[0]:
+            greedy(algo, f"_at{pending.pop(0) / 1e6:g}M")  # the policy of the first iteration past the mark
         return {"win_rate": float(runners.get(EPISODE_WIN_RATE, float("nan")))}
 
-    return train_to_csv(algo, out / f"{stem}.csv", env_steps, stem, extra=win_rate, at_end=greedy)
+    return train_to_csv(algo, csv_path, env_steps, stem, extra=win_rate, at_end=greedy)
 
 
 def greedy_win_rate(algo: Any, config: Any, episodes: int, seed: int) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from envs.history import HistoryWindow
 from envs.options import check_field_types, require
 from envs.team import NOOP_ACTION, check_team_args
 
-SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units", *smax_scenarios.SCENARIOS)
+SCENARIOS = ("3m", "2s3z", "5m_vs_6m", "3s5z", "6h_vs_8z", "smacv2_5_units", *smax_scenarios.SCENARIOS)
 """Scenarios this adapter supports: jaxmarl's (smacv2_5_units draws unit types and start positions per battle) and
 ours, built from jaxmarl's parameters (envs/smax_scenarios.py: battles where allies must talk)."""
 

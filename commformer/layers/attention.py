@@ -29,10 +29,22 @@ from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
 
-__all__ = ["CommBlock", "GraphAttention"]
+__all__ = ["CommBlock", "GraphAttention", "masked_weights"]
 
 SELF_EDGE = 0
 OTHER_EDGE = 1
+
+
+def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
+    """Attention weights ``softmax(scores masked where edge == 0) * edge``; ``edge`` broadcasts against ``scores``.
+
+    finfo.min rather than -inf: identical weights (exp underflows to exactly 0) whenever a row keeps an entry, and a
+    row with none gives finite uniform weights that the product with ``edge`` then zeroes, instead of NaN. The
+    product is the gradient path to a straight-through adjacency (exactly 1 on kept entries, so the forward value
+    does not change).
+    """
+    scores = scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) * edge
 
 
 def _batched_adjacency(adjacency: Tensor, batch: int, n: int) -> Tensor:
@@ -110,11 +122,7 @@ class GraphAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
         scores = self.scores(q, k)  # (B, H, N, N)
         edge = adjacency.unsqueeze(1)  # (B or 1, 1, N, N), broadcast over heads
-        # finfo.min rather than -inf: identical weights (exp underflows to exactly 0) whenever a row keeps an
-        # entry, and a row with none gives finite uniform weights that the product with A then zeroes,
-        # instead of NaN.
-        scores = scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=-1) * edge  # (B, H, N, N); gradient path to the graph
+        weights = masked_weights(scores, edge)  # (B, H, N, N); the product with A is the gradient path to the graph
         mixed = weights @ v  # (B, H, N, d_head)
         mixed = mixed.transpose(1, 2).reshape(b, n, d)  # (B, N, H * d_head)
         return self.out(mixed)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from commformer.layers.attention import CommBlock, GraphAttention
+from commformer.layers.decoder import ActionDecoder, DecoderBlock, MaskedAttention
 from commformer.layers.moe import MoEHead
 from commformer.layers.orchid import CrossCorrelationConditioner, OrchidBlock, PhaseFreeConditioner
 
 __all__ = [
+    "naive_action_decoder",
     "naive_comm_block",
     "naive_expert",
     "naive_gate",
@@ -123,6 +126,77 @@ def naive_comm_block(block: CommBlock, x: Tensor, adjacency: Tensor) -> Tensor:
     """``CommBlock`` with the naive attention: ``x + attn(LN(x))`` then ``x + MLP(LN(x))``."""
     x = x + naive_graph_attention(block.attn, block.norm_attn(x), adjacency)
     return x + block.mlp(block.norm_mlp(x))
+
+
+# ======================================================================================================================
+# Action decoder (decoder.py): who reads what is decided per agent from the rule in words ("agent i reads the start
+# token and the actions of the agents before it that it hears"), not from the mask matrices; attention one query at a
+# time.
+# ======================================================================================================================
+
+
+def _naive_masked_attention(attn: MaskedAttention, query: Tensor, keys: list[Tensor], edges: list[Tensor]) -> Tensor:
+    """One query (d,) over the readable keys (each (d,)) with their mask entries; ``attn``'s parameters."""
+    d = query.shape[0]
+    h, dh = attn.num_heads, attn.head_dim
+    w_k, w_v = attn.key_value.weight.split(d, dim=0)
+    b_k, b_v = attn.key_value.bias.split(d, dim=0)
+    heads = []
+    for head in range(h):
+        rows = slice(head * dh, (head + 1) * dh)
+        q = query @ attn.query.weight[rows].T + attn.query.bias[rows]
+        scores = [torch.dot(q, key @ w_k[rows].T + b_k[rows]) / math.sqrt(dh) for key in keys]
+        weights = torch.softmax(torch.stack(scores), dim=0)
+        values = [(key @ w_v[rows].T + b_v[rows]) * edge for key, edge in zip(keys, edges, strict=True)]
+        heads.append(sum((w * v for w, v in zip(weights, values, strict=True)), query.new_zeros(dh)))
+    return F.linear(torch.cat(heads), attn.out.weight, attn.out.bias)
+
+
+def _naive_heard(adjacency: Tensor, agent: int) -> list[tuple[int, Tensor]]:
+    """What agent ``agent`` reads in the decoder, as (token index, mask entry): the start token, and the action token
+    (index j + 1) of every earlier agent j it hears. ``adjacency`` is one sample's (N, N)."""
+    heard = [(j + 1, adjacency[agent, j]) for j in range(agent) if adjacency[agent, j] != 0]
+    return [(0, adjacency.new_ones(())), *heard]
+
+
+def _naive_decoder_block(
+    block: DecoderBlock, agents: list[Tensor], tokens: list[Tensor], adjacency: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """One ``DecoderBlock`` on one sample's agent features and action tokens (lists of (d,))."""
+    n = len(agents)
+    normed = [block.norm_tokens(t) for t in tokens]
+    new_tokens = []
+    for q in range(n):  # agent q - 1's action token reads what agent q - 1 reads, and itself
+        own = adjacency.new_ones(())
+        readable = [(0, own)] if q == 0 else [*_naive_heard(adjacency, q - 1), (q, own)]
+        keys, edges = [normed[p] for p, _ in readable], [e for _, e in readable]
+        new_tokens.append(tokens[q] + _naive_masked_attention(block.token_attn, normed[q], keys, edges))
+    keys_all = [block.norm_keys(t) for t in new_tokens]
+    new_agents = []
+    for i in range(n):
+        readable = _naive_heard(adjacency, i)
+        keys, edges = [keys_all[p] for p, _ in readable], [e for _, e in readable]
+        z = agents[i] + _naive_masked_attention(block.agent_attn, block.norm_query(agents[i]), keys, edges)
+        new_agents.append(z + block.mlp(block.norm_mlp(z)))
+    return new_agents, new_tokens
+
+
+def naive_action_decoder(decoder: ActionDecoder, features: Tensor, adjacency: Tensor, actions: Tensor) -> Tensor:
+    """``ActionDecoder.forward`` one sample, agent and token at a time.
+
+    Agent i reads the start token and, for every agent j < i with ``adjacency[i, j] != 0``, agent j's action token
+    (weighted by that entry); agent j's action token reads the start token, itself, and the tokens agent j reads.
+    """
+    b, n, _ = features.shape
+    out = []
+    for s in range(b):
+        ids = [0] + [int(actions[s, j]) + 1 for j in range(n - 1)]  # token q: start, then agent q - 1's action
+        tokens = [decoder.embed_activation(decoder.action_embed.weight[i]) for i in ids]
+        agents = [features[s, i] for i in range(n)]
+        for block in decoder.blocks:
+            agents, tokens = _naive_decoder_block(cast(DecoderBlock, block), agents, tokens, adjacency[s])
+        out.append(torch.stack([decoder.norm(z) for z in agents]))
+    return torch.stack(out)
 
 
 # ======================================================================================================================

@@ -254,7 +254,15 @@ def test_vector_env_api(vec):
 
 
 @pytest.mark.parametrize(
-    ("scenario", "n", "a"), [("3m", 3, 9), ("2s3z", 5, 11), ("5m_vs_6m", 5, 12), ("smacv2_5_units", 5, 11)]
+    ("scenario", "n", "a"),
+    [
+        ("3m", 3, 9),
+        ("2s3z", 5, 11),
+        ("5m_vs_6m", 5, 12),
+        ("3s5z", 8, 14),
+        ("6h_vs_8z", 6, 14),
+        ("smacv2_5_units", 5, 11),
+    ],
 )
 def test_spaces_are_the_team_env_spaces(scenario, n, a):
     from envs.team import TeamEnv
