@@ -51,6 +51,8 @@ GRAPH_INITS: tuple[str, ...] = get_args(GraphInit)
 
 EncoderName = Literal["mlp", "orchid", "attention"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
+DecoderName = Literal["none", "autoregressive"]
+DECODERS: tuple[str, ...] = get_args(DecoderName)
 
 MoEGateName = Literal["topk", "dense_to_sparse", "activation"]
 MOE_GATES: tuple[str, ...] = get_args(MoEGateName)
@@ -322,6 +324,12 @@ class ModelConfig:
     early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
     """JEI-DNN early exits: a head and a gate after the encoder and each block but the last
     (commformer/early_exit.py)."""
+    decoder: DecoderName = "none"
+    """``none``: every agent's policy head reads its communicated features (CommFormer's encoder variant).
+    ``autoregressive``: CommFormer-dec, the official code's default: the agents choose one after another and each
+    reads, along its graph edges, the actions of those before it (commformer/layers/decoder.py)."""
+    decoder_blocks: int = 1
+    """Blocks of the autoregressive decoder (the official code uses as many as encoder blocks, 1 on SMAC)."""
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
@@ -337,6 +345,8 @@ class ModelConfig:
         require_choice("model.activation", self.activation, ACTIVATIONS)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
+        require_choice("model.decoder", self.decoder, DECODERS)
+        require_int("model.decoder_blocks", self.decoder_blocks, 1)
         parts: dict[str, type] = {
             "graph": GraphConfig,
             "gates": GateConfig,
@@ -352,6 +362,13 @@ class ModelConfig:
                     "(build nested parts as dataclasses, not dicts)"
                 )
         self._check_history()
+        if self.decoder == "autoregressive" and self.early_exit.enabled:
+            # An exit would act before the decoder, from features that have not read the earlier agents' actions:
+            # a different policy, whose PPO terms and costs the exits' training does not model.
+            raise ValueError(
+                "model.decoder='autoregressive' with model.early_exit.enabled=true: the early exits act without the "
+                "decoder; expected model.decoder='none' with exits, or exits disabled with the decoder"
+            )
 
     def _check_history(self) -> None:
         """Validates ``encoder`` and ``history`` and derives ``orchid.max_len = history``.

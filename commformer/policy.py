@@ -2,14 +2,16 @@
 
     obs (*B, N, D) [, history (*B, L, N, D)] --AgentEncoder--> h (B, N, d)          commformer/encoder.py
     h --CommTrunk: gates, graph, communication blocks, LN--> features (B, N, d)       commformer/trunk.py
-    features --PolicyHead--> logits (*B, N, A), masked by action_mask                 commformer/heads.py
+    features [--ActionDecoder, given the earlier agents' actions--> decoded]          commformer/layers/decoder.py
+    features or decoded --PolicyHead--> logits (*B, N, A), masked by action_mask      commformer/heads.py
     features (greedy gates) --ValueHead (+ embedded global state)--> values (*B, N)   commformer/heads.py
     the residual stream before each block --EarlyExits--> exit logits and gates       commformer/early_exit.py
 
 B = prod(*B): the parts work on the flattened batch; the policy checks the inputs' shapes against the caller's batch
 dims *B and restores them on the way out. ``forward`` is the full-depth pass of the learner (every part, every exit);
 ``act`` is the acting path of the EnvRunners (no value head, and with early exits the blocks a team no longer needs
-are not run).
+are not run). With the autoregressive decoder, ``forward`` is teacher-forced on given actions and ``act`` chooses
+them agent after agent.
 
 The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
 other parameters are the lower level (``model_parameters``).
@@ -27,6 +29,7 @@ from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth
 from commformer.encoder import AgentEncoder
 from commformer.heads import PolicyHead, ValueHead
+from commformer.layers.decoder import ActionDecoder
 from commformer.layers.moe import MoEHead, MoEOutput
 from commformer.trunk import CommTrunk
 from commformer.validate import require_shape
@@ -77,6 +80,9 @@ class Acted:
     """(*B, N) the gate decisions acted on (sampled with ``sample_gates``, else greedy)."""
     gate_logit: Tensor | None
     """(*B, N) gate logits, the behaviour policy of the decisions; None without learned gates."""
+    actions: Tensor | None = None
+    """(*B, N) int64, the actions the autoregressive decoder chose (agent i from ``logits[..., i, :]``, which were
+    computed given the actions of agents 0..i-1); None without the decoder: the caller draws from ``logits``."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class _Inputs:
     """(B, N)."""
     exit_depth: Tensor | None
     """(B,)."""
+    actions: Tensor | None = None
+    """(B, N) int64."""
 
 
 LEGACY_MODULES = {
@@ -170,6 +178,11 @@ class CommFormerPolicy(nn.Module):
         self.exits = (
             EarlyExits(d, n_actions, config.num_blocks, config.early_exit, act) if config.early_exit.enabled else None
         )
+        self.decoder = (
+            ActionDecoder(d, n_actions, config.decoder_blocks, config.num_heads, config.mlp_ratio, act)
+            if config.decoder == "autoregressive"
+            else None
+        )
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def moe_heads(self) -> dict[str, MoEHead]:
@@ -209,6 +222,7 @@ class CommFormerPolicy(nn.Module):
         gate_open: Tensor | None = None,
         sample_gates: bool = False,
         greedy_values: bool = False,
+        actions: Tensor | None = None,
     ) -> PolicyOutput:
         """One full-depth forward pass over any leading batch dims ``*B`` (every block, head and exit runs).
 
@@ -233,17 +247,27 @@ class CommFormerPolicy(nn.Module):
             greedy_values: compute the values with the greedy gate decisions whatever the actor used
                 (``CommTrunk.critic_features``): the critic must not depend on a sampled decision (the learner's
                 forwards ask for this). Otherwise the values read the actor's own features.
+            actions: (*B, N) int the team's actions; required with the autoregressive decoder, which computes agent
+                i's logits given a_0..a_{i-1} (teacher forcing: the rollout's actions give the rollout's logits).
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
         """
-        inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth)
+        inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth, actions)
         h = self._embed(obs, history)
         connection = self.trunk.connect(
             h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel
         )
         trunk = self.trunk(h, connection)
-        logits, policy_moe = self.policy_head(trunk.features, inputs.action_mask)  # (B, N, A)
+        features = trunk.features
+        if self.decoder is not None:
+            if inputs.actions is None:
+                raise ValueError(
+                    "actions is None but model.decoder='autoregressive' computes each agent's logits given the "
+                    f"actions of the agents before it; expected actions (*B, {self.n_agents}) int"
+                )
+            features = self.decoder(features, connection.adjacency, inputs.actions)  # (B, N, d)
+        logits, policy_moe = self.policy_head(features, inputs.action_mask)  # (B, N, A)
         moe = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
         if self.exits is not None:
@@ -271,6 +295,21 @@ class CommFormerPolicy(nn.Module):
             gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
         )
 
+    def values(
+        self,
+        obs: Tensor,
+        alive: Tensor | None = None,
+        state: Tensor | None = None,
+        history: Tensor | None = None,
+    ) -> Tensor:
+        """The per-agent values (*B, N) alone, with the greedy gate decisions: ``forward(...).values`` without the
+        policy head, the decoder (which would need actions) or the exits."""
+        inputs = self._inputs(obs, None, alive, state)
+        h = self._embed(obs, history)
+        connection = self.trunk.connect(h, inputs.alive)
+        values, _ = self.value_head(self.trunk(h, connection).features, state if self.config.use_state else None)
+        return values.reshape(*inputs.batch, self.n_agents)
+
     @torch.no_grad()
     def act(
         self,
@@ -283,6 +322,7 @@ class CommFormerPolicy(nn.Module):
         early_exit: bool = True,
         force_depth: int | None = None,
         sample_gates: bool = False,
+        sample_actions: bool = False,
     ) -> Acted:
         """The acting path: masked logits (*B, N, A), the depth they come from (*B,) and the gates, no value head.
 
@@ -292,15 +332,23 @@ class CommFormerPolicy(nn.Module):
         Without exits this is the plain full-depth path (depth G for every team). ``sample_gates`` draws the temporal
         gates' decisions (training rollouts, which record them); otherwise they are greedy. ``state`` is accepted
         for a uniform signature and unused (only the critic reads it).
+
+        With the autoregressive decoder the policy chooses the actions itself (``Acted.actions``), agent after agent
+        (``ActionDecoder.decode``): drawn from each agent's logits with ``sample_actions``, else their argmax.
         """
         del state
         inputs = self._inputs(obs, action_mask, alive)
         h = self._embed(obs, history)
         connection = self.trunk.connect(h, inputs.alive, sample_gates=sample_gates)
+        chosen = None
         if self.exits is not None and early_exit:
             logits, depth = self.exits.act(h, connection, inputs.action_mask, self.trunk, self.policy_head, force_depth)
         else:
-            logits, _ = self.policy_head(self.trunk(h, connection).features, inputs.action_mask)
+            features = self.trunk(h, connection).features
+            if self.decoder is not None:
+                chosen, logits = self._decode(features, connection.adjacency, inputs.action_mask, sample_actions)
+            else:
+                logits, _ = self.policy_head(features, inputs.action_mask)
             depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)
         batch, n, gates = inputs.batch, self.n_agents, connection.gates
         return Acted(
@@ -308,7 +356,24 @@ class CommFormerPolicy(nn.Module):
             depth=depth.reshape(batch),
             gate_open=connection.gate_open.reshape(*batch, n),
             gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
+            actions=None if chosen is None else chosen.reshape(*batch, n),
         )
+
+    def _decode(
+        self, features: Tensor, adjacency: Tensor, action_mask: Tensor | None, sample: bool
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder's actions (B, N) and the logits each agent chose from (B, N, A), on the flat batch."""
+        assert self.decoder is not None
+
+        def logits_of(decoded: Tensor) -> Tensor:
+            return self.policy_head(decoded, action_mask)[0]
+
+        def pick(logits: Tensor) -> Tensor:
+            if not sample:
+                return logits.argmax(-1)
+            return torch.distributions.Categorical(logits=logits).sample()  # masked actions: probability 0
+
+        return self.decoder.decode(features, adjacency, logits_of, pick)
 
     def _inputs(
         self,
@@ -318,6 +383,7 @@ class CommFormerPolicy(nn.Module):
         state: Tensor | None = None,
         gate_open: Tensor | None = None,
         exit_depth: Tensor | None = None,
+        actions: Tensor | None = None,
     ) -> _Inputs:
         """Checks every input's shape against the batch dims *B of ``obs`` (errors name the input); the flat views."""
         n, d = self.n_agents, self.obs_dim
@@ -339,7 +405,10 @@ class CommFormerPolicy(nn.Module):
         gate_open = flatten("gate_open", gate_open, n)
         if exit_depth is not None and self.exits is None:
             raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
-        return _Inputs(batch, action_mask, alive, gate_open, flatten("exit_depth", exit_depth))
+        if actions is not None and self.decoder is None:
+            raise ValueError("actions were given but the policy has no decoder (model.decoder='autoregressive')")
+        flat_actions = flatten("actions", actions, n)
+        return _Inputs(batch, action_mask, alive, gate_open, flatten("exit_depth", exit_depth), flat_actions)
 
     def _embed(self, obs: Tensor, history: Tensor | None) -> Tensor:
         """The encoder's embeddings on the flat batch, (B, N, d)."""

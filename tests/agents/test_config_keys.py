@@ -539,6 +539,8 @@ CASES: dict[str, Case] = {
     "model.value_head": Case("moe", parameters()),
     "model.encoder": Case("attention", parameters()),
     "model.history": Case("6", parameters(), ("model.encoder=attention", "model.history=4")),
+    "model.decoder": Case("autoregressive", exploration()),  # the module chooses and returns the actions
+    "model.decoder_blocks": Case("2", parameters(), ("model.decoder=autoregressive",)),
     # model.graph
     "model.graph.sparsity": Case("0.9", forward("adjacency")),
     "model.graph.k": Case("2", forward("adjacency")),
