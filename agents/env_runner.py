@@ -282,16 +282,18 @@ class TeamEnvRunner(SingleAgentEnvRunner):
                 runners = self.config.num_env_runners or 1
                 t = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
                 out = module._forward_exploration(batch, t=t)
-                dist_cls = module.get_exploration_action_dist_cls()
             else:
                 out = module._forward_inference(batch)
-                dist_cls = module.get_inference_action_dist_cls()
-            dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
-            if not explore:
-                dist = dist.to_deterministic()
-            actions = cast(torch.Tensor, dist.sample())
-            if Columns.ACTION_LOGP not in out:
-                out[Columns.ACTION_LOGP] = dist.logp(actions)
+            # Actions the module chose itself (the autoregressive decoder) are taken as they are, as GetActions does.
+            actions = cast(torch.Tensor | None, out.get(Columns.ACTIONS))
+            if actions is None:
+                explorer = module.get_exploration_action_dist_cls if explore else module.get_inference_action_dist_cls
+                dist = explorer().from_logits(out[Columns.ACTION_DIST_INPUTS])
+                if not explore:
+                    dist = dist.to_deterministic()
+                actions = cast(torch.Tensor, dist.sample())
+                if Columns.ACTION_LOGP not in out:
+                    out[Columns.ACTION_LOGP] = dist.logp(actions)
         extras = {k: cast(torch.Tensor, v).cpu().numpy() for k, v in out.items() if k != Columns.ACTIONS}
         space = self.env.single_action_space  # type: ignore[union-attr]
         return actions.cpu().numpy().astype(space.dtype, copy=False), extras

@@ -56,21 +56,16 @@ def make_play_env(
 def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
     """Argmax of the masked logits of an exported policy (batch of one team).
 
-    A policy with a sequence encoder reads `obs["history"]`: play it on an env from `make_play_env`.
+    A policy with a sequence encoder reads `obs["history"]`: play it on an env from `make_play_env`. With the
+    autoregressive decoder the agents choose one after another (`CommFormerPolicy.act`), and the forward pass
+    teacher-forced on those greedy actions gives the very logits they were the argmax of.
     """
 
     @torch.no_grad()
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
-        state = torch.as_tensor(obs["state"]) if use_state and "state" in obs else None
-        history = torch.as_tensor(obs["history"]) if "history" in obs else None
-        alive = torch.as_tensor(obs["alive"])
-        out = policy(
-            torch.as_tensor(obs["obs"]),
-            action_mask=torch.as_tensor(obs["action_mask"]),
-            alive=alive,
-            state=state,
-            history=history,
-        )
+        x, mask, alive, state, history = _tensors(obs, use_state)
+        chosen = policy.act(x, mask, alive, history=history).actions if policy.decoder is not None else None
+        out = policy(x, action_mask=mask, alive=alive, state=state, history=history, actions=chosen)
         receivers = float(alive.sum().clamp(min=1.0))
         stats = {
             "messages": float(out.messages),

@@ -18,6 +18,12 @@ blocks once the team exits, and returns the exit depth of every step as `EXIT_DE
 output as an extra model output of the episode, so the depth reaches the train batch, and `_forward_train`
 replays it (the logits come from the head the action was sampled from). The gates keep learning between
 rollouts, so a depth is recorded, not recomputed. By default rollouts run the full depth and no depth is stored.
+
+The autoregressive decoder (`model.decoder`): the policy chooses the team's actions itself, agent after agent, so
+the acting forwards return `ACTIONS` and their joint log-prob `ACTION_LOGP` beside the logits each agent chose from
+(RLlib's GetActions and our EnvRunner take module-chosen actions as they are), and `_forward_train` recomputes the
+logits teacher-forced on the batch's `ACTIONS`: agent i's logits given the recorded actions of agents 0..i-1, the
+very logits it was sampled from.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from torch import Tensor
 
 from commformer.config import ModelConfig
+from commformer.functional import log_softmax
 from commformer.policy import CommFormerPolicy, PolicyOutput
 from commformer.typed import from_mapping
 from commformer.value_norm import ValueNorm
@@ -130,6 +137,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         gate_open: Tensor | None = None,
         gumbel: bool = False,
         greedy_values: bool = False,
+        actions: Tensor | None = None,
     ) -> PolicyOutput:
         obs = batch[Columns.OBS]
         state = obs.get("state") if self.model_cfg.use_state else None
@@ -144,37 +152,55 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             gate_open=gate_open,
             gumbel=gumbel,
             greedy_values=greedy_values,
+            actions=actions,
         )
 
     @property
     def samples_gates(self) -> bool:
         """Whether exploring rollouts draw the temporal gates' decisions (learned gates that are used)."""
-        return self.policy.gate is not None and self.model_cfg.communicate
+        return self.policy.trunk.learns_gates
 
     @property
     def acts_with_exits(self) -> bool:
         """Whether the EnvRunners act with early exits (and record the depths)."""
         return self.model_cfg.early_exit.enabled and self.model_cfg.early_exit.rollout
 
+    @property
+    def decodes(self) -> bool:
+        """Whether the policy chooses the actions itself, agent after agent (`model.decoder=autoregressive`)."""
+        return self.policy.decoder is not None
+
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return self._act(batch, sample_gates=False)
+        return self._act(batch, explore=False)
 
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return self._act(batch, sample_gates=False)
+        return self._act(batch, explore=False)
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return self._act(batch, sample_gates=self.samples_gates)
+        return self._act(batch, explore=True)
 
-    def _act(self, batch: dict[str, Any], sample_gates: bool) -> dict[str, Any]:
-        """The acting path: only what the action needs (no value head, state embedding or exit bookkeeping), and
-        the sampled gate decisions with their logits when `sample_gates`."""
+    def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
+        """The acting path: only what the action needs (no value head, state embedding or exit bookkeeping); when
+        exploring, the sampled gate decisions with their logits, and the decoder's actions are drawn (greedy
+        otherwise)."""
         obs = batch[Columns.OBS]
         history = obs.get("history") if self.model_cfg.env_history else None
         exits = self.acts_with_exits
+        sample_gates = explore and self.samples_gates
         acted = self.policy.act(
-            obs["obs"], obs["action_mask"], obs["alive"], history=history, early_exit=exits, sample_gates=sample_gates
+            obs["obs"],
+            obs["action_mask"],
+            obs["alive"],
+            history=history,
+            early_exit=exits,
+            sample_gates=sample_gates,
+            sample_actions=explore,
         )
         out = {Columns.ACTION_DIST_INPUTS: acted.logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
+        if acted.actions is not None:  # the decoder chose them; the joint log-prob is the sum of the agents'
+            out[Columns.ACTIONS] = acted.actions  # (B, N)
+            logp = log_softmax(acted.logits).gather(-1, acted.actions.unsqueeze(-1)).squeeze(-1)  # (B, N)
+            out[Columns.ACTION_LOGP] = logp.sum(-1)
         if exits:
             out[EXIT_DEPTH] = acted.depth  # (B,)
         if sample_gates:
@@ -193,6 +219,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             gate_open=self._recorded_gates(batch),
             gumbel=self.graph_noise,
             greedy_values=True,
+            actions=batch[Columns.ACTIONS] if self.decodes else None,  # teacher forcing on the rollout's actions
         )
         return {
             Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A), along the recorded exit path
@@ -206,30 +233,43 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         All agents share the team reward, so each agent's value head regresses the same target; RLlib's GAE
         connector needs one value per time step, and the mean over alive agents is the lower-variance estimate.
         """
-        return self._team_value(self.policy_output(batch), batch)
+        obs = batch[Columns.OBS]
+        values = self.policy.values(
+            obs["obs"],
+            obs["alive"],
+            state=obs.get("state") if self.model_cfg.use_state else None,
+            history=obs.get("history") if self.model_cfg.env_history else None,
+        )
+        return self._team_value(values, batch)
 
     def values_and_logits(
-        self, batch: dict[str, Any], exit_depth: Tensor | None = None, gate_open: Tensor | None = None
+        self,
+        batch: dict[str, Any],
+        exit_depth: Tensor | None = None,
+        gate_open: Tensor | None = None,
+        actions: Tensor | None = None,
     ) -> tuple[Tensor, PolicyOutput]:
         """One forward: the team values of `compute_values` (B,) and the policy output along the recorded
         `exit_depth` and gate decisions `gate_open` (B, N), whose logits (and gate logits) are those of decoupled
-        PPO's proximal policy (agents/learner.py). The values are the greedy gates' (the GAE baseline must not depend
-        on a sampled gate decision), whatever `gate_open` holds."""
+        PPO's proximal policy (agents/learner.py); with the decoder, teacher-forced on `actions` (B, N). The values are
+        the greedy gates' (the GAE baseline must not depend on a sampled gate decision), whatever `gate_open` holds."""
         out = self.policy_output(
             batch,
             exit_depth=exit_depth if self.acts_with_exits else None,
             gate_open=gate_open if self.samples_gates else None,
             greedy_values=True,
+            actions=actions if self.decodes else None,
         )
-        return self._team_value(out, batch), out
+        return self._team_value(out.values, batch), out
 
     def _recorded_gates(self, batch: dict[str, Any]) -> Tensor | None:
         """The gate decisions an exploring EnvRunner recorded for this batch (None: greedy gates were used)."""
         return batch.get(GATE_OPEN) if self.samples_gates else None
 
-    def _team_value(self, out: PolicyOutput, batch: dict[str, Any]) -> Tensor:
-        alive = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N)
-        team = (out.values * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)  # (B,)
+    def _team_value(self, values: Tensor, batch: dict[str, Any]) -> Tensor:
+        """The mean of the alive agents' values (B, N) -> (B,), in raw return units."""
+        alive = batch[Columns.OBS]["alive"].to(values.dtype)  # (B, N)
+        team = (values * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)  # (B,)
         return self.value_norm.denormalize(team)
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -243,4 +283,4 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def graph_snapshot(self) -> dict[str, Tensor]:
         """The learned graph for logging: hard adjacency (N, N) and sender probabilities (N, N)."""
-        return {"adjacency": self.policy.graph.hard().cpu(), "probs": self.policy.graph.probs().cpu()}
+        return {"adjacency": self.policy.trunk.graph.hard().cpu(), "probs": self.policy.trunk.graph.probs().cpu()}

@@ -117,7 +117,11 @@ class TeamPPOBatch(ConnectorV2):
         exit_depth = self._recorded(chunks, EXIT_DEPTH)
         with torch.no_grad():
             if self.proximal or exit_depth is not None:
-                values, out = module.values_and_logits(obs_batch, exit_depth, self._recorded(chunks, GATE_OPEN))
+                # The decoder's logits are teacher-forced on the actions taken (agents/rl_module.py).
+                actions = self._every_row([_rows(episode.actions) for episode in chunks]) if module.decodes else None
+                values, out = module.values_and_logits(
+                    obs_batch, exit_depth, self._recorded(chunks, GATE_OPEN), actions=actions
+                )
                 if self.proximal:
                     proximal[PROX_LOGITS] = out.logits.flatten(-2)[keep]
                 if GATE_OPEN in chunks[0].extra_model_outputs and out.gate_logit is not None:
@@ -162,9 +166,14 @@ class TeamPPOBatch(ConnectorV2):
         EnvRunners recorded none."""
         if key not in chunks[0].extra_model_outputs:
             return None
+        return self._every_row([_rows(episode.extra_model_outputs[key]) for episode in chunks])
+
+    def _every_row(self, columns: list[Any]) -> torch.Tensor:
+        """One column per chunk (T rows each) as a tensor with the value forward's T + 1 rows per chunk: the row
+        after a chunk's last step repeats its last entry (it is not used)."""
         parts = []
-        for episode in chunks:
-            rows = np.asarray(_rows(episode.extra_model_outputs[key]))
+        for column in columns:
+            rows = np.asarray(column)
             parts += [rows, rows[-1:]]
         return self._tensor(np.concatenate(parts))
 

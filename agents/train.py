@@ -210,7 +210,7 @@ class _Run:
                 fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
                 logger.log_result(result, env_steps, fps)
                 if iteration % run.graph_image_every == 0 or iteration == 1:
-                    logger.log_graph(self.snapshot().graph, env_steps)
+                    logger.log_graph(self.snapshot().trunk.graph, env_steps)
                 ret = _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
                 try:
                     faults.update(result)

@@ -8,6 +8,8 @@ Every arm trains the task's ready config (`TASKS`) through the normal training p
 everything else (model size, PPO settings, the critic's input, env steps) is equal:
 
 - ``learned``: the config as it is: the learned graph (k = round(0.4 N) senders per receiver) with temporal gates.
+- ``learned_dec``: the same with CommFormer-dec's autoregressive decoder (``model.decoder=autoregressive``): each
+  agent also reads, along its edges, the actions of the agents that chose before it.
 - ``learned_nogates``: the same without gates (``model.gates.enabled=false``): every receiver always listens.
 - ``dense``: every agent hears every other at every step (``model.graph.sparsity=1.0``, no gates): the MAT-like
   full-communication reference.
@@ -44,6 +46,7 @@ from benchmarks.learning import _at, start_run, train_to_csv
 OUT = Path("docs/benchmarks/communication")
 ARMS: dict[str, tuple[str, ...]] = {
     "learned": (),
+    "learned_dec": ("model.decoder=autoregressive",),  # CommFormer-dec: the same, with the autoregressive decoder
     "learned_nogates": ("model.gates.enabled=false",),
     "dense": ("model.graph.sparsity=1.0", "model.gates.enabled=false"),
     "random": ("model.graph.init=random", "training.graph_freeze_fraction=0.0", "model.gates.enabled=false"),
@@ -85,6 +88,7 @@ NOSTATE = "_nostate"
 COST_ARM = "cost"
 COLORS = {
     "learned": "tab:blue",
+    "learned_dec": "tab:purple",
     "learned_nogates": "tab:cyan",
     "dense": "tab:green",
     "random": "tab:orange",

@@ -91,7 +91,7 @@ def run(task: str, cost: float, seed: int, env_steps: int, episodes: int, out: P
         env.close()
     curves = read_curves(run_dir)
     n, offset = policy.n_agents, int(metadata["env"]["options"].get("offset", -1))
-    adjacency = policy.graph.hard()
+    adjacency = policy.trunk.graph.hard()
     right = sum(float(adjacency[i, (i + offset) % n]) for i in range(n)) / n  # agent i must name agent i + offset
     row = {
         "task": task,

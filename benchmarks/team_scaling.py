@@ -102,7 +102,7 @@ def build_case(n: int, k: int, graph: str, args: argparse.Namespace) -> Case:
         out = policy(obs, action_mask, alive)
     adjacency = out.adjacency  # (B, N, N)
     x = torch.randn(b, n, args.embed_dim)  # (B, N, d)
-    attention = policy.blocks[0].attn
+    attention = policy.trunk.blocks[0].attn
 
     def attend() -> object:
         with torch.no_grad():

@@ -7,6 +7,10 @@ CLI override fails before any model or Ray process is built. Field names are the
 To add a model part: add a frozen dataclass with its own ``__post_init__`` and a field on ``ModelConfig``
 with ``field(default_factory=...)``; ``ModelConfig.__post_init__`` checks that nested parts have the right
 type.
+
+Every config lives here, also those of the layers (``MoEConfig``, ``OrchidConfig``) and of the early exits, and this
+module imports no model code (not even torch): reading and checking a config builds nothing, and no model module can
+form an import circle through it (tests/model/test_layering.py). The model modules re-export their configs.
 """
 
 from __future__ import annotations
@@ -16,20 +20,25 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from commformer.early_exit import EarlyExitConfig
-from commformer.layers.moe import MoEConfig
-from commformer.layers.orchid import OrchidConfig
 from commformer.validate import require_bool, require_choice, require_float, require_int
 
 __all__ = [
+    "CONDITIONINGS",
     "ENCODERS",
     "HEADS",
+    "MOE_ACTIVATIONS",
+    "MOE_GATES",
+    "Conditioning",
     "EarlyExitConfig",
     "EncoderName",
     "GateConfig",
     "GraphConfig",
     "HeadName",
+    "MoEActivationName",
+    "MoEConfig",
+    "MoEGateName",
     "ModelConfig",
+    "OrchidConfig",
 ]
 
 HeadName = Literal["linear", "moe"]
@@ -42,8 +51,16 @@ GRAPH_INITS: tuple[str, ...] = get_args(GraphInit)
 
 EncoderName = Literal["mlp", "orchid", "attention"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
+DecoderName = Literal["none", "autoregressive"]
+DECODERS: tuple[str, ...] = get_args(DecoderName)
 
-_ORCHID_DEFAULT_MAX_LEN = OrchidConfig().max_len
+MoEGateName = Literal["topk", "dense_to_sparse", "activation"]
+MOE_GATES: tuple[str, ...] = get_args(MoEGateName)
+MoEActivationName = Literal["sigmoid", "tanh", "gelu"]
+MOE_ACTIVATIONS: tuple[str, ...] = get_args(MoEActivationName)
+
+Conditioning = Literal["type1", "type2", "none"]
+CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,149 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Mixture-of-experts head (commformer/layers/moe.py): number of experts, gate, temperature schedule,
+    auxiliary-loss weights."""
+
+    experts: int = 4
+    """Number of expert MLPs E (>= 1)."""
+    gate: MoEGateName = "topk"
+    """Gate: ``topk`` (sparse softmax over the K largest logits), ``dense_to_sparse`` or ``activation``."""
+    k: int = 2
+    """Experts per input for the ``topk`` gate, 1 <= k <= experts (ignored by the dense gates, so their
+    ``experts=1`` needs no ``k=1``). K >= 2 is the safe choice (REFERENCE): with K = 1 the chosen weight is
+    exactly 1, so the router learns only from the auxiliary losses, not from the policy loss."""
+    tau_start: float = 1.0
+    """Temperature of the dense gates at the start of training (> 0)."""
+    tau_end: float = 0.1
+    """Temperature of the dense gates at the end of training (> 0), reached geometrically; see ``tau_at``."""
+    activation: MoEActivationName = "sigmoid"
+    """sigma of the ``activation`` gate."""
+    hidden: int | None = None
+    """Hidden width of each expert MLP; None = the input width."""
+    balance_coeff: float = 0.01
+    """Weight of the Switch/GShard balance loss in ``aux_loss`` (>= 0)."""
+    z_coeff: float = 0.001
+    """Weight of the router z-loss in ``aux_loss`` (>= 0)."""
+
+    def __post_init__(self) -> None:
+        require_int("model.moe.experts", self.experts, 1)
+        require_choice("model.moe.gate", self.gate, MOE_GATES)
+        require_int("model.moe.k", self.k, 1)
+        if self.gate == "topk" and self.k > self.experts:
+            raise ValueError(
+                f"model.moe.k={self.k} is larger than model.moe.experts={self.experts}; "
+                f"expected 1 <= k <= {self.experts}"
+            )
+        for name in ("tau_start", "tau_end"):
+            if require_float(f"model.moe.{name}", getattr(self, name)) <= 0.0:
+                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
+        require_choice("model.moe.activation", self.activation, MOE_ACTIVATIONS)
+        if self.hidden is not None:
+            require_int("model.moe.hidden", self.hidden, 1)
+        for name in ("balance_coeff", "z_coeff"):
+            if require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
+                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
+
+    def tau_at(self, progress: float) -> float:
+        """Temperature at ``progress`` in [0, 1] (clipped): ``tau_start * (tau_end / tau_start) ** progress``.
+
+        Geometric, not linear: tau divides the logits, so what matters is its ratio from one step to the next.
+        A geometric schedule sharpens the gate by the same factor in every equal slice of training; a linear one
+        from 1.0 to 0.1 is still at 0.55 half-way (under 2x sharper) and does most of its sharpening (5x) in
+        the last 10% of training, too late for the experts to specialise.
+        """
+        p = min(max(float(progress), 0.0), 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** p
+
+
+@dataclass(frozen=True)
+class OrchidConfig:
+    """The Orchid sequence layer (Karami & Ghodsi 2024); commformer/layers/orchid.py describes it."""
+
+    max_len: int = 256
+    """Longest window in time steps. h0 reads the lag as lag / max_len; a longer input raises."""
+    short_kernel: int = 3
+    """Width of the causal depthwise conv on [x0 | x1 | v] after the input projection."""
+    conditioning: Conditioning = "type1"
+    """Data-dependent kernel: "type1" (phase suppression), "type2" (cross-correlation) or "none" (h0 only)."""
+    cond_kernel: int = 3
+    """Odd width of the conditioning network's depthwise convs (over time: causal; over frequency: centred)."""
+    filter_order: int = 16
+    """Width of the implicit-filter FFN that produces h0."""
+    filter_bands: int = 2
+    """Sinusoidal bands in h0's positional features [t, cos(2 pi b t), sin(2 pi b t)], b = 1..filter_bands."""
+
+    def __post_init__(self) -> None:
+        require_int("model.orchid.max_len", self.max_len, 1)
+        require_int("model.orchid.short_kernel", self.short_kernel, 1)
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
+        require_int("model.orchid.cond_kernel", self.cond_kernel, 1)
+        if self.cond_kernel % 2 == 0:
+            raise ValueError(
+                f"model.orchid.cond_kernel={self.cond_kernel}; expected an odd integer (the conv over frequency is "
+                "centred)"
+            )
+        require_int("model.orchid.filter_order", self.filter_order, 1)
+        require_int("model.orchid.filter_bands", self.filter_bands, 1)
+
+
+_ORCHID_DEFAULT_MAX_LEN = OrchidConfig().max_len
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    """JEI-DNN early exits (``model.early_exit``, commformer/early_exit.py); off by default."""
+
+    enabled: bool = False
+    """Build an inference head and a gate after the encoder and after every block but the last."""
+    cost_weight: float = 0.1
+    """lambda of the gates' surrogate target ``loss_l + lambda * C_l`` (C_l: relative MACs); 0 = never exit early."""
+    threshold: float = 0.5
+    """Test-time rule: the team exits at the first depth where every alive agent's gate is >= threshold."""
+    rollout: bool = False
+    """Act with exits on the EnvRunners during training (exit depths recorded and replayed); default full depth."""
+    distill_weight: float = 1.0
+    """Weight of the heads' distillation loss ``KL(pi_final || pi_l)`` in the learner's total loss."""
+    gate_weight: float = 1.0
+    """Weight of the gates' binary cross-entropy in the learner's total loss."""
+    warmup_steps: int = 20
+    """Gradient steps at the start in which only the heads learn (the gates' targets need trained heads)."""
+    alternate_every: int = 10
+    """After warm-up, gates and heads take turns every this many gradient steps (gates first)."""
+    backbone_grad: bool = False
+    """Let the heads' losses train the encoder and blocks beneath them; false keeps the main policy unaffected."""
+    gate_init_bias: float = -2.0
+    """Initial gate bias; sigmoid(-2) = 0.12, so untrained gates do not exit."""
+    gate_lr: float = 0.02
+    """Adam learning rate of the gates, which have their own optimizer: each gate is a 5-parameter classifier of a
+    target that moves only as the heads learn. At the policy's lr (5e-4) the gates of a 250k-step run on
+    simple_spread were still below the threshold at the end, with targets at depth 0 for most samples."""
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "rollout", "backbone_grad"):
+            require_bool(f"model.early_exit.{name}", getattr(self, name))
+        if require_float("model.early_exit.gate_lr", self.gate_lr) <= 0.0:
+            raise ValueError(f"model.early_exit.gate_lr={self.gate_lr}; expected a number > 0")
+        for name in ("cost_weight", "distill_weight", "gate_weight"):
+            if require_float(f"model.early_exit.{name}", getattr(self, name)) < 0.0:
+                raise ValueError(f"model.early_exit.{name}={getattr(self, name)}; expected a number >= 0")
+        threshold = require_float("model.early_exit.threshold", self.threshold)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"model.early_exit.threshold={self.threshold}; expected a number in (0, 1)")
+        require_int("model.early_exit.warmup_steps", self.warmup_steps, 0)
+        require_int("model.early_exit.alternate_every", self.alternate_every, 1)
+        require_float("model.early_exit.gate_init_bias", self.gate_init_bias)
+
+    def phase(self, step: int) -> str:
+        """Which exit part learns at gradient step ``step`` (0-based): ``heads`` or ``gates``."""
+        if step < self.warmup_steps:
+            return "heads"
+        return "gates" if ((step - self.warmup_steps) // self.alternate_every) % 2 == 0 else "heads"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The CommFormer policy: embedding, graph, gates, attention blocks, heads."""
 
@@ -164,6 +324,12 @@ class ModelConfig:
     early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
     """JEI-DNN early exits: a head and a gate after the encoder and each block but the last
     (commformer/early_exit.py)."""
+    decoder: DecoderName = "none"
+    """``none``: every agent's policy head reads its communicated features (CommFormer's encoder variant).
+    ``autoregressive``: CommFormer-dec, the official code's default: the agents choose one after another and each
+    reads, along its graph edges, the actions of those before it (commformer/layers/decoder.py)."""
+    decoder_blocks: int = 1
+    """Blocks of the autoregressive decoder (the official code uses as many as encoder blocks, 1 on SMAC)."""
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
@@ -179,6 +345,8 @@ class ModelConfig:
         require_choice("model.activation", self.activation, ACTIVATIONS)
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
+        require_choice("model.decoder", self.decoder, DECODERS)
+        require_int("model.decoder_blocks", self.decoder_blocks, 1)
         parts: dict[str, type] = {
             "graph": GraphConfig,
             "gates": GateConfig,
@@ -194,6 +362,13 @@ class ModelConfig:
                     "(build nested parts as dataclasses, not dicts)"
                 )
         self._check_history()
+        if self.decoder == "autoregressive" and self.early_exit.enabled:
+            # An exit would act before the decoder, from features that have not read the earlier agents' actions:
+            # a different policy, whose PPO terms and costs the exits' training does not model.
+            raise ValueError(
+                "model.decoder='autoregressive' with model.early_exit.enabled=true: the early exits act without the "
+                "decoder; expected model.decoder='none' with exits, or exits disabled with the decoder"
+            )
 
     def _check_history(self) -> None:
         """Validates ``encoder`` and ``history`` and derives ``orchid.max_len = history``.

@@ -9,7 +9,8 @@ Per exit: an inference module IM_l (LayerNorm, Linear, activation, Linear -> mas
 g_l = sigmoid(Linear(u_l)), where u_l are four *detached* uncertainty features of IM_l's action distribution
 (max probability, entropy, margin p1 - p2, entropy of the squared-renormalised distribution), so the gate loss
 never reaches the heads or the backbone. All of it is batched torch with no host synchronisation; only the
-decision to stop running blocks (``CommFormerPolicy.act``) reads a boolean back, as any data-dependent skip must.
+decision to stop running blocks (``EarlyExits.act``, the acting path of ``CommFormerPolicy.act``) reads a boolean
+back, as any data-dependent skip must.
 
 Exit probabilities (product form): P_l = g_l * prod_{j<l} (1 - g_j) for l < G, and the final head takes the rest,
 P_G = prod_j (1 - g_j); they are non-negative and sum to 1. The paper's test-time rule exits at the first l with
@@ -36,21 +37,21 @@ detached unless ``backbone_grad``, so with exits the main policy trains exactly 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from commformer.policy import CommFormerPolicy
-
+from commformer.config import EarlyExitConfig, ModelConfig
 from commformer.functional import activation as make_activation
-from commformer.functional import log_softmax
-from commformer.validate import require_bool, require_float, require_int
+from commformer.functional import log_softmax, mask_logits
+from commformer.heads import PolicyHead
+from commformer.trunk import CommTrunk, Connection
+from commformer.validate import require_int
 
 __all__ = [
     "N_FEATURES",
@@ -73,57 +74,6 @@ __all__ = [
 
 N_FEATURES = 4
 """Uncertainty features per agent and exit: max probability, entropy, margin, entropy of p^2 / sum p^2."""
-
-
-@dataclass(frozen=True)
-class EarlyExitConfig:
-    """JEI-DNN early exits (``model.early_exit``); off by default."""
-
-    enabled: bool = False
-    """Build an inference head and a gate after the encoder and after every block but the last."""
-    cost_weight: float = 0.1
-    """lambda of the gates' surrogate target ``loss_l + lambda * C_l`` (C_l: relative MACs); 0 = never exit early."""
-    threshold: float = 0.5
-    """Test-time rule: the team exits at the first depth where every alive agent's gate is >= threshold."""
-    rollout: bool = False
-    """Act with exits on the EnvRunners during training (exit depths recorded and replayed); default full depth."""
-    distill_weight: float = 1.0
-    """Weight of the heads' distillation loss ``KL(pi_final || pi_l)`` in the learner's total loss."""
-    gate_weight: float = 1.0
-    """Weight of the gates' binary cross-entropy in the learner's total loss."""
-    warmup_steps: int = 20
-    """Gradient steps at the start in which only the heads learn (the gates' targets need trained heads)."""
-    alternate_every: int = 10
-    """After warm-up, gates and heads take turns every this many gradient steps (gates first)."""
-    backbone_grad: bool = False
-    """Let the heads' losses train the encoder and blocks beneath them; false keeps the main policy unaffected."""
-    gate_init_bias: float = -2.0
-    """Initial gate bias; sigmoid(-2) = 0.12, so untrained gates do not exit."""
-    gate_lr: float = 0.02
-    """Adam learning rate of the gates, which have their own optimizer: each gate is a 5-parameter classifier of a
-    target that moves only as the heads learn. At the policy's lr (5e-4) the gates of a 250k-step run on
-    simple_spread were still below the threshold at the end, with targets at depth 0 for most samples."""
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "rollout", "backbone_grad"):
-            require_bool(f"model.early_exit.{name}", getattr(self, name))
-        if require_float("model.early_exit.gate_lr", self.gate_lr) <= 0.0:
-            raise ValueError(f"model.early_exit.gate_lr={self.gate_lr}; expected a number > 0")
-        for name in ("cost_weight", "distill_weight", "gate_weight"):
-            if require_float(f"model.early_exit.{name}", getattr(self, name)) < 0.0:
-                raise ValueError(f"model.early_exit.{name}={getattr(self, name)}; expected a number >= 0")
-        threshold = require_float("model.early_exit.threshold", self.threshold)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"model.early_exit.threshold={self.threshold}; expected a number in (0, 1)")
-        require_int("model.early_exit.warmup_steps", self.warmup_steps, 0)
-        require_int("model.early_exit.alternate_every", self.alternate_every, 1)
-        require_float("model.early_exit.gate_init_bias", self.gate_init_bias)
-
-    def phase(self, step: int) -> str:
-        """Which exit part learns at gradient step ``step`` (0-based): ``heads`` or ``gates``."""
-        if step < self.warmup_steps:
-            return "heads"
-        return "gates" if ((step - self.warmup_steps) // self.alternate_every) % 2 == 0 else "heads"
 
 
 @dataclass(frozen=True)
@@ -257,8 +207,8 @@ class EarlyExits(nn.Module):
     ) -> None:
         super().__init__()
         require_int("n_exits", n_exits, 1)
-        self.n_exits = n_exits
-        self.backbone_grad = config.backbone_grad
+        self.n_exits, self.n_actions = n_exits, n_actions
+        self.backbone_grad, self.threshold = config.backbone_grad, config.threshold
         heads, gates = [], []
         for _ in range(n_exits):
             logits_layer = nn.Linear(embed_dim, n_actions)
@@ -280,17 +230,14 @@ class EarlyExits(nn.Module):
     def head_logits(self, depth: int, h: Tensor, action_mask: Tensor | None) -> Tensor:
         """IM_depth's masked logits (B, N, A) from the residual stream h (B, N, d) after ``depth`` blocks."""
         x = h if self.backbone_grad else h.detach()
-        logits = self.heads[depth](x)
-        if action_mask is not None:
-            logits = logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
-        return logits
+        return mask_logits(self.heads[depth](x), action_mask)
 
     def gate_logit(self, depth: int, logits: Tensor) -> Tensor:
         """Gate pre-activation (B, N) from IM_depth's logits (B, N, A), through detached features."""
         return self.gates[depth](uncertainty_features(logits).to(logits.dtype)).squeeze(-1)
 
     def all_exits(
-        self, stream: list[Tensor], final_logits: Tensor, mask: Tensor | None, depth: Tensor | None
+        self, stream: Sequence[Tensor], final_logits: Tensor, mask: Tensor | None, depth: Tensor | None
     ) -> ExitOutput:
         """Every exit of a full-depth pass (flat batch B).
 
@@ -304,6 +251,55 @@ class EarlyExits(nn.Module):
         if depth is None:
             depth = torch.full(final_logits.shape[:1], len(stream), dtype=torch.long, device=final_logits.device)
         return ExitOutput(head_logits, gate_logits, final_logits, depth.long())  # (B, G, N, A), (B, N, G), ...
+
+    def act(
+        self,
+        h: Tensor,
+        connection: Connection,
+        action_mask: Tensor | None,
+        trunk: CommTrunk,
+        final_head: PolicyHead,
+        force_depth: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Acting with early exits: masked logits (B, N, A) and the depth (B,) each team acted at.
+
+        A team leaves at the first depth whose gates all say exit (``team_exit_depth``), and the blocks beyond it
+        are *not run* for that team: the teams still going are gathered into a smaller batch before each block,
+        which ``trunk``'s blocks run one at a time; the teams that reach depth G act with ``final_head`` on the
+        normalised last block's output. ``force_depth`` makes every team exit at that depth (running the same
+        modules a natural exit there runs): it is how ``exit_macs`` measures each exit's cost.
+
+        Args:
+            h: (B, N, d) the embeddings.  connection: ``trunk.connect``'s for h.  action_mask: (B, N, A) or None.
+        """
+        flat, n = h.shape[0], h.shape[1]
+        adjacency, alive, mask = connection.adjacency, connection.alive, action_mask
+        out = h.new_empty(flat, n, self.n_actions)
+        depth = torch.full((flat,), len(trunk.blocks), dtype=torch.long, device=h.device)
+        rows = torch.arange(flat, device=h.device)  # which original teams are still running
+        for here, block in enumerate(trunk.blocks):
+            logits = self.head_logits(here, h, mask)  # (b, N, A)
+            gates = torch.sigmoid(self.gate_logit(here, logits))  # (b, N)
+            if force_depth is None:
+                leave = team_exit_depth(gates.unsqueeze(-1), alive, self.threshold) == 0  # (b,)
+            else:
+                leave = torch.full_like(rows, here == force_depth, dtype=torch.bool)
+            leaving = int(leave.sum())  # the one host synchronisation per depth: how many teams stop here
+            if leaving == rows.shape[0]:  # everyone: no copy into the batch, no block
+                out[rows] = logits
+                depth[rows] = here
+                return out, depth
+            if leaving:  # some: record them, and run the next block on the others only
+                out[rows[leave]] = logits[leave]
+                depth[rows[leave]] = here
+                stay = ~leave
+                rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
+                mask = mask[stay] if mask is not None else None
+                alive = alive[stay] if alive is not None else None
+            h = block(h, adjacency)
+        logits, _ = final_head(trunk.norm(h), mask)
+        out[rows] = logits
+        return out, depth
 
 
 def ece(confidence: Tensor, correct: Tensor, bins: int = 10) -> float:
@@ -346,7 +342,30 @@ def count_macs(fn: Callable[[], object]) -> int:
     return counter.get_total_flops() // 2
 
 
-def exit_macs(policy: CommFormerPolicy) -> ExitMacs:
+class _ActingPolicy(Protocol):
+    """What ``exit_macs`` uses of a ``CommFormerPolicy``; a protocol, since commformer/policy.py imports this module."""
+
+    n_agents: int
+    obs_dim: int
+    n_actions: int
+    config: ModelConfig
+    exits: EarlyExits | None
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def act(
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        alive: Tensor,
+        *,
+        history: Tensor | None,
+        early_exit: bool,
+        force_depth: int | None,
+    ) -> object: ...
+
+
+def exit_macs(policy: _ActingPolicy) -> ExitMacs:
     """Counts, on ``policy``'s own modules, the MACs of acting at every exit and at full depth without exits.
 
     Each exit is measured by running ``policy.act`` with that exit forced, i.e. the very code path and modules a

@@ -1,13 +1,17 @@
 """Exported policies: weights in safetensors, everything else in JSON - a format that cannot execute code.
 
 A policy directory holds `policy.safetensors` (the `CommFormerPolicy` state dict) and `policy.json`:
-`{"format": "commformer-policy", "version": 1, "model": <ModelConfig>, "dims": {n_agents, obs_dim, n_actions,
+`{"format": "commformer-policy", "version": 2, "model": <ModelConfig>, "dims": {n_agents, obs_dim, n_actions,
 state_dim[, history]}, "metadata": {...}}`. Loading it rebuilds the policy without RLlib, Ray or pickle.
+
+Versions: 2 names the weights by the policy's parts (`encoder.`, `trunk.`, `policy_head.`, `value_head.`, `exits.`);
+1, written before the policy was split into them, has the older names (`obs_embed.`, `blocks.`, ...), which the
+policy renames as it loads them (`commformer.policy.current_name`), so both load.
 
 The model section carries the encoder (`encoder`, `history`, `orchid`), so a policy that reads a history window
 reloads as one; whoever plays it builds the env with `history=policy.config.env_history` (agents/play.py). Files
-written before the history encoders existed have no such keys and load as `encoder=mlp`, so the version is
-still 1. `dims.history`, when present, is the window of the env the policy was trained on and must agree.
+written before the history encoders existed have no such keys and load as `encoder=mlp`. `dims.history`, when
+present, is the window of the env the policy was trained on and must agree.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from commformer.policy import CommFormerPolicy
 from commformer.typed import ConfigError, from_mapping, to_dict
 
 FORMAT = "commformer-policy"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
+"""The versions this build loads."""
 WEIGHTS = "policy.safetensors"
 SPEC = "policy.json"
 
@@ -67,8 +73,10 @@ def load_policy(directory: str | Path) -> tuple[CommFormerPolicy, dict[str, Any]
         raise PolicyFileError(f"'{spec_path}' is not valid JSON ({err})") from err
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise PolicyFileError(f"'{spec_path}' is not a {FORMAT} description (format={spec.get('format')!r})")
-    if spec.get("version") != VERSION:
-        raise PolicyFileError(f"'{spec_path}' has version {spec.get('version')!r}; this build reads {VERSION}")
+    if spec.get("version") not in READABLE:
+        raise PolicyFileError(
+            f"'{spec_path}' has version {spec.get('version')!r}; this build reads versions {list(READABLE)}"
+        )
     try:
         config: ModelConfig = from_mapping(ModelConfig, spec.get("model"), "model")
         dims = spec["dims"]

@@ -1,5 +1,5 @@
-"""Numerical building blocks shared by the model and the losses: the activation modules by name, and a fast
-``log_softmax``.
+"""Numerical building blocks shared by the model and the losses: the activation modules by name, the action mask,
+and a fast ``log_softmax``.
 
 ``log_softmax`` exists for speed on CPU. PyTorch's CPU softmax kernels vectorise along the softmax dimension;
 with AVX-512 (16 floats a register) a dimension shorter than 16 takes a slow path: on (4,800, 9) logits, the
@@ -10,10 +10,11 @@ per gradient step (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["activation", "log_softmax"]
+__all__ = ["activation", "log_softmax", "mask_logits"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -23,6 +24,16 @@ def activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation {name!r} is unknown; expected one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]()
+
+
+def mask_logits(logits: Tensor, action_mask: Tensor | None) -> Tensor:
+    """``logits`` (..., A) with the unavailable actions (``action_mask == 0``, same shape) at the dtype's finfo.min.
+
+    finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
+    """
+    if action_mask is None:
+        return logits
+    return logits.masked_fill(action_mask == 0, torch.finfo(logits.dtype).min)
 
 
 _NATIVE_FROM = 16

@@ -1,24 +1,17 @@
-"""``CommFormerPolicy``: per-agent embedding -> gated learned graph -> graph attention -> policy/value heads.
+"""``CommFormerPolicy``: the CommFormer actor-critic, a composition of four parts.
 
-    encoder=mlp:               obs (*B, N, D) --LN, Linear, activation--> h (*B, N, d)
-    encoder=orchid/attention:  history (*B, L, N, D) --per agent, over time: HistoryEncoder--> h (*B, N, d)
-    h (+ agent-index embedding)
-    h --TemporalGate--> open (*B, N)          graph() (N, N) --gates, dead senders--> A_eff (*B, N, N)
-    h --num_blocks x CommBlock(A_eff)--> LN --> policy head -> logits (*B, N, A), masked by action_mask
-                                            \\-> value head (+ embedded global state) -> values (*B, N)
+    obs (*B, N, D) [, history (*B, L, N, D)] --AgentEncoder--> h (B, N, d)          commformer/encoder.py
+    h --CommTrunk: gates, graph, communication blocks, LN--> features (B, N, d)       commformer/trunk.py
+    features [--ActionDecoder, given the earlier agents' actions--> decoded]          commformer/layers/decoder.py
+    features or decoded --PolicyHead--> logits (*B, N, A), masked by action_mask      commformer/heads.py
+    features (greedy gates) --ValueHead (+ embedded global state)--> values (*B, N)   commformer/heads.py
+    the residual stream before each block --EarlyExits--> exit logits and gates       commformer/early_exit.py
 
-The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
-a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
-the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
-replayed (``gate_open``). The critic reads the trunk run with the greedy gate decisions (``greedy_values``), so the
-baseline never depends on a sampled decision (commformer/gates.py says why).
-
-History (``model.encoder`` orchid / attention, ``model.history`` = L): each agent's action is computed from
-its own last L observations, encoded over time (commformer/history.py) *before* the agents communicate; the
-graph attention then mixes the agents' encodings of the current step. The window ``history`` (*B, L, N, D) is
-part of the observation (the team env builds it, envs/team.py): it holds steps t - L + 1 .. t, so nothing
-after step t can reach the action at step t, and the learner recomputes from the very window the EnvRunner
-used. ``obs`` is still passed (it fixes the batch shape, and the mlp encoder reads it).
+B = prod(*B): the parts work on the flattened batch; the policy checks the inputs' shapes against the caller's batch
+dims *B and restores them on the way out. ``forward`` is the full-depth pass of the learner (every part, every exit);
+``act`` is the acting path of the EnvRunners (no value head, and with early exits the blocks a team no longer needs
+are not run). With the autoregressive decoder, ``forward`` is teacher-forced on given actions and ``act`` chooses
+them agent after agent.
 
 The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
 other parameters are the lower level (``model_parameters``).
@@ -28,22 +21,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
-from commformer.early_exit import EarlyExits, ExitOutput, select_depth, team_exit_depth
-from commformer.functional import activation
-from commformer.gates import GateOutput, TemporalGate, gate_adjacency
-from commformer.graph import CommGraph
-from commformer.history import HistoryEncoder
-from commformer.layers.attention import CommBlock
+from commformer.early_exit import EarlyExits, ExitOutput, select_depth
+from commformer.encoder import AgentEncoder
+from commformer.heads import PolicyHead, ValueHead
+from commformer.layers.decoder import ActionDecoder
 from commformer.layers.moe import MoEHead, MoEOutput
+from commformer.trunk import CommTrunk
+from commformer.validate import require_shape
 
-__all__ = ["Acted", "CommFormerPolicy", "PolicyOutput"]
+__all__ = ["Acted", "CommFormerPolicy", "PolicyOutput", "current_name"]
 
 
 @dataclass(frozen=True)
@@ -89,40 +80,68 @@ class Acted:
     """(*B, N) the gate decisions acted on (sampled with ``sample_gates``, else greedy)."""
     gate_logit: Tensor | None
     """(*B, N) gate logits, the behaviour policy of the decisions; None without learned gates."""
+    actions: Tensor | None = None
+    """(*B, N) int64, the actions the autoregressive decoder chose (agent i from ``logits[..., i, :]``, which were
+    computed given the actions of agents 0..i-1); None without the decoder: the caller draws from ``logits``."""
 
 
 @dataclass(frozen=True)
-class _Trunk:
-    """Everything before the first communication block (flat batch B = prod(*B))."""
+class _Inputs:
+    """The optional inputs of one call, shapes checked, on the flat batch B = prod(*B)."""
 
     batch: torch.Size
-    h: Tensor
-    """(B, N, d) per-agent embeddings."""
-    graph: Tensor
-    """(N, N) straight-through graph."""
-    adjacency: Tensor
-    """(B, N, N) effective adjacency of the gate decisions acted on."""
+    """*B, the caller's batch dims."""
+    action_mask: Tensor | None
+    """(B, N, A)."""
     alive: Tensor | None
-    """(B, N) or None."""
-    gate_open: Tensor
-    """(B, N) decisions acted on."""
-    gates: GateOutput | None
-    """The learned gates' output, None when gates are disabled or there is no communication."""
-    comm_cost: Tensor
+    """(B, N)."""
+    gate_open: Tensor | None
+    """(B, N)."""
+    exit_depth: Tensor | None
+    """(B,)."""
+    actions: Tensor | None = None
+    """(B, N) int64."""
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int, act: str) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), activation(act), nn.Linear(hidden, out_dim))
+LEGACY_MODULES = {
+    "obs_embed": "encoder.obs_embed",
+    "history_encoder": "encoder.history_encoder",
+    "agent_embed": "encoder.agent_embed",
+    "state_embed": "value_head.state_embed",
+    "graph": "trunk.graph",
+    "gate": "trunk.gate",
+    "blocks": "trunk.blocks",
+    "norm": "trunk.norm",
+}
+"""Where each top-level module of the policy before its split into parts (format version 1 of commformer/export.py,
+and the RLlib checkpoints of that time) now lives."""
+LEGACY_HEAD_LAYERS = {"0": "mlp.hidden", "2": "mlp.out"}
+"""The heads were an ``nn.Sequential`` (Linear, activation, Linear) or a ``MoEHead``; now they hold one of them as
+``mlp`` (with named layers) or ``moe``."""
 
 
-def _count_messages(adjacency: Tensor, alive: Tensor | None) -> Tensor:
-    """Off-diagonal edges into alive receivers, (B, N, N) -> (B,), without gradient."""
-    n = adjacency.shape[-1]
-    off_diagonal = 1.0 - torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
-    used = adjacency.detach() * off_diagonal  # (B, N, N)
-    if alive is not None:
-        used = used * alive.to(used.dtype).unsqueeze(-1)  # a dead receiver acts on no message
-    return used.sum(dim=(-2, -1))
+def current_name(name: str) -> str:
+    """The current name of a parameter or buffer that a version-1 state dict holds under ``name`` (the identity on
+    current names)."""
+    first, _, rest = name.partition(".")
+    if first in LEGACY_MODULES:
+        return f"{LEGACY_MODULES[first]}.{rest}"
+    layer, _, tail = rest.partition(".")
+    if first not in ("policy_head", "value_head") or layer in ("mlp", "moe", "state_embed"):
+        return name
+    return f"{first}.{LEGACY_HEAD_LAYERS[layer]}.{tail}" if layer in LEGACY_HEAD_LAYERS else f"{first}.moe.{rest}"
+
+
+def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """``load_state_dict`` pre-hook: renames a version-1 state dict's keys in place (``load_state_dict`` works on its
+    own copy), so that old checkpoints and exported policies load. A version-1 dict is recognised by its graph
+    logits at the top level; any other dict is left alone."""
+    if f"{prefix}graph.logits" not in state_dict:
+        return
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        new = prefix + current_name(key[len(prefix) :])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
 
 
 class CommFormerPolicy(nn.Module):
@@ -149,58 +168,27 @@ class CommFormerPolicy(nn.Module):
         self.config = config
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         self.state_dim = state_dim if config.use_state else None
-
-        # Exactly one encoder is built, so every parameter is used (and gets a gradient) in every forward.
-        self.obs_embed: nn.Sequential | None = None
-        self.history_encoder: HistoryEncoder | None = None
-        if config.encoder == "mlp":
-            self.obs_embed = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, d), activation(act))
-        else:
-            self.history_encoder = HistoryEncoder(
-                config.encoder, obs_dim, d, config.history, config.num_heads, config.orchid
-            )
-        self.agent_embed = nn.Embedding(n_agents, d) if config.agent_embedding else None
-        if self.agent_embed is not None:
-            nn.init.normal_(self.agent_embed.weight, std=0.02)
-        self.graph = CommGraph(n_agents, config.graph)
-        self.gate = TemporalGate(d, config.gates) if config.gates.enabled else None
-        self.blocks = nn.ModuleList(
-            CommBlock(d, config.num_heads, config.mlp_ratio, act) for _ in range(config.num_blocks)
-        )
-        # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
-        self.norm = nn.LayerNorm(d)
-        self.policy_head: nn.Module
-        last_weight: Tensor
-        last_bias: Tensor
-        if config.head == "moe":
-            moe_head = MoEHead(d, n_actions, config.moe)
-            self.policy_head, last_weight, last_bias = moe_head, moe_head.w2, moe_head.b2
-        else:
-            logits_layer = nn.Linear(d, n_actions)
-            self.policy_head = nn.Sequential(nn.Linear(d, d), activation(act), logits_layer)
-            last_weight, last_bias = logits_layer.weight, logits_layer.bias
-        # Near-uniform initial policy (as the 0.01-gain output layer of PPO practice), for early exploration.
-        with torch.no_grad():
-            last_weight.mul_(0.01)
-            last_bias.zero_()
-        self.state_embed = (
-            nn.Sequential(nn.LayerNorm(self.state_dim), nn.Linear(self.state_dim, d), activation(act))
-            if self.state_dim is not None
-            else None
-        )
-        value_in = 2 * d if self.state_embed is not None else d
-        self.value_head: nn.Module = (
-            MoEHead(value_in, 1, config.moe) if config.value_head == "moe" else _mlp(value_in, d, 1, act)
-        )
+        # The parts are built in the order of their first random draws in earlier versions, so that a seed keeps
+        # giving the same initial weights.
+        self.encoder = AgentEncoder(config, n_agents, obs_dim)
+        self.trunk = CommTrunk(config, n_agents)
+        self.policy_head = PolicyHead(config.head, d, n_actions, act, config.moe)
+        self.value_head = ValueHead(config.value_head, d, self.state_dim, act, config.moe)
         # Built last, so that every other module draws the same initial weights with exits on or off.
         self.exits = (
             EarlyExits(d, n_actions, config.num_blocks, config.early_exit, act) if config.early_exit.enabled else None
         )
+        self.decoder = (
+            ActionDecoder(d, n_actions, config.decoder_blocks, config.num_heads, config.mlp_ratio, act)
+            if config.decoder == "autoregressive"
+            else None
+        )
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def moe_heads(self) -> dict[str, MoEHead]:
         """The heads that are mixtures of experts, by name."""
-        heads = {"policy": self.policy_head, "value": self.value_head}
-        return {name: head for name, head in heads.items() if isinstance(head, MoEHead)}
+        heads = {"policy": self.policy_head.moe, "value": self.value_head.moe}
+        return {name: head for name, head in heads.items() if head is not None}
 
     @torch.no_grad()
     def set_moe_tau(self, value: float) -> None:
@@ -210,7 +198,7 @@ class CommFormerPolicy(nn.Module):
 
     def graph_parameters(self) -> list[nn.Parameter]:
         """Upper-level parameters of the bi-level optimisation: the graph logits only."""
-        return [self.graph.logits]
+        return [self.trunk.graph.logits]
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The early-exit gates' parameters (a subset of ``model_parameters``; none without exits)."""
@@ -220,150 +208,6 @@ class CommFormerPolicy(nn.Module):
         """Lower-level parameters: all but the graph logits (with ``graph_parameters``, a partition)."""
         graph = {id(p) for p in self.graph_parameters()}
         return [p for p in self.parameters() if id(p) not in graph]
-
-    def _check(self, name: str, tensor: Tensor, tail: tuple[int, ...], batch: torch.Size) -> None:
-        expected = (*batch, *tail)
-        if tuple(tensor.shape) != expected:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {expected}")
-
-    def _state_features(self, h: Tensor, state: Tensor | None) -> Tensor | None:
-        """The embedded global state (B, d) that the value head reads beside each agent's features, or None when
-        the policy does not use a state."""
-        if self.state_embed is None or self.state_dim is None:
-            if state is not None and self.config.use_state:
-                raise ValueError(
-                    "state was given but the policy was built with state_dim=None; "
-                    "expected state=None or a policy built with the environment's state_dim"
-                )
-            return None
-        if state is None:
-            raise ValueError(
-                f"state is None but the policy was built with state_dim={self.state_dim} and "
-                "model.use_state=true; expected a (*B, S) global state"
-            )
-        return cast(Tensor, self.state_embed(state.reshape(h.shape[0], self.state_dim)))  # (B, d)
-
-    def _values(self, h: Tensor, state: Tensor | None) -> Tensor | MoEOutput:
-        """The value head on each agent's features h (B, N, d), with the embedded global state s beside them
-        when the policy uses one: the head's input is then [h, s] (B, N, 2d), every agent seeing the same s."""
-        s = self._state_features(h, state)
-        if s is None:
-            return cast(Tensor | MoEOutput, self.value_head(h))
-        if isinstance(self.value_head, MoEHead):
-            flat, n, d = h.shape
-            return self.value_head(torch.cat([h, s.unsqueeze(1).expand(flat, n, d)], dim=-1))
-        head = cast(nn.Sequential, self.value_head)  # _mlp: Linear(2d, d), activation, Linear(d, 1)
-        first, nonlinearity, last = cast(nn.Linear, head[0]), head[1], head[2]
-        d = h.shape[-1]
-        # [h, s] W^T + b = h W_h^T + (s W_s^T + b): the state's half once per team, not once per agent, and no
-        # (B, N, 2d) concatenation (forward + backward of the value head ~3.8 -> ~2.4 ms on a 3m minibatch).
-        hidden = F.linear(h, first.weight[:, :d]) + F.linear(s, first.weight[:, d:], first.bias).unsqueeze(1)
-        return cast(Tensor, last(nonlinearity(hidden)))  # (B, N, 1)
-
-    def _encode(self, x: Tensor, history: Tensor | None, batch: torch.Size) -> Tensor:
-        """Per-agent embeddings (B, N, d) from the current observations x (B, N, D) or from the windows."""
-        if self.obs_embed is not None:
-            return self.obs_embed(x)  # (B, N, d)
-        assert self.history_encoder is not None
-        n, length, dim = self.n_agents, self.config.history, self.obs_dim
-        if history is None:
-            raise ValueError(
-                f"history is None but model.encoder={self.config.encoder!r} computes each action from the last "
-                f"model.history={length} observations; expected history (*B, {length}, {n}, {dim}) (the team env's "
-                f'obs["history"], built with history={length})'
-            )
-        self._check("history", history, (length, n, dim), batch)
-        flat = x.shape[0]
-        seq = history.reshape(flat, length, n, dim).transpose(1, 2)  # (B, N, L, D)
-        seq = seq.reshape(flat * n, length, dim)  # (B * N, L, D): one sequence per agent
-        return self.history_encoder(seq).reshape(flat, n, -1)  # (B, N, d)
-
-    def _trunk_input(
-        self,
-        obs: Tensor,
-        action_mask: Tensor | None,
-        alive: Tensor | None,
-        state: Tensor | None,
-        history: Tensor | None,
-        *,
-        gumbel: bool = False,
-        gate_open: Tensor | None = None,
-        sample_gates: bool = False,
-    ) -> _Trunk:
-        """Checks shapes; everything before the first communication block."""
-        n, a = self.n_agents, self.n_actions
-        if obs.dim() < 2 or obs.shape[-2:] != (n, self.obs_dim):
-            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {self.obs_dim})")
-        batch = obs.shape[:-2]
-        flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
-        x = obs.reshape(flat, n, self.obs_dim)  # (B, N, D)
-        if action_mask is not None:
-            self._check("action_mask", action_mask, (n, a), batch)
-        if alive is not None:
-            self._check("alive", alive, (n,), batch)
-            alive = alive.reshape(flat, n)  # (B, N)
-        if state is not None and self.state_dim is not None:
-            self._check("state", state, (self.state_dim,), batch)
-        if gate_open is not None:
-            if self.gate is None or not self.config.communicate:
-                raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
-            self._check("gate_open", gate_open, (n,), batch)
-            gate_open = gate_open.reshape(flat, n)
-
-        h = self._encode(x, history, batch)  # (B, N, d)
-        if self.agent_embed is not None:
-            h = h + self.agent_embed.weight  # (N, d) broadcast over B
-
-        gates = None
-        if not self.config.communicate:
-            # The no-communication ablation: every gate closed, so each agent attends to itself only.
-            decisions = h.new_zeros(flat, n)
-            comm_cost = h.new_zeros(())
-        elif self.gate is not None:
-            gates = self.gate(h, gate_open, sample=sample_gates)  # (B, N) each
-            decisions = gates.open
-            comm_cost = self.gate.cost(gates.prob, alive)
-        else:
-            decisions = h.new_ones(flat, n)
-            comm_cost = h.new_zeros(())
-        graph = self.graph(gumbel=gumbel).to(h.dtype)  # (N, N)
-        adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
-        return _Trunk(batch, h, graph, adjacency, alive, decisions, gates, comm_cost)
-
-    def _critic_features(self, trunk: _Trunk, h: Tensor) -> Tensor:
-        """The normalised last block's output (B, N, d) with the *greedy* gate decisions, for the value head.
-
-        The GAE baseline must not depend on sampled gate decisions (commformer/gates.py): where they equal the greedy
-        ones (for every alive agent of a team) the actor's features ``h`` are the critic's too; the other teams'
-        blocks are run again with the greedy decisions. Once the gates are confident, few teams differ.
-        """
-        gates = trunk.gates
-        if gates is None:
-            return h
-        greedy = gates.greedy  # (B, N)
-        differ = gates.open != greedy
-        if trunk.alive is not None:
-            differ = differ & (trunk.alive > 0)  # a dead agent's gate changes nothing anyone acts on
-        rows = differ.any(-1).nonzero().squeeze(-1)  # (B',) teams whose sampled gates are not the greedy ones
-        if rows.numel() == 0:
-            return h
-        alive = trunk.alive[rows] if trunk.alive is not None else None
-        adjacency = gate_adjacency(trunk.graph, greedy[rows], alive)  # (B', N, N)
-        x = trunk.h[rows]
-        for block in self.blocks:
-            x = block(x, adjacency)
-        return h.index_put((rows,), self.norm(x))  # out of place: h keeps its autograd history
-
-    def _final_logits(self, h: Tensor, action_mask: Tensor | None) -> tuple[Tensor, MoEOutput | None]:
-        """The final head's masked logits (B, N, A) from the normalised last block's output h (B, N, d)."""
-        head_out = self.policy_head(h)
-        moe = None
-        if isinstance(head_out, MoEOutput):
-            moe, head_out = head_out, head_out.out
-        if action_mask is not None:
-            # finfo.min, not -inf: a row with every action masked stays finite (uniform) instead of NaN.
-            head_out = head_out.masked_fill(action_mask == 0, torch.finfo(head_out.dtype).min)
-        return head_out, moe
 
     def forward(
         self,
@@ -378,6 +222,7 @@ class CommFormerPolicy(nn.Module):
         gate_open: Tensor | None = None,
         sample_gates: bool = False,
         greedy_values: bool = False,
+        actions: Tensor | None = None,
     ) -> PolicyOutput:
         """One full-depth forward pass over any leading batch dims ``*B`` (every block, head and exit runs).
 
@@ -400,58 +245,70 @@ class CommFormerPolicy(nn.Module):
                 ``sample_gates``): the logits are computed with them (the PPO consistency rule). Needs learned gates.
             sample_gates: without ``gate_open``, draw the gate decisions instead of taking the greedy ones.
             greedy_values: compute the values with the greedy gate decisions whatever the actor used
-                (``_critic_features``): the critic must not depend on a sampled decision (the learner's forwards
-                ask for this). Otherwise the values read the actor's own features.
+                (``CommTrunk.critic_features``): the critic must not depend on a sampled decision (the learner's
+                forwards ask for this). Otherwise the values read the actor's own features.
+            actions: (*B, N) int the team's actions; required with the autoregressive decoder, which computes agent
+                i's logits given a_0..a_{i-1} (teacher forcing: the rollout's actions give the rollout's logits).
 
         Returns:
             ``PolicyOutput`` with shapes restored to ``*B``.
         """
-        n, a = self.n_agents, self.n_actions
-        trunk = self._trunk_input(
-            obs, action_mask, alive, state, history, gumbel=gumbel, gate_open=gate_open, sample_gates=sample_gates
+        inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth, actions)
+        h = self._embed(obs, history)
+        connection = self.trunk.connect(
+            h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel
         )
-        batch, h, alive = trunk.batch, trunk.h, trunk.alive
-        flat = h.shape[0]
-        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
-
-        stream = []  # the residual stream before each block: the early exits' inputs
-        for block in self.blocks:
-            stream.append(h)
-            h = block(h, trunk.adjacency)
-        h = self.norm(h)  # (B, N, d)
-        logits, policy_moe = self._final_logits(h, mask)  # (B, N, A)
-        moe: dict[str, MoEOutput] = {} if policy_moe is None else {"policy": policy_moe}
+        trunk = self.trunk(h, connection)
+        features = trunk.features
+        if self.decoder is not None:
+            if inputs.actions is None:
+                raise ValueError(
+                    "actions is None but model.decoder='autoregressive' computes each agent's logits given the "
+                    f"actions of the agents before it; expected actions (*B, {self.n_agents}) int"
+                )
+            features = self.decoder(features, connection.adjacency, inputs.actions)  # (B, N, d)
+        logits, policy_moe = self.policy_head(features, inputs.action_mask)  # (B, N, A)
+        moe = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
         if self.exits is not None:
-            if exit_depth is not None:
-                self._check("exit_depth", exit_depth, (), batch)
-                exit_depth = exit_depth.reshape(h.shape[0])
-            exits = self.exits.all_exits(stream, logits, mask, exit_depth)
+            exits = self.exits.all_exits(trunk.stream, logits, inputs.action_mask, inputs.exit_depth)
             logits = select_depth(exits)  # the recorded path's logits (the final head's without a record)
-        elif exit_depth is not None:
-            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
+        critic = self.trunk.critic_features(trunk) if greedy_values else trunk.features
+        values, value_moe = self.value_head(critic, state if self.config.use_state else None)  # (B, N)
+        if value_moe is not None:
+            moe["value"] = value_moe
+        aux_loss = sum((m.aux_loss for m in moe.values()), values.new_zeros(()))
 
-        value_out = self._values(self._critic_features(trunk, h) if greedy_values else h, state)
-        if isinstance(value_out, MoEOutput):
-            moe["value"], value_out = value_out, value_out.out
-        values = value_out.squeeze(-1)  # (B, N)
-        aux_loss = sum((m.aux_loss for m in moe.values()), h.new_zeros(()))
-
-        messages = _count_messages(trunk.adjacency, alive)  # (B,)
-        gates = trunk.gates
+        batch, n, gates = inputs.batch, self.n_agents, connection.gates
+        gate_prob = gates.prob if gates is not None else connection.gate_open
         return PolicyOutput(
-            logits=logits.reshape(*batch, n, a),
+            logits=logits.reshape(*batch, n, self.n_actions),
             values=values.reshape(*batch, n),
-            adjacency=trunk.adjacency.reshape(*batch, n, n),
-            gate_open=trunk.gate_open.reshape(*batch, n),
-            gate_prob=(gates.prob if gates is not None else trunk.gate_open).reshape(*batch, n),
-            comm_cost=trunk.comm_cost,
-            messages=messages.reshape(batch),
+            adjacency=connection.adjacency.reshape(*batch, n, n),
+            gate_open=connection.gate_open.reshape(*batch, n),
+            gate_prob=gate_prob.reshape(*batch, n),
+            comm_cost=connection.comm_cost,
+            messages=connection.messages().reshape(batch),
             aux_loss=aux_loss,
             moe=moe,
             exits=None if exits is None else exits.reshape(batch),
             gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
         )
+
+    def values(
+        self,
+        obs: Tensor,
+        alive: Tensor | None = None,
+        state: Tensor | None = None,
+        history: Tensor | None = None,
+    ) -> Tensor:
+        """The per-agent values (*B, N) alone, with the greedy gate decisions: ``forward(...).values`` without the
+        policy head, the decoder (which would need actions) or the exits."""
+        inputs = self._inputs(obs, None, alive, state)
+        h = self._embed(obs, history)
+        connection = self.trunk.connect(h, inputs.alive)
+        values, _ = self.value_head(self.trunk(h, connection).features, state if self.config.use_state else None)
+        return values.reshape(*inputs.batch, self.n_agents)
 
     @torch.no_grad()
     def act(
@@ -465,73 +322,95 @@ class CommFormerPolicy(nn.Module):
         early_exit: bool = True,
         force_depth: int | None = None,
         sample_gates: bool = False,
+        sample_actions: bool = False,
     ) -> Acted:
         """The acting path: masked logits (*B, N, A), the depth they come from (*B,) and the gates, no value head.
 
         With exits (``early_exit`` and ``model.early_exit.enabled``) a team leaves at the first depth whose
-        gates all say exit (``team_exit_depth``) and the blocks beyond it are *not run* for that team: the
-        teams still going are gathered into a smaller batch before each block. ``force_depth`` makes every
-        team exit at that depth (running the same modules a natural exit there runs): it is how ``exit_macs``
-        measures each exit's cost. Without exits this is the plain full-depth path (depth G for every team).
-        ``sample_gates`` draws the temporal gates' decisions (training rollouts, which record them); otherwise
-        they are greedy. ``state`` is accepted for a uniform signature and unused (only the critic reads it).
+        gates all say exit and the blocks beyond it are *not run* for that team (``EarlyExits.act``);
+        ``force_depth`` makes every team exit at that depth, which is how ``exit_macs`` measures each exit's cost.
+        Without exits this is the plain full-depth path (depth G for every team). ``sample_gates`` draws the temporal
+        gates' decisions (training rollouts, which record them); otherwise they are greedy. ``state`` is accepted
+        for a uniform signature and unused (only the critic reads it).
+
+        With the autoregressive decoder the policy chooses the actions itself (``Acted.actions``), agent after agent
+        (``ActionDecoder.decode``): drawn from each agent's logits with ``sample_actions``, else their argmax.
         """
         del state
-        n, a = self.n_agents, self.n_actions
-        trunk = self._trunk_input(obs, action_mask, alive, None, history, sample_gates=sample_gates)
-        batch, h, adjacency, alive = trunk.batch, trunk.h, trunk.adjacency, trunk.alive
-        logits, depth = self._act_blocks(h, adjacency, alive, action_mask, early_exit, force_depth)
-        gate_logit = None if trunk.gates is None else trunk.gates.logit.reshape(*batch, n)
+        inputs = self._inputs(obs, action_mask, alive)
+        h = self._embed(obs, history)
+        connection = self.trunk.connect(h, inputs.alive, sample_gates=sample_gates)
+        chosen = None
+        if self.exits is not None and early_exit:
+            logits, depth = self.exits.act(h, connection, inputs.action_mask, self.trunk, self.policy_head, force_depth)
+        else:
+            features = self.trunk(h, connection).features
+            if self.decoder is not None:
+                chosen, logits = self._decode(features, connection.adjacency, inputs.action_mask, sample_actions)
+            else:
+                logits, _ = self.policy_head(features, inputs.action_mask)
+            depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)
+        batch, n, gates = inputs.batch, self.n_agents, connection.gates
         return Acted(
-            logits=logits.reshape(*batch, n, a),
+            logits=logits.reshape(*batch, n, self.n_actions),
             depth=depth.reshape(batch),
-            gate_open=trunk.gate_open.reshape(*batch, n),
-            gate_logit=gate_logit,
+            gate_open=connection.gate_open.reshape(*batch, n),
+            gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
+            actions=None if chosen is None else chosen.reshape(*batch, n),
         )
 
-    def _act_blocks(
-        self,
-        h: Tensor,
-        adjacency: Tensor,
-        alive: Tensor | None,
-        action_mask: Tensor | None,
-        early_exit: bool,
-        force_depth: int | None,
+    def _decode(
+        self, features: Tensor, adjacency: Tensor, action_mask: Tensor | None, sample: bool
     ) -> tuple[Tensor, Tensor]:
-        """``act``'s blocks and heads on the flat batch: logits (B, N, A) and depths (B,)."""
-        flat, n, a = h.shape[0], self.n_agents, self.n_actions
-        mask = action_mask.reshape(flat, n, a) if action_mask is not None else None
-        n_blocks = len(self.blocks)
-        if self.exits is None or not early_exit:
-            for block in self.blocks:
-                h = block(h, adjacency)
-            logits, _ = self._final_logits(self.norm(h), mask)
-            return logits, torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
+        """The decoder's actions (B, N) and the logits each agent chose from (B, N, A), on the flat batch."""
+        assert self.decoder is not None
 
-        threshold = self.config.early_exit.threshold
-        out = h.new_empty(flat, n, a)
-        depth = torch.full((flat,), n_blocks, dtype=torch.long, device=h.device)
-        rows = torch.arange(flat, device=h.device)  # which original teams are still running
-        for here, block in enumerate(self.blocks):
-            logits = self.exits.head_logits(here, h, mask)  # (b, N, A)
-            gates = torch.sigmoid(self.exits.gate_logit(here, logits))  # (b, N)
-            if force_depth is None:
-                leave = team_exit_depth(gates.unsqueeze(-1), alive, threshold) == 0  # (b,)
-            else:
-                leave = torch.full_like(rows, here == force_depth, dtype=torch.bool)
-            leaving = int(leave.sum())  # the one host synchronisation per depth: how many teams stop here
-            if leaving == rows.shape[0]:  # everyone: no copy into the batch, no block
-                out[rows] = logits
-                depth[rows] = here
-                return out, depth
-            if leaving:  # some: record them, and run the next block on the others only
-                out[rows[leave]] = logits[leave]
-                depth[rows[leave]] = here
-                stay = ~leave
-                rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
-                mask = mask[stay] if mask is not None else None
-                alive = alive[stay] if alive is not None else None
-            h = block(h, adjacency)
-        logits, _ = self._final_logits(self.norm(h), mask)
-        out[rows] = logits
-        return out, depth
+        def logits_of(decoded: Tensor) -> Tensor:
+            return self.policy_head(decoded, action_mask)[0]
+
+        def pick(logits: Tensor) -> Tensor:
+            if not sample:
+                return logits.argmax(-1)
+            return torch.distributions.Categorical(logits=logits).sample()  # masked actions: probability 0
+
+        return self.decoder.decode(features, adjacency, logits_of, pick)
+
+    def _inputs(
+        self,
+        obs: Tensor,
+        action_mask: Tensor | None,
+        alive: Tensor | None,
+        state: Tensor | None = None,
+        gate_open: Tensor | None = None,
+        exit_depth: Tensor | None = None,
+        actions: Tensor | None = None,
+    ) -> _Inputs:
+        """Checks every input's shape against the batch dims *B of ``obs`` (errors name the input); the flat views."""
+        n, d = self.n_agents, self.obs_dim
+        if obs.dim() < 2 or obs.shape[-2:] != (n, d):
+            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (*B, {n}, {d})")
+        batch = obs.shape[:-2]
+        flat = math.prod(batch)  # reshape(-1, ...) is ambiguous when a batch dim is 0
+
+        def flatten(name: str, tensor: Tensor | None, *tail: int) -> Tensor | None:
+            if tensor is None:
+                return None
+            require_shape(name, tensor.shape, (*batch, *tail))
+            return tensor.reshape(flat, *tail)
+
+        action_mask = flatten("action_mask", action_mask, n, self.n_actions)
+        alive = flatten("alive", alive, n)
+        if state is not None and self.state_dim is not None:
+            require_shape("state", state.shape, (*batch, self.state_dim))
+        gate_open = flatten("gate_open", gate_open, n)
+        if exit_depth is not None and self.exits is None:
+            raise ValueError("exit_depth was given but the policy has no early exits (model.early_exit.enabled)")
+        if actions is not None and self.decoder is None:
+            raise ValueError("actions were given but the policy has no decoder (model.decoder='autoregressive')")
+        flat_actions = flatten("actions", actions, n)
+        return _Inputs(batch, action_mask, alive, gate_open, flatten("exit_depth", exit_depth), flat_actions)
+
+    def _embed(self, obs: Tensor, history: Tensor | None) -> Tensor:
+        """The encoder's embeddings on the flat batch, (B, N, d)."""
+        h = self.encoder(obs, history)  # (*B, N, d)
+        return h.reshape(math.prod(h.shape[:-2]), self.n_agents, self.config.embed_dim)

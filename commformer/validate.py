@@ -1,11 +1,13 @@
-"""Validators shared by the config dataclasses: each raises ValueError naming the dotted setting and what was
-expected (bool is never accepted as a number: `embed_dim: true` in YAML must not pass as 1)."""
+"""Validators shared by the config dataclasses and the model's input checks: each raises ValueError naming the dotted
+setting (or the input) and what was expected (bool is never accepted as a number: `embed_dim: true` in YAML must not
+pass as 1)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-__all__ = ["require_bool", "require_choice", "require_float", "require_int"]
+__all__ = ["require_bool", "require_choice", "require_float", "require_int", "require_shape"]
 
 
 def require_int(path: str, value: object, minimum: int) -> None:
@@ -37,3 +39,9 @@ def require_choice(path: str, value: object, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         expected = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{path}={value!r}; expected one of {expected}")
+
+
+def require_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> None:
+    """Raise unless the input ``name`` has ``shape == expected`` (a tensor's ``shape``, or any sequence of sizes)."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(shape)}; expected {tuple(expected)}")

@@ -53,77 +53,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from commformer.validate import require_choice, require_float, require_int
+from commformer.config import MOE_GATES as GATES
+from commformer.config import MoEActivationName as ActivationName
+from commformer.config import MoEConfig
+from commformer.config import MoEGateName as GateName
+from commformer.validate import require_float, require_int
 
 __all__ = ["GATES", "ActivationName", "GateName", "MoEConfig", "MoEHead", "MoEOutput", "Routing"]
 
-GateName = Literal["topk", "dense_to_sparse", "activation"]
-ActivationName = Literal["sigmoid", "tanh", "gelu"]
-GATES: tuple[str, ...] = get_args(GateName)
 # sigma of the activation gate: smooth and not positively homogeneous (sigma(c z) != c sigma(z)).
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    """Mixture-of-experts head: number of experts, gate, temperature schedule, auxiliary-loss weights."""
-
-    experts: int = 4
-    """Number of expert MLPs E (>= 1)."""
-    gate: GateName = "topk"
-    """Gate: ``topk`` (sparse softmax over the K largest logits), ``dense_to_sparse`` or ``activation``."""
-    k: int = 2
-    """Experts per input for the ``topk`` gate, 1 <= k <= experts (ignored by the dense gates, so their
-    ``experts=1`` needs no ``k=1``). K >= 2 is the safe choice (REFERENCE): with K = 1 the chosen weight is
-    exactly 1, so the router learns only from the auxiliary losses, not from the policy loss."""
-    tau_start: float = 1.0
-    """Temperature of the dense gates at the start of training (> 0)."""
-    tau_end: float = 0.1
-    """Temperature of the dense gates at the end of training (> 0), reached geometrically; see ``tau_at``."""
-    activation: ActivationName = "sigmoid"
-    """sigma of the ``activation`` gate."""
-    hidden: int | None = None
-    """Hidden width of each expert MLP; None = the input width."""
-    balance_coeff: float = 0.01
-    """Weight of the Switch/GShard balance loss in ``aux_loss`` (>= 0)."""
-    z_coeff: float = 0.001
-    """Weight of the router z-loss in ``aux_loss`` (>= 0)."""
-
-    def __post_init__(self) -> None:
-        require_int("model.moe.experts", self.experts, 1)
-        require_choice("model.moe.gate", self.gate, GATES)
-        require_int("model.moe.k", self.k, 1)
-        if self.gate == "topk" and self.k > self.experts:
-            raise ValueError(
-                f"model.moe.k={self.k} is larger than model.moe.experts={self.experts}; "
-                f"expected 1 <= k <= {self.experts}"
-            )
-        for name in ("tau_start", "tau_end"):
-            if require_float(f"model.moe.{name}", getattr(self, name)) <= 0.0:
-                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
-        require_choice("model.moe.activation", self.activation, tuple(_ACTIVATIONS))
-        if self.hidden is not None:
-            require_int("model.moe.hidden", self.hidden, 1)
-        for name in ("balance_coeff", "z_coeff"):
-            if require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
-                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
-
-    def tau_at(self, progress: float) -> float:
-        """Temperature at ``progress`` in [0, 1] (clipped): ``tau_start * (tau_end / tau_start) ** progress``.
-
-        Geometric, not linear: tau divides the logits, so what matters is its ratio from one step to the next.
-        A geometric schedule sharpens the gate by the same factor in every equal slice of training; a linear one
-        from 1.0 to 0.1 is still at 0.55 half-way (under 2x sharper) and does most of its sharpening (5x) in
-        the last 10% of training, too late for the experts to specialise.
-        """
-        p = min(max(float(progress), 0.0), 1.0)
-        return self.tau_start * (self.tau_end / self.tau_start) ** p
+_ACTIVATIONS: dict[ActivationName, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+}
 
 
 @dataclass(frozen=True)

@@ -61,13 +61,12 @@ the input's dtype.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from commformer.config import OrchidConfig
 from commformer.validate import require_int
 
 __all__ = [
@@ -79,46 +78,11 @@ __all__ = [
     "fft_causal_conv",
 ]
 
-Conditioning = Literal["type1", "type2", "none"]
-CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
-
 # Hyena's ExponentialModulation defaults: channel c decays to DECAY_TARGET at a lag between FAST and SLOW times
 # max_len.
 DECAY_TARGET = 1e-2
 DECAY_FAST = 0.3
 DECAY_SLOW = 1.5
-
-
-@dataclass(frozen=True)
-class OrchidConfig:
-    """The Orchid sequence layer (Karami & Ghodsi 2024); see the module docstring."""
-
-    max_len: int = 256
-    """Longest window in time steps. h0 reads the lag as lag / max_len; a longer input raises."""
-    short_kernel: int = 3
-    """Width of the causal depthwise conv on [x0 | x1 | v] after the input projection."""
-    conditioning: Conditioning = "type1"
-    """Data-dependent kernel: "type1" (phase suppression), "type2" (cross-correlation) or "none" (h0 only)."""
-    cond_kernel: int = 3
-    """Odd width of the conditioning network's depthwise convs (over time: causal; over frequency: centred)."""
-    filter_order: int = 16
-    """Width of the implicit-filter FFN that produces h0."""
-    filter_bands: int = 2
-    """Sinusoidal bands in h0's positional features [t, cos(2 pi b t), sin(2 pi b t)], b = 1..filter_bands."""
-
-    def __post_init__(self) -> None:
-        require_int("model.orchid.max_len", self.max_len, 1)
-        require_int("model.orchid.short_kernel", self.short_kernel, 1)
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
-        require_int("model.orchid.cond_kernel", self.cond_kernel, 1)
-        if self.cond_kernel % 2 == 0:
-            raise ValueError(
-                f"model.orchid.cond_kernel={self.cond_kernel}; expected an odd integer (the conv over frequency is "
-                "centred)"
-            )
-        require_int("model.orchid.filter_order", self.filter_order, 1)
-        require_int("model.orchid.filter_bands", self.filter_bands, 1)
 
 
 def _causal_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -32,15 +32,15 @@ def _moved(before, after, name):
 def test_only_graph_steps_move_only_the_graph(ray_session):
     before, after, metrics = _one_iteration(["training.graph_every=1"])
     assert metrics["graph_steps"] == metrics["gradient_steps"] >= 4
-    assert _moved(before, after, "graph.logits")
-    assert not any(_moved(before, after, k) for k in before if k != "graph.logits")
+    assert _moved(before, after, "trunk.graph.logits")
+    assert not any(_moved(before, after, k) for k in before if k != "trunk.graph.logits")
 
 
 def test_only_model_steps_leave_the_graph_alone(ray_session):
     before, after, metrics = _one_iteration(["training.graph_every=1000"])
     assert metrics["graph_steps"] == 0 and metrics["gradient_steps"] >= 4
-    assert not _moved(before, after, "graph.logits")
-    assert all(_moved(before, after, k) for k in ("blocks.0.attn.qkv.weight", "policy_head.0.weight"))
+    assert not _moved(before, after, "trunk.graph.logits")
+    assert all(_moved(before, after, k) for k in ("trunk.blocks.0.attn.qkv.weight", "policy_head.mlp.hidden.weight"))
 
 
 def test_rollout_and_update_agree_on_the_policy(ray_session, monkeypatch):
@@ -95,7 +95,7 @@ def test_learner_threads_apply_to_the_update_only(ray_session, monkeypatch):
 def test_freeze_stops_graph_steps(ray_session):
     before, after, metrics = _one_iteration(["training.graph_every=1", "training.graph_freeze_fraction=0.0"])
     assert metrics["graph_steps"] == 0
-    assert not _moved(before, after, "graph.logits")
+    assert not _moved(before, after, "trunk.graph.logits")
 
 
 def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consistency(ray_session, monkeypatch):
@@ -134,7 +134,7 @@ def test_moe_temperature_anneals_between_iterations_without_breaking_ppo_consist
             metrics = algo.train()["learners"]["default_policy"]
             assert metrics["gradient_steps"] == 4  # keeps the call indices above honest
             taus.append(metrics["moe_tau"])
-        runner_tau = float(algo.env_runner.module.policy.policy_head.tau)
+        runner_tau = float(algo.env_runner.module.policy.policy_head.moe.tau)
     finally:
         algo.stop()
     assert taus[0] > taus[1] >= 0.01 and runner_tau == pytest.approx(taus[1])
@@ -170,7 +170,7 @@ def test_non_finite_loss_skips_the_update_entirely(ray_session, monkeypatch):
     assert metrics["gradient_steps"] >= 4
     assert metrics["skipped_updates"] == len(calls) - len(calls) // 2  # the odd steps
     assert all(torch.isfinite(v).all() for v in after.values())  # no NaN leaked into the weights
-    assert _moved(before, after, "policy_head.0.weight")  # the finite steps still learned
+    assert _moved(before, after, "policy_head.mlp.hidden.weight")  # the finite steps still learned
 
 
 def test_all_steps_non_finite_leaves_the_policy_untouched(ray_session, monkeypatch):
@@ -314,6 +314,6 @@ def test_the_frozen_random_graph_arm_never_changes_its_graph(ray_session):
     overrides += ["env.options.n_agents=5", "model.graph.k=2"]
     before, after, metrics = _one_iteration(overrides)
     assert metrics["graph_steps"] == 0 and metrics["gradient_steps"] >= 4
-    assert torch.equal(before["graph.logits"], after["graph.logits"])
-    assert not torch.equal(before["graph.logits"], torch.ones(5, 5))  # the random start, not the uniform one
-    assert _moved(before, after, "policy_head.0.weight")
+    assert torch.equal(before["trunk.graph.logits"], after["trunk.graph.logits"])
+    assert not torch.equal(before["trunk.graph.logits"], torch.ones(5, 5))  # the random start, not the uniform one
+    assert _moved(before, after, "policy_head.mlp.hidden.weight")

@@ -267,8 +267,8 @@ def backbone_gradient_of_exit_heads() -> Probe:
         exits = module.forward_train(_train_batch(module))[POLICY_OUTPUT].exits
         weights = torch.randn(exits.head_logits.shape, generator=torch.Generator().manual_seed(2))
         (exits.head_logits * weights).sum().backward()  # any function of the exits' logits alone
-        assert module.policy.obs_embed is not None  # the mlp encoder: Sequential(LayerNorm, Linear, activation)
-        grad = module.policy.obs_embed[1].weight.grad
+        assert module.policy.encoder.obs_embed is not None  # the mlp encoder: Sequential(LayerNorm, Linear, activation)
+        grad = module.policy.encoder.obs_embed[1].weight.grad
         return torch.zeros(()) if grad is None else grad
 
     return Probe("module", "gradient of the encoder from a function of the exit heads' logits", observe)
@@ -539,13 +539,15 @@ CASES: dict[str, Case] = {
     "model.value_head": Case("moe", parameters()),
     "model.encoder": Case("attention", parameters()),
     "model.history": Case("6", parameters(), ("model.encoder=attention", "model.history=4")),
+    "model.decoder": Case("autoregressive", exploration()),  # the module chooses and returns the actions
+    "model.decoder_blocks": Case("2", parameters(), ("model.decoder=autoregressive",)),
     # model.graph
     "model.graph.sparsity": Case("0.9", forward("adjacency")),
     "model.graph.k": Case("2", forward("adjacency")),
     "model.graph.init": Case("random", forward("adjacency")),
     # Consumed in upper-level steps only: the Learner arms the module's Gumbel noise, the forward passes it on.
-    "model.graph.gumbel": Case("false", gradient("graph."), UPPER_LEVEL),
-    "model.graph.gumbel_tau": Case("0.5", gradient("graph."), UPPER_LEVEL),
+    "model.graph.gumbel": Case("false", gradient("trunk.graph."), UPPER_LEVEL),
+    "model.graph.gumbel_tau": Case("0.5", gradient("trunk.graph."), UPPER_LEVEL),
     # model.gates
     "model.gates.enabled": Case("false", parameters()),
     "model.gates.cost_weight": Case("0.5", forward("comm_cost")),

@@ -47,5 +47,5 @@ def test_two_learners_stay_identical(ray_session) -> None:
     assert 4 <= steps <= 5 and metrics["graph_steps"] in (steps // 2, (steps + 1) // 2)
     for name in last[0]:
         np.testing.assert_array_equal(last[0][name], last[1][name], err_msg=name)  # bit-identical replicas
-    assert not np.array_equal(first[0]["graph.logits"], last[0]["graph.logits"])  # the graph did learn
-    assert not np.array_equal(first[0]["policy_head.0.weight"], last[0]["policy_head.0.weight"])
+    assert not np.array_equal(first[0]["trunk.graph.logits"], last[0]["trunk.graph.logits"])  # the graph did learn
+    assert not np.array_equal(first[0]["policy_head.mlp.hidden.weight"], last[0]["policy_head.mlp.hidden.weight"])

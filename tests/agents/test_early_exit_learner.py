@@ -34,7 +34,7 @@ def test_heads_learn_in_warmup_and_the_gates_wait(ray_session):
     before, after, metrics = _one_iteration(["model.early_exit.warmup_steps=100"])
     assert all(_moved(before, after, "exits.heads."))
     assert not any(_moved(before, after, "exits.gates."))
-    assert all(_moved(before, after, "blocks.1.")) and metrics["exit_phase_gates"] == 0.0
+    assert all(_moved(before, after, "trunk.blocks.1.")) and metrics["exit_phase_gates"] == 0.0
     assert metrics["exit_distill_kl"] > 0.0
 
 
@@ -133,7 +133,7 @@ def test_the_main_policy_learns_from_steps_taken_at_an_exit(ray_session):
     overrides += ["model.early_exit.warmup_steps=100", "training.vf_loss_coeff=0.0"]
     before, after, metrics = _one_iteration(overrides)
     assert metrics["exit_rollout_depth_mean"] == 0.0
-    for prefix in ("obs_embed.", "blocks.0.", "blocks.1.", "policy_head.", "gate."):
+    for prefix in ("encoder.obs_embed.", "trunk.blocks.0.", "trunk.blocks.1.", "policy_head.", "trunk.gate."):
         assert any(_moved(before, after, prefix)), prefix
     assert not any(_moved(before, after, "value_head."))  # control: nothing else trains without the value loss
 

@@ -93,6 +93,6 @@ def test_optimizer_steps_match_rllib(learner, graph_step):
     got = step(learner.apply_gradients)
     moved = [k for k in expected if not torch.equal(expected[k], start_params[k])]
     assert moved  # the steps did move the active level
-    assert ("policy.graph.logits" in moved) == graph_step
+    assert ("policy.trunk.graph.logits" in moved) == graph_step
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0.0, atol=0.0)

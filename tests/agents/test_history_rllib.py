@@ -69,7 +69,7 @@ def test_exported_policy_keeps_its_encoder(run_dir):
     assert ckpt.read_meta(latest) == {"iteration": 2, "env_steps": 540}
     policy, metadata = load_policy(latest / ckpt.POLICY)
     assert policy.config.encoder == "orchid" and policy.config.history == 12
-    assert policy.config.orchid.max_len == 12 and policy.history_encoder is not None
+    assert policy.config.orchid.max_len == 12 and policy.encoder.history_encoder is not None
     spec = json.loads((latest / ckpt.POLICY / "policy.json").read_text())
     assert spec["dims"]["history"] == 12
     assert metadata["env"]["options"]["delay"] == 8

@@ -21,6 +21,7 @@ def test_each_arm_loads_and_changes_only_its_keys(arm: str) -> None:
     model, training = changed.model, changed.training
     expected = {
         "learned": (True, 0.4, True, "uniform", 1.0),
+        "learned_dec": (True, 0.4, True, "uniform", 1.0),
         "learned_nogates": (True, 0.4, False, "uniform", 1.0),
         "dense": (True, 1.0, False, "uniform", 1.0),
         "random": (True, 0.4, False, "random", 0.0),
@@ -30,6 +31,7 @@ def test_each_arm_loads_and_changes_only_its_keys(arm: str) -> None:
     graph = model.graph
     got = (model.communicate, graph.sparsity, model.gates.enabled, graph.init, training.graph_freeze_fraction)
     assert got == expected
+    assert model.decoder == ("autoregressive" if arm == "learned_dec" else "none")
     assert model.gates.cost_weight == (0.1 if arm == "cost0.1" else base.model.gates.cost_weight)
 
 

@@ -36,7 +36,7 @@ def _train_and_evaluate(tmp_path, name: str, overrides: list[str], steps: int = 
     policy, _ = load_policy(ckpt.latest_checkpoint(tmp_path / name) / ckpt.POLICY)
     env = make_team_env("signal", config.env.options)
     stats = play(env, greedy_actor(policy, use_state=False), episodes=20, seed=123)
-    return float(np.mean(stats.returns)), policy.graph.hard().numpy()
+    return float(np.mean(stats.returns)), policy.trunk.graph.hard().numpy()
 
 
 @pytest.mark.slow

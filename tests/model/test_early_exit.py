@@ -256,7 +256,7 @@ def test_act_with_mixed_exits_matches_per_team_runs_and_the_replayed_forward():
 def test_an_exit_at_depth_l_runs_no_block_beyond_l():
     policy = _policy()
     calls: list[tuple[int, int]] = []
-    for index, block in enumerate(policy.blocks):
+    for index, block in enumerate(policy.trunk.blocks):
         block.register_forward_hook(lambda _m, args, _out, index=index: calls.append((index, args[0].shape[0])))
     obs, mask, alive, state = _inputs(5)
     for forced in range(G + 1):
@@ -348,7 +348,7 @@ def test_backbone_grad_lets_distillation_train_the_blocks():
     policy = _policy(_config(backbone_grad=True))
     distill, _ = _exit_losses(policy, lam=0.5)
     names = _grad_names(policy, distill)
-    assert "blocks.0.mlp.0.weight" in names and "obs_embed.1.weight" in names
+    assert "trunk.blocks.0.mlp.0.weight" in names and "encoder.obs_embed.1.weight" in names
     assert not any(name.startswith(("policy_head.", "value_head.", "exits.gates.")) for name in names)
 
 

@@ -83,12 +83,12 @@ def test_every_parameter_gets_a_finite_gradient(n: int, gates: bool) -> None:
     obs, mask, alive, state = _inputs((4,), n, seed=n)
     _loss(policy(obs, mask, alive, state), mask).backward()
     for name, param in policy.named_parameters():
-        if n == 1 and name == "graph.logits":
+        if n == 1 and name == "trunk.graph.logits":
             assert param.grad is None  # a lone agent's graph is the constant [[1]]
             continue
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
-    logits_grad = policy.graph.logits.grad
+    logits_grad = policy.trunk.graph.logits.grad
     if n > 2:
         assert logits_grad is not None and logits_grad.abs().sum() > 0, "the ST path did not reach the graph"
 
@@ -96,7 +96,7 @@ def test_every_parameter_gets_a_finite_gradient(n: int, gates: bool) -> None:
 def test_graph_and_model_parameters_partition_parameters() -> None:
     policy = _policy(4)
     graph, model = policy.graph_parameters(), policy.model_parameters()
-    assert graph == [policy.graph.logits]
+    assert graph == [policy.trunk.graph.logits]
     ids = [id(p) for p in graph + model]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in policy.parameters()}
@@ -105,7 +105,7 @@ def test_graph_and_model_parameters_partition_parameters() -> None:
 def test_closed_gates_leave_only_self_loops() -> None:
     policy = _policy(4)
     with torch.no_grad():
-        policy.gate.proj.bias.fill_(-5.0)  # type: ignore[union-attr]
+        policy.trunk.gate.proj.bias.fill_(-5.0)  # type: ignore[union-attr]
     obs, mask, _, state = _inputs((3,), 4)
     out = policy(obs, mask, None, state)
     assert torch.equal(out.gate_open, torch.zeros(3, 4))
@@ -135,7 +135,7 @@ def test_dead_senders_send_nothing() -> None:
 
 def test_gates_disabled() -> None:
     policy = _policy(3, ModelConfig(embed_dim=8, gates=GateConfig(enabled=False)))
-    assert policy.gate is None
+    assert policy.trunk.gate is None
     obs, mask, alive, state = _inputs((2,), 3)
     out = policy(obs, mask, alive, state)
     assert torch.equal(out.gate_open, torch.ones(2, 3))
@@ -162,11 +162,11 @@ def test_permutation_equivariance() -> None:
     n = 6
     config = ModelConfig(embed_dim=8, num_heads=2, agent_embedding=False, graph=GraphConfig(k=2))
     policy = _policy(n, config)
-    gate = policy.gate
+    gate = policy.trunk.gate
     assert gate is not None
     obs, mask, alive, state = _inputs((3,), n, seed=1)
     with torch.no_grad():
-        policy.graph.logits.copy_(torch.randn(n, n))
+        policy.trunk.graph.logits.copy_(torch.randn(n, n))
         gate.proj.weight.normal_()
         # Put the threshold between the two middle gate logits: half the gates open, half closed.
         gate_logits = torch.logit(policy(obs, mask, alive, state).gate_prob).flatten().sort().values
@@ -176,7 +176,7 @@ def test_permutation_equivariance() -> None:
 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        policy.graph.logits.copy_(policy.graph.logits[perm][:, perm])  # P L P^T
+        policy.trunk.graph.logits.copy_(policy.trunk.graph.logits[perm][:, perm])  # P L P^T
     out_p = policy(obs[:, perm], mask[:, perm], alive[:, perm], state)
     torch.testing.assert_close(out_p.logits, out.logits[:, perm])
     torch.testing.assert_close(out_p.values, out.values[:, perm])
@@ -190,10 +190,10 @@ def test_gumbel_changes_gradient_not_outputs() -> None:
     policy = _policy(5)
     obs, mask, _, state = _inputs((4,), 5)
     out = policy(obs, mask, None, state)
-    grad = torch.autograd.grad(_loss(out, mask), policy.graph.logits)[0]
+    grad = torch.autograd.grad(_loss(out, mask), policy.trunk.graph.logits)[0]
     torch.manual_seed(3)
     out_g = policy(obs, mask, None, state, gumbel=True)
-    grad_g = torch.autograd.grad(_loss(out_g, mask), policy.graph.logits)[0]
+    grad_g = torch.autograd.grad(_loss(out_g, mask), policy.trunk.graph.logits)[0]
     torch.testing.assert_close(out_g.logits, out.logits, rtol=0, atol=0)
     torch.testing.assert_close(out_g.values, out.values, rtol=0, atol=0)
     assert not torch.allclose(grad, grad_g)
@@ -238,7 +238,7 @@ def test_input_errors_name_the_input() -> None:
 
 def test_use_state_false_ignores_state() -> None:
     policy = _policy(3, ModelConfig(embed_dim=8, use_state=False))
-    assert policy.state_embed is None
+    assert policy.value_head.state_embed is None
     obs, _, _, state = _inputs((2,), 3)
     torch.testing.assert_close(policy(obs, state=state).values, policy(obs).values)
 
@@ -266,11 +266,11 @@ def test_value_head_reads_each_agent_beside_the_state():
     policy = _policy(3).double()
     obs, mask, alive, state = _inputs((4,), 3)
     trunk = {}
-    policy.norm.register_forward_hook(lambda module, args, out: trunk.update(h=out))
+    policy.trunk.norm.register_forward_hook(lambda module, args, out: trunk.update(h=out))
     out = policy(obs.double(), mask, alive, state.double())
     h = trunk["h"]  # (B, N, d): what the value head reads for each agent
-    s = policy.state_embed(state.double())  # (B, d)
-    reference = policy.value_head(torch.cat([h, s.unsqueeze(1).expand_as(h)], dim=-1)).squeeze(-1)
+    s = policy.value_head.state_embed(state.double())  # (B, d)
+    reference = policy.value_head.mlp(torch.cat([h, s.unsqueeze(1).expand_as(h)], dim=-1)).squeeze(-1)
     torch.testing.assert_close(out.values, reference, rtol=1e-12, atol=1e-12)
     weights = torch.randn(4, 3, dtype=torch.float64)
     params = list(policy.parameters())
@@ -297,7 +297,7 @@ def test_activation_reaches_every_mlp_of_the_policy(name: str, module: type, tmp
     # obs embed, state embed, 2 block MLPs, policy head, value head, 2 exit heads
     assert sum(isinstance(m, module) for m in policy.modules()) == 8
     seen = {}
-    mlp = policy.blocks[-1].mlp
+    mlp = policy.trunk.blocks[-1].mlp
     mlp[0].register_forward_hook(lambda m, args, out: seen.update(pre=out))
     mlp[1].register_forward_hook(lambda m, args, out: seen.update(post=out))
     obs, mask, alive, state = _inputs((4,), 3)

@@ -16,9 +16,9 @@ CONFIG = ModelConfig(embed_dim=8, num_heads=2, num_blocks=2, graph=GraphConfig(k
 def _policy(seed: int = 0) -> CommFormerPolicy:
     torch.manual_seed(seed)
     policy = CommFormerPolicy(CONFIG, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
-    assert policy.gate is not None
+    assert policy.trunk.gate is not None
     with torch.no_grad():
-        policy.gate.proj.weight.normal_()  # gates near p = 0.5 that depend on the agent: many draws differ
+        policy.trunk.gate.proj.weight.normal_()  # gates near p = 0.5 that depend on the agent: many draws differ
     return policy
 
 
@@ -80,7 +80,7 @@ def test_greedy_values_rerun_only_the_teams_whose_alive_agents_were_not_greedy()
     record[5, 3] = 1 - record[5, 3]  # team 5: only a dead agent's decision differs -> no rerun
     alive[5, 3] = 0.0
     sizes: list[int] = []
-    hook = policy.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
+    hook = policy.trunk.blocks[0].register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
     try:
         policy(obs, mask, alive, state, gate_open=record, greedy_values=True)
         assert sizes == [8, 1]
@@ -113,10 +113,10 @@ def test_the_task_gradient_reaches_a_closed_gate_through_its_log_prob() -> None:
     batch in which some decisions opened sends the gate a gradient through log p(open) (the score function), and
     none through the messages (the decisions carry no gradient)."""
     policy = _policy()
-    assert policy.gate is not None
+    assert policy.trunk.gate is not None
     with torch.no_grad():
-        policy.gate.proj.weight.zero_()
-        policy.gate.proj.bias.fill_(-5.0)
+        policy.trunk.gate.proj.weight.zero_()
+        policy.trunk.gate.proj.bias.fill_(-5.0)
     obs, mask, alive, state = _inputs(16)
     record = torch.zeros(16, N)
     record[::4, 0] = 1.0  # a few draws opened
@@ -124,10 +124,10 @@ def test_the_task_gradient_reaches_a_closed_gate_through_its_log_prob() -> None:
     assert out.gate_logit is not None
     advantage = torch.linspace(-1, 1, 16).unsqueeze(-1)  # (B, 1)
     score = (advantage * gate_log_prob(out.gate_logit, out.gate_open)).sum()
-    (grad,) = torch.autograd.grad(score, policy.gate.proj.bias)
+    (grad,) = torch.autograd.grad(score, policy.trunk.gate.proj.bias)
     expected = (advantage * (record - torch.sigmoid(torch.tensor(-5.0)))).sum()  # d log p(g)/dz = g - p
     torch.testing.assert_close(grad, expected.reshape(1))
     assert grad.abs() > 0.1
     # The logits themselves send the gate nothing: the decisions are constants.
-    (logit_grad,) = torch.autograd.grad(out.logits.sum(), policy.gate.proj.bias, allow_unused=True)
+    (logit_grad,) = torch.autograd.grad(out.logits.sum(), policy.trunk.gate.proj.bias, allow_unused=True)
     assert logit_grad is None or torch.equal(logit_grad, torch.zeros(1))

@@ -56,10 +56,10 @@ def test_shapes(encoder: str, batch: tuple[int, ...], history: int, n: int) -> N
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_only_the_chosen_encoder_is_built(encoder: str) -> None:
     policy = _policy(3, encoder, 5)
-    assert policy.obs_embed is None and isinstance(policy.history_encoder, HistoryEncoder)
-    assert _policy(3, "orchid", 5).history_encoder.mixer.config.max_len == 5  # type: ignore[union-attr]
+    assert policy.encoder.obs_embed is None and isinstance(policy.encoder.history_encoder, HistoryEncoder)
+    assert _policy(3, "orchid", 5).encoder.history_encoder.mixer.config.max_len == 5  # type: ignore[union-attr]
     mlp = CommFormerPolicy(ModelConfig(embed_dim=8), n_agents=3, obs_dim=D, n_actions=A)
-    assert mlp.history_encoder is None and mlp.obs_embed is not None
+    assert mlp.encoder.history_encoder is None and mlp.encoder.obs_embed is not None
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -74,7 +74,7 @@ def test_every_parameter_gets_a_finite_gradient(encoder: str, history: int) -> N
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
         # With L = 1 the softmax over one key is 1 whatever the query: the query's gradient is exactly 0.
-        if name.startswith("history_encoder") and history > 1:
+        if name.startswith("encoder.history_encoder") and history > 1:
             assert param.grad.abs().sum() > 0, name
 
 

@@ -42,7 +42,7 @@ def test_the_policy_head_equals_its_moe_applied_to_the_features():
     """The logits are exactly the MoE head's output: no hidden extra layer on the MoE path."""
     policy = _policy()
     seen = {}
-    policy.policy_head.register_forward_hook(lambda mod, inp, out: seen.update(out=out.out))
+    policy.policy_head.moe.register_forward_hook(lambda mod, inp, out: seen.update(out=out.out))
     out = policy(**_inputs())
     torch.testing.assert_close(out.logits, seen["out"].reshape(out.logits.shape))
 
@@ -86,4 +86,4 @@ def test_head_config_is_validated_by_name():
         ModelConfig(head="mixture")
     with pytest.raises(ValueError, match=r"model\.moe\.k=5 is larger than model\.moe\.experts=4"):
         dataclasses.replace(ModelConfig(), moe=MoEConfig(experts=4, k=5))
-    assert isinstance(_policy().policy_head, MoEHead)
+    assert isinstance(_policy().policy_head.moe, MoEHead)

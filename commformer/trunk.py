@@ -1,0 +1,168 @@
+"""``CommTrunk``: the agents communicate. It owns the learned graph, the temporal gates, the communication blocks and
+the final LayerNorm; it decides who listens to whom this step (``connect``) and runs the blocks (``forward``).
+
+    h (B, N, d) --TemporalGate--> open (B, N)          graph() (N, N) --gates, dead senders--> A_eff (B, N, N)
+    h --num_blocks x CommBlock(A_eff)--> LN --> features (B, N, d)
+
+The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
+a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
+the temporal gates' decisions are either greedy (deterministic) or sampled while training and then recorded and
+replayed (``gate_open``). The critic reads the trunk run with the greedy gate decisions (``critic_features``), so the
+baseline never depends on a sampled decision (commformer/gates.py says why).
+
+Everything here works on a flat batch B (the policy flattens the caller's batch dims).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from commformer.config import ModelConfig
+from commformer.gates import GateOutput, TemporalGate, gate_adjacency
+from commformer.graph import CommGraph
+from commformer.layers.attention import CommBlock
+
+__all__ = ["CommTrunk", "Connection", "TrunkOutput"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Who listens to whom in one step: everything the blocks read besides the agents' embeddings."""
+
+    graph: Tensor
+    """(N, N) the straight-through graph."""
+    adjacency: Tensor
+    """(B, N, N) effective adjacency (receiver x sender) of the gate decisions acted on, forward value 0/1."""
+    gate_open: Tensor
+    """(B, N) the gate decisions acted on (replayed, sampled or greedy); all ones when gates are disabled, all zeros
+    without communication."""
+    gates: GateOutput | None
+    """The learned gates' output; None when gates are disabled or there is no communication."""
+    comm_cost: Tensor
+    """Scalar communication-cost term of the gates (``TemporalGate.cost``); 0 without learned gates."""
+    alive: Tensor | None
+    """(B, N) 1 alive / 0 dead, or None."""
+
+    def messages(self) -> Tensor:
+        """(B,) off-diagonal edges into alive receivers, float, without gradient (a dead receiver acts on none)."""
+        n = self.adjacency.shape[-1]
+        off_diagonal = 1.0 - torch.eye(n, dtype=self.adjacency.dtype, device=self.adjacency.device)
+        used = self.adjacency.detach() * off_diagonal  # (B, N, N)
+        if self.alive is not None:
+            used = used * self.alive.to(used.dtype).unsqueeze(-1)
+        return used.sum(dim=(-2, -1))
+
+
+@dataclass(frozen=True)
+class TrunkOutput:
+    """One run of the trunk."""
+
+    features: Tensor
+    """(B, N, d) the last block's output after the final LayerNorm: what the heads read."""
+    stream: tuple[Tensor, ...]
+    """G tensors (B, N, d): the residual stream before each block (``stream[0]`` is the embeddings), the early
+    exits' inputs."""
+    connection: Connection
+    """The connection the blocks ran with."""
+
+
+class CommTrunk(nn.Module):
+    """Graph, gates, ``num_blocks`` communication blocks and the final LayerNorm of one policy.
+
+    Args:
+        config: the model config (``graph``, ``gates``, ``communicate``, ``num_blocks``, ...).
+        n_agents: N.
+    """
+
+    def __init__(self, config: ModelConfig, n_agents: int) -> None:
+        super().__init__()
+        d = config.embed_dim
+        self.communicate = config.communicate
+        self.graph = CommGraph(n_agents, config.graph)
+        self.gate = TemporalGate(d, config.gates) if config.gates.enabled else None
+        self.blocks = nn.ModuleList(
+            CommBlock(d, config.num_heads, config.mlp_ratio, config.activation) for _ in range(config.num_blocks)
+        )
+        # Pre-LN blocks leave the residual stream unnormalised: normalise once before the heads.
+        self.norm = nn.LayerNorm(d)
+
+    @property
+    def learns_gates(self) -> bool:
+        """Whether learned gates take the decisions (``model.gates.enabled`` with communication)."""
+        return self.gate is not None and self.communicate
+
+    def connect(
+        self,
+        h: Tensor,
+        alive: Tensor | None = None,
+        *,
+        gate_open: Tensor | None = None,
+        sample_gates: bool = False,
+        gumbel: bool = False,
+    ) -> Connection:
+        """The gates' decisions and the effective adjacency for the embeddings h (B, N, d).
+
+        Args:
+            alive: optional (B, N), 1 alive / 0 dead; dead agents send nothing and do not count in the cost.
+            gate_open: optional (B, N) recorded decisions to replay; needs learned gates.
+            sample_gates: without ``gate_open``, draw the decisions instead of taking the greedy ones.
+            gumbel: add Gumbel noise to the graph's surrogate gradient; the forward values do not change.
+        """
+        if gate_open is not None and not self.learns_gates:
+            raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
+        flat, n = h.shape[0], h.shape[1]
+        gates = None
+        if not self.communicate:
+            # The no-communication ablation: every gate closed, so each agent attends to itself only.
+            decisions = h.new_zeros(flat, n)
+            comm_cost = h.new_zeros(())
+        elif self.gate is not None:
+            gates = self.gate(h, gate_open, sample=sample_gates)  # (B, N) each
+            decisions = gates.open
+            comm_cost = self.gate.cost(gates.prob, alive)
+        else:
+            decisions = h.new_ones(flat, n)
+            comm_cost = h.new_zeros(())
+        graph = self.graph(gumbel=gumbel).to(h.dtype)  # (N, N)
+        adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
+        return Connection(graph, adjacency, decisions, gates, comm_cost, alive)
+
+    def forward(self, h: Tensor, connection: Connection) -> TrunkOutput:
+        """Every block on the embeddings h (B, N, d) over the connection ``connect`` made for them, then the final
+        LayerNorm."""
+        features, stream = self._run(h, connection.adjacency)
+        return TrunkOutput(features, stream, connection)
+
+    def _run(self, h: Tensor, adjacency: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The features (B, N, d) and the residual stream before each block (G tensors (B, N, d)) for the
+        embeddings h (B, N, d) over ``adjacency`` (B, N, N)."""
+        stream = []
+        for block in self.blocks:
+            stream.append(h)
+            h = block(h, adjacency)
+        return self.norm(h), tuple(stream)
+
+    def critic_features(self, out: TrunkOutput) -> Tensor:
+        """The features (B, N, d) of the *greedy* gate decisions, for the value head.
+
+        The GAE baseline must not depend on sampled gate decisions (commformer/gates.py): where they equal the greedy
+        ones (for every alive agent of a team) the actor's features are the critic's too; the other teams' blocks
+        are run again with the greedy decisions. Once the gates are confident, few teams differ.
+        """
+        gates, alive = out.connection.gates, out.connection.alive
+        if gates is None:
+            return out.features
+        greedy = gates.greedy  # (B, N)
+        differ = gates.open != greedy
+        if alive is not None:
+            differ = differ & (alive > 0)  # a dead agent's gate changes nothing anyone acts on
+        rows = differ.any(-1).nonzero().squeeze(-1)  # (B',) teams whose sampled gates are not the greedy ones
+        if rows.numel() == 0:
+            return out.features
+        alive = alive[rows] if alive is not None else None
+        adjacency = gate_adjacency(out.connection.graph, greedy[rows], alive)  # (B', N, N)
+        features, _ = self._run(out.stream[0][rows], adjacency)  # from those teams' embeddings
+        return out.features.index_put((rows,), features)  # out of place: the features keep their autograd history
