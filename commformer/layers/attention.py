@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
 
-__all__ = ["CommBlock", "GraphAttention", "masked_weights"]
+__all__ = ["CommBlock", "GraphAttention", "block_mlp", "masked_weights"]
 
 SELF_EDGE = 0
 OTHER_EDGE = 1
@@ -128,6 +128,15 @@ class GraphAttention(nn.Module):
         return self.out(mixed)
 
 
+def block_mlp(embed_dim: int, mlp_ratio: int, activation: str) -> nn.Sequential:
+    """A transformer block's MLP: Linear d -> ratio d, activation, Linear ratio d -> d."""
+    return nn.Sequential(
+        nn.Linear(embed_dim, mlp_ratio * embed_dim),
+        make_activation(activation),
+        nn.Linear(mlp_ratio * embed_dim, embed_dim),
+    )
+
+
 class CommBlock(nn.Module):
     """Pre-LN transformer block over agents: ``x + attn(LN(x), A)`` then ``x + MLP(LN(x))`` (GELU by default)."""
 
@@ -136,11 +145,7 @@ class CommBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(embed_dim)
         self.attn = GraphAttention(embed_dim, num_heads)
         self.norm_mlp = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, mlp_ratio * embed_dim),
-            make_activation(activation),
-            nn.Linear(mlp_ratio * embed_dim, embed_dim),
-        )
+        self.mlp = block_mlp(embed_dim, mlp_ratio, activation)
 
     def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
         """Args: x (B, N, d), adjacency (N, N) or (B, N, N). Returns (B, N, d)."""

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
-from commformer.layers.attention import masked_weights
+from commformer.layers.attention import block_mlp, masked_weights
 
 __all__ = ["ActionDecoder", "DecoderBlock", "MaskedAttention", "decoder_masks"]
 
@@ -101,11 +101,7 @@ class DecoderBlock(nn.Module):
         self.norm_keys = nn.LayerNorm(embed_dim)
         self.agent_attn = MaskedAttention(embed_dim, num_heads)
         self.norm_mlp = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, mlp_ratio * embed_dim),
-            make_activation(activation),
-            nn.Linear(mlp_ratio * embed_dim, embed_dim),
-        )
+        self.mlp = block_mlp(embed_dim, mlp_ratio, activation)
 
     def forward(self, z: Tensor, x: Tensor, mask_tokens: Tensor, mask_agents: Tensor) -> tuple[Tensor, Tensor]:
         """Args: agent stream z (B, N, d), token stream x (B, N, d), masks (B, N, N). Returns the new (z, x)."""
