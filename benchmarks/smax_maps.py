@@ -11,10 +11,12 @@ measured) and the greedy win rate over --eval-episodes battles at 1M, 3M and the
 <stem>_greedy.json). The configs anneal the learning rate over stop.env_steps (5M), as JaxMARL's baselines anneal
 over TOTAL_TIMESTEPS, so every arm is read at the same points of the same schedule.
 
-`anchor` copies the CSV that JaxMARL's baselines write when run unchanged (their files, with hydra and wandb
-stubbed out; see docs/BENCHMARKS.md for the commands) to docs/benchmarks/smax_maps/jaxmarl/<map>_<alg>.csv after
-checking its columns. Their win rate is the share of won battles among those finished in one update (128 envs x
-128 steps); ours is the share among the last 100 finished battles of the sampling policy.
+`anchor` copies a CSV of one of JaxMARL's own baselines (baselines/MAPPO/mappo_rnn_smax.py or
+baselines/IPPO/ippo_rnn_smax.py from FLAIROx/JaxMARL with their SMAX configs, run unchanged in their own environment
+for the same 5M env steps, one row per update: env_steps, win_rate, return) to
+docs/benchmarks/smax_maps/jaxmarl/<map>_<alg>.csv after checking its columns. Their win rate is the share of won
+battles among those finished in one update (128 envs x 128 steps); ours is the share among the last 100 finished
+battles of the sampling policy.
 """
 
 from __future__ import annotations
