@@ -94,6 +94,8 @@ COLORS = {
     "random": "tab:orange",
     "no_comm": "tab:red",
 }
+COST_COLOR = "tab:olive"
+"""The ``cost<c>`` arms' colour (learned_dec has purple)."""
 
 
 def arm_overrides(arm: str) -> tuple[str, ...]:
@@ -232,24 +234,11 @@ def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for arm, group in runs.items():
+        style = {"color": COLORS.get(arm, COST_COLOR), "alpha": 0.8, "lw": 1.2}
         for i, (curve, _) in enumerate(group):
-            label = arm if i == 0 else None
-            axes[0].plot(
-                curve["env_steps"],
-                curve["success"],
-                color=COLORS.get(arm, "tab:purple"),
-                alpha=0.8,
-                lw=1.2,
-                label=label,
-            )
+            axes[0].plot(curve["env_steps"], curve["success"], label=arm if i == 0 else None, **style)
             if "messages_per_step" in curve:
-                axes[1].plot(
-                    curve["env_steps"],
-                    curve["messages_per_step"],
-                    color=COLORS.get(arm, "tab:purple"),
-                    alpha=0.8,
-                    lw=1.2,
-                )
+                axes[1].plot(curve["env_steps"], curve["messages_per_step"], **style)
     axes[0].set_ylabel("success rate (last 100 episodes)")
     axes[1].set_ylabel("messages per step (training, sampled gates)")
     for ax in axes:
@@ -274,7 +263,7 @@ def _plot_front(task: str, runs: dict[str, list[tuple[dict[str, list[float]], An
         points = [(g["messages_per_step"], g["win_rate"]) for _, g in group if g and g["win_rate"] is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.scatter(xs, ys, color=COLORS.get(arm, "tab:purple"), label=arm, alpha=0.8)
+            ax.scatter(xs, ys, color=COLORS.get(arm, COST_COLOR), label=arm, alpha=0.8)
     ax.set_xlabel("messages per step (greedy)")
     ax.set_ylabel("success rate (greedy)")
     ax.set_title(f"{task}: success vs bandwidth, one point per run")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -68,8 +69,6 @@ def _curve(path: Path) -> tuple[list[int], list[float]]:
 
 
 def _greedy(path: Path, mark: int | None) -> str:
-    import json
-
     suffix = f"_at{mark / 1e6:g}M" if mark is not None else ""
     greedy = path.with_name(f"{path.stem}_greedy{suffix}.json")
     return f"{json.loads(greedy.read_text())['win_rate']:.2f}" if greedy.exists() else "-"
@@ -102,8 +101,7 @@ def summarize() -> None:
                 for i, v in enumerate(at):
                     if v is not None:
                         per_mark[i].append(v)
-                greedy = " | ".join(_greedy(path, m) for m in (*GREEDY_MARKS, None)) if arm in VARIANTS else ""
-                greedy = greedy or " | ".join("-" for _ in range(len(GREEDY_MARKS) + 1))
+                greedy = " | ".join(_greedy(path, m) for m in (*GREEDY_MARKS, None))  # "-" for JaxMARL's runs
                 print(f"| {arm} | {path.stem} | {_cells(at)} | {greedy} |")
             if len(paths) > 1:
                 means: list[float | None] = [sum(v) / len(v) if v else None for v in per_mark]
