@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +102,10 @@ class TrainingConfig:
             )
 
 
+MAX_ENVS_PER_RUNNER = 4096
+"""Env copies one EnvRunner may hold (a million simple_spread copies reached 3.2 GB in 17 s before failing)."""
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     """How the work is spread over processes, nodes and devices (checked against the cluster before training)."""
@@ -107,8 +113,7 @@ class ResourcesConfig:
     num_env_runners: int = 0
     """Remote EnvRunner actors; 0 samples in the driver process (fastest on a 2-core machine)."""
     num_envs_per_env_runner: int = 16
-    """Vectorised env copies per runner; inference is batched across them (8 -> 16 -> 32: 1,110 -> 1,220 ->
-    1,270 env steps/s on simple_spread here)."""
+    """Vectorised env copies per runner; inference is batched across them (at most MAX_ENVS_PER_RUNNER)."""
     num_cpus_per_env_runner: float = 1.0
     custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)
     """Ray custom resources each remote EnvRunner needs, e.g. `{rollout: 1}` to place the runners on the nodes
@@ -129,6 +134,11 @@ class ResourcesConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "resources", ("num_envs_per_env_runner", "learner_threads"))
+        if self.num_envs_per_env_runner > MAX_ENVS_PER_RUNNER:
+            raise ConfigError(
+                f"resources.num_envs_per_env_runner={self.num_envs_per_env_runner}; expected at most "
+                f"{MAX_ENVS_PER_RUNNER} (every copy lives in the runner's memory; use more runners instead)"
+            )
         for name in (
             "num_env_runners",
             "num_learners",
@@ -210,6 +220,8 @@ class RunConfig:
         _positive(self, "run", ("checkpoint_every", "keep_checkpoints", "graph_image_every"))
         if self.seed < 0:
             raise ConfigError(f"run.seed={self.seed}; expected a value >= 0")
+        if self.name is not None:
+            _check_run_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -233,6 +245,17 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------------------------------------------
 # Strict conversion from plain data (YAML) to the typed tree.
+
+
+def _check_run_name(name: str) -> None:
+    """A run name is one path component below run.output_dir: `/abs`, `../x` or `a/b` would write elsewhere, and an
+    empty name would make the output directory itself the run."""
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ConfigError(
+            f"run.name={name!r}; expected a single directory name (no '/', not empty, not '.' or '..'): the run is "
+            "written to run.output_dir/run.name"
+        )
 
 
 def _positive(obj: object, section: str, names: Sequence[str]) -> None:
@@ -287,7 +310,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' is not of the form dotted.key=value (e.g. run.seed=3)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({err})") from err
     return key.split("."), value
@@ -317,12 +340,53 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two YAML 1.1 surprises removed: a key given twice in one mapping is an error
+    (PyYAML keeps the last silently, so a second `training:` section drops the first's settings), and `1e-3` /
+    `1e6` are numbers, as in YAML 1.2 and every other config language (YAML 1.1 needs a dot: `1.0e-3`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} a second time (first on line {seen[key].line + 1}); expected each key once",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parses YAML text as configs and overrides are read everywhere (`_StrictLoader`); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: builds plain data, never objects
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise ConfigError(f"config file '{path}' cannot be read ({err.strerror or err})") from err
+    except RecursionError:
+        raise ConfigError(f"config file '{path}' is nested too deeply to be a config") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
     if data is None:

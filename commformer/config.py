@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from commformer.validate import require_bool, require_choice, require_float, require_int
+from commformer.validate import MAX_DEPTH, MAX_WIDTH, require_bool, require_choice, require_float, require_int
 
 __all__ = [
     "CONDITIONINGS",
@@ -165,7 +165,7 @@ class MoEConfig:
     """Weight of the router z-loss in ``aux_loss`` (>= 0)."""
 
     def __post_init__(self) -> None:
-        require_int("model.moe.experts", self.experts, 1)
+        require_int("model.moe.experts", self.experts, 1, 1024)
         require_choice("model.moe.gate", self.gate, MOE_GATES)
         require_int("model.moe.k", self.k, 1)
         if self.gate == "topk" and self.k > self.experts:
@@ -178,7 +178,7 @@ class MoEConfig:
                 raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
         require_choice("model.moe.activation", self.activation, MOE_ACTIVATIONS)
         if self.hidden is not None:
-            require_int("model.moe.hidden", self.hidden, 1)
+            require_int("model.moe.hidden", self.hidden, 1, MAX_WIDTH)
         for name in ("balance_coeff", "z_coeff"):
             if require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
                 raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
@@ -214,17 +214,17 @@ class OrchidConfig:
 
     def __post_init__(self) -> None:
         require_int("model.orchid.max_len", self.max_len, 1)
-        require_int("model.orchid.short_kernel", self.short_kernel, 1)
+        require_int("model.orchid.short_kernel", self.short_kernel, 1, MAX_WIDTH)
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
-        require_int("model.orchid.cond_kernel", self.cond_kernel, 1)
+        require_int("model.orchid.cond_kernel", self.cond_kernel, 1, MAX_WIDTH)
         if self.cond_kernel % 2 == 0:
             raise ValueError(
                 f"model.orchid.cond_kernel={self.cond_kernel}; expected an odd integer (the conv over frequency is "
                 "centred)"
             )
-        require_int("model.orchid.filter_order", self.filter_order, 1)
-        require_int("model.orchid.filter_bands", self.filter_bands, 1)
+        require_int("model.orchid.filter_order", self.filter_order, 1, MAX_WIDTH)
+        require_int("model.orchid.filter_bands", self.filter_bands, 1, MAX_WIDTH)
 
 
 _ORCHID_DEFAULT_MAX_LEN = OrchidConfig().max_len
@@ -332,8 +332,10 @@ class ModelConfig:
     """Blocks of the autoregressive decoder (the official code uses as many as encoder blocks, 1 on SMAC)."""
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "num_heads", "num_blocks", "mlp_ratio"):
-            require_int(f"model.{name}", getattr(self, name), 1)
+        require_int("model.embed_dim", self.embed_dim, 1, MAX_WIDTH)
+        require_int("model.num_heads", self.num_heads, 1)
+        require_int("model.num_blocks", self.num_blocks, 1, MAX_DEPTH)
+        require_int("model.mlp_ratio", self.mlp_ratio, 1, 16)
         if self.embed_dim % self.num_heads != 0:
             raise ValueError(
                 f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
@@ -346,7 +348,7 @@ class ModelConfig:
         require_choice("model.head", self.head, HEADS)
         require_choice("model.value_head", self.value_head, HEADS)
         require_choice("model.decoder", self.decoder, DECODERS)
-        require_int("model.decoder_blocks", self.decoder_blocks, 1)
+        require_int("model.decoder_blocks", self.decoder_blocks, 1, MAX_DEPTH)
         parts: dict[str, type] = {
             "graph": GraphConfig,
             "gates": GateConfig,
@@ -379,7 +381,7 @@ class ModelConfig:
         an explicit value other than ``history`` would be a second, contradicting source of the same fact.
         """
         require_choice("model.encoder", self.encoder, ENCODERS)
-        require_int("model.history", self.history, 1)
+        require_int("model.history", self.history, 1, 4096)
         if self.encoder == "mlp" and self.history != 1:
             raise ValueError(
                 f"model.history={self.history} but model.encoder='mlp' reads the current observation only; "

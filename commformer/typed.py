@@ -1,12 +1,15 @@
 """Strict conversion between plain data (YAML, JSON, CLI) and frozen config dataclasses.
 
-No coercion beyond int -> float: `true` is not 1, "3" is not 3. Every error names the dotted key and what was
-expected, so a typo in a YAML file or an override fails before any work starts.
+No coercion beyond int -> float and a whole float -> int (`1e6` steps is 1,000,000 steps; 2.5 steps is refused):
+`true` is not 1, "3" is not 3. A float must be finite: `.nan` or `.inf` as a learning rate would break a run
+without stopping it. Every error names the dotted key and what was expected, so a typo in a YAML file or an
+override fails before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -61,12 +64,16 @@ def convert(tp: Any, value: Any, path: str, converters: Mapping[type, Converter]
             raise ConfigError(f"{path}={value!r}; expected true or false")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}={value!r}; expected an integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}={value!r}; expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}={value!r}; expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -7,16 +7,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["require_bool", "require_choice", "require_float", "require_int", "require_shape"]
+__all__ = ["MAX_DEPTH", "MAX_WIDTH", "require_bool", "require_choice", "require_float", "require_int", "require_shape"]
 
 
-def require_int(path: str, value: object, minimum: int) -> None:
-    """Raise unless ``value`` is an int (not a bool) and ``value >= minimum``."""
+MAX_WIDTH = 4096
+"""The widest layer a config may ask for (embed_dim, expert hidden width): one 4096 x 4096 weight is 64 MB in
+float32, and a block holds a dozen; anything wider is a typo, refused before a model is built."""
+MAX_DEPTH = 64
+"""The most stacked blocks (encoder, decoder) a config may ask for."""
+
+
+def require_int(path: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """Raise unless ``value`` is an int (not a bool) and ``minimum <= value`` (``<= maximum`` when given)."""
     # bool is a subclass of int: `embed_dim: true` in YAML must not pass as 1.
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{path}={value}; expected an integer >= {minimum}")
+        raise ValueError(f"{path}={value!r} ({type(value).__name__}); expected {expected}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{path}={value}; expected {expected}")
 
 
 def require_float(path: str, value: object) -> float:

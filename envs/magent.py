@@ -44,7 +44,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents, require_grid
 from envs.parallel import ParallelStep
 
 OPPONENTS = ("random", "scripted")
@@ -142,11 +142,12 @@ class BattleOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        require(self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+        require_agents("n_agents", self.n_agents)
         if self.map_size is not None:
             need = min_map_size(self.n_agents)
             expected = f">= {need} for {self.n_agents} agents per side, or null"
             require(self.map_size >= need, "map_size", expected, self.map_size)
+            require_grid("map_size", self.map_size)
         require(self.opponent in OPPONENTS, "opponent", f"one of {', '.join(OPPONENTS)}", self.opponent)
         require(0.0 <= self.opponent_epsilon <= 1.0, "opponent_epsilon", "in [0, 1]", self.opponent_epsilon)
         require(self.max_cycles >= 1, "max_cycles", ">= 1", self.max_cycles)

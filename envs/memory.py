@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents
 from envs.parallel import ParallelStep
 
 
@@ -45,7 +45,7 @@ class MemoryOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        require(self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+        require_agents("n_agents", self.n_agents)
         require(self.n_symbols >= 2, "n_symbols", ">= 2", self.n_symbols)
         # delay 0 would show the cue and ask for it in the same step: nothing to remember.
         require(self.delay >= 1, "delay", ">= 1", self.delay)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents
 
 
 class JointObsState:
@@ -69,7 +69,7 @@ class SpreadOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        require(self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+        require_agents("n_agents", self.n_agents)
         require(0.0 <= self.local_ratio <= 1.0, "local_ratio", "in [0, 1]", self.local_ratio)
         require(self.max_cycles >= 1, "max_cycles", ">= 1", self.max_cycles)
 

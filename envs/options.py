@@ -6,12 +6,18 @@ into the dataclass and checks it, so that a typo or a wrong type fails before Ra
 (`env.options.<field>`, the key's path in the experiment config).
 
 Type rules (the same as the rest of the config tree): `bool` is not accepted where an `int` is expected
-(YAML `yes` must not silently become 1); an `int` is accepted where a `float` is expected, stored as a float.
+(YAML `yes` must not silently become 1); an `int` is accepted where a `float` is expected, stored as a float,
+and a whole float where an `int` is expected (`1e3`), stored as an int; a float must be finite.
+
+Team sizes are bounded by `MAX_AGENTS`: the probe that checks a config builds the env once before Ray starts,
+and an absurd count (10,000 mpe agents took over two minutes and 1.45 GB just to be checked) must be refused
+with a sentence, not attempted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +27,13 @@ OPTIONS_PREFIX = "env.options"
 """Path of the options in the experiment config; every error names the field below it."""
 
 T = TypeVar("T")
+
+MAX_AGENTS = 1024
+"""The most agents a team (or one side) may have: the largest teams this library is built for are MAgent2
+battles of 1,000 a side; the policy's attention and every env here grow at least linearly in it."""
+
+MAX_GRID = 1024
+"""The longest side of a grid world (predator-prey, traffic junction, MAgent2 maps): its cells are arrays in memory."""
 
 
 def field_path(name: str) -> str:
@@ -38,12 +51,17 @@ def _matches(value: Any, expected: Any) -> bool:
         return isinstance(value, bool)
     if expected is int:
         # bool subclasses int; a YAML `true` where a count is expected is a mistake, not 1.
-        return isinstance(value, int) and not isinstance(value, bool)
+        return (isinstance(value, int) and not isinstance(value, bool)) or _whole(value)
     if expected is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected is str:
         return isinstance(value, str)
     raise TypeError(f"option annotation {expected!r} is not supported; use bool, int, float, str or X | None")
+
+
+def _whole(value: Any) -> bool:
+    """A float that is a whole number (YAML reads `1e3` as 1000.0)."""
+    return isinstance(value, float) and value.is_integer()
 
 
 def _type_name(expected: Any) -> str:
@@ -63,6 +81,7 @@ def check_field_types(options: Any) -> None:
 
     Raises:
         TypeError: naming `env.options.<field>`, the expected type and the value given.
+        ValueError: a float that is not finite (nan, inf).
     """
     hints = typing.get_type_hints(type(options))
     for field in dataclasses.fields(options):
@@ -72,8 +91,22 @@ def check_field_types(options: Any) -> None:
             raise TypeError(
                 f"{field_path(field.name)} must be {_type_name(expected)}, got {value!r} of type {type(value).__name__}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{field_path(field.name)} must be finite, got {value!r}")
         if expected is float and isinstance(value, int):
             object.__setattr__(options, field.name, float(value))
+        elif _whole(value) and expected is not float and float not in typing.get_args(expected):
+            object.__setattr__(options, field.name, int(value))  # a count written as 1e3
+
+
+def require_grid(name: str, value: int) -> None:
+    """Raise unless the grid side option `name` is at most MAX_GRID (its lower bound is the env's own check)."""
+    require(value <= MAX_GRID, name, f"<= {MAX_GRID} (MAX_GRID, envs/options.py)", value)
+
+
+def require_agents(name: str, value: int, least: int = 1) -> None:
+    """Raise unless the team size option `name` is in [least, MAX_AGENTS]."""
+    require(least <= value <= MAX_AGENTS, name, f"in [{least}, {MAX_AGENTS}] (MAX_AGENTS, envs/options.py)", value)
 
 
 def require(condition: bool, name: str, expected: str, value: Any) -> None:

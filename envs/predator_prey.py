@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from envs.batched import BatchedGame, BatchedParallelEnv, BatchedTeamEnv, Observed, Stepped
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents, require_grid
 
 STAY, UP, DOWN, LEFT, RIGHT, CAPTURE = range(6)
 """Action indices; STAY is the team env's no-op (action 0)."""
@@ -75,6 +75,7 @@ def _check_hunt(options: Any, n_agents: int) -> None:
     # Every agent and the prey start on distinct cells (as IC3Net), so the grid must hold them all.
     least = math.ceil(math.sqrt(n_agents + 1))
     require(options.dim >= least, "dim", f">= {least} (dim^2 cells for {n_agents} agents and the prey)", options.dim)
+    require_grid("dim", options.dim)
     require(0 <= options.vision < options.dim, "vision", f"in [0, dim - 1 = {options.dim - 1}]", options.vision)
     require(options.max_steps >= 1, "max_steps", ">= 1", options.max_steps)
     require(math.isfinite(options.step_penalty), "step_penalty", "finite", options.step_penalty)
@@ -102,7 +103,7 @@ class PredatorPreyOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        require(self.n_predators >= 1, "n_predators", ">= 1", self.n_predators)
+        require_agents("n_predators", self.n_predators)
         _check_hunt(self, self.n_predators)
 
 
@@ -153,8 +154,8 @@ class PredatorCapturePreyOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        require(self.n_predators >= 1, "n_predators", ">= 1", self.n_predators)
-        require(self.n_capture >= 1, "n_capture", ">= 1", self.n_capture)
+        require_agents("n_predators", self.n_predators)
+        require_agents("n_capture", self.n_capture)
         _check_hunt(self, self.n_predators + self.n_capture)
 
 

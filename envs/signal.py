@@ -27,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents
 from envs.parallel import ParallelStep
 
 
@@ -49,7 +49,7 @@ class SignalOptions:
     def __post_init__(self) -> None:
         check_field_types(self)
         # With one agent the target is its own symbol: nothing to communicate.
-        require(self.n_agents >= 2, "n_agents", ">= 2", self.n_agents)
+        require_agents("n_agents", self.n_agents, least=2)
         require(self.n_symbols >= 2, "n_symbols", ">= 2", self.n_symbols)
         require(self.offset % self.n_agents != 0, "offset", "not a multiple of n_agents", self.offset)
         require(self.episode_len >= 1, "episode_len", ">= 1", self.episode_len)

@@ -51,7 +51,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.options import check_field_types, field_path, require
+from envs.options import check_field_types, field_path, require, require_agents
 from envs.parallel import ParallelStep
 
 RACE_UNITS: dict[str, tuple[tuple[tuple[str, float], ...], tuple[str, ...]]] = {
@@ -161,8 +161,8 @@ class SMACv2Options:
     def __post_init__(self) -> None:
         check_field_types(self)
         require(self.race in RACE_UNITS, "race", f"one of {', '.join(RACE_UNITS)}", self.race)
-        require(self.n_units >= 1, "n_units", ">= 1", self.n_units)
-        require(self.n_enemies >= 1, "n_enemies", ">= 1", self.n_enemies)
+        require_agents("n_units", self.n_units)
+        require_agents("n_enemies", self.n_enemies)
         if self.unit_types is not None:
             _parse_unit_types(self.unit_types, self.race)
         expected = f"one of {', '.join(START_POSITIONS)}"

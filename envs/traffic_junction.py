@@ -87,7 +87,7 @@ from typing import ClassVar
 import numpy as np
 
 from envs.batched import BatchedGame, BatchedParallelEnv, BatchedTeamEnv, Observed, Stepped
-from envs.options import check_field_types, require
+from envs.options import check_field_types, require, require_agents, require_grid
 
 BRAKE, GAS = 0, 1
 """Actions: brake (stay, the no-op) and gas (advance one cell)."""
@@ -146,7 +146,8 @@ class TrafficJunctionOptions:
             require(g >= 4 and g % 2 == 0, "grid_size", "even and >= 4 for medium", g)
         else:
             require(g >= 9 and g % 3 == 0, "grid_size", "a multiple of 3 and >= 9 for hard", g)
-        require(p.max_cars >= 1, "max_cars", ">= 1", p.max_cars)
+        require_grid("grid_size", g)
+        require_agents("max_cars", p.max_cars)
         require(0.0 <= p.arrival_prob <= 1.0, "arrival_prob", "in [0, 1]", p.arrival_prob)
         require(p.episode_len >= 1, "episode_len", ">= 1", p.episode_len)
         require(0 <= self.vision < g, "vision", f">= 0 and < grid_size ({g})", self.vision)

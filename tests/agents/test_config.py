@@ -86,7 +86,7 @@ def test_defaults_without_env_section_have_typed_options():
         ("run.seed", r"not of the form dotted\.key=value"),
         ("model.encoder=lstm", r"model\.encoder='lstm'; expected one of: mlp, orchid, attention"),
         ("model.history=8", r"model\.history=8 but model\.encoder='mlp'"),
-        ("model.history=0", r"model\.history=0; expected an integer >= 1"),
+        ("model.history=0", r"model\.history=0; expected an integer in \[1, 4096\]"),
         ("model.orchid.max_len=5", r"model\.orchid\.max_len=5 contradicts model\.history=1"),
         ("model.orchid.conditioning=type3", r"model\.orchid\.conditioning='type3'"),
         ("training.sample_ahead=true", r"training\.sample_ahead=true needs resources\.num_env_runners >= 1"),

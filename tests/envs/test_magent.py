@@ -207,12 +207,12 @@ def test_render_is_an_rgb_frame() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"n_agents": 0}, ValueError, r"env\.options\.n_agents must be >= 1, got 0"),
+        ({"n_agents": 0}, ValueError, r"env\.options\.n_agents must be in \[1, 1024\].*, got 0"),
         ({"n_agents": 64, "map_size": 30}, ValueError, r"env\.options\.map_size must be >= 37 for 64 agents"),
         ({"opponent": "greedy"}, ValueError, r"env\.options\.opponent must be one of random, scripted, got 'greedy'"),
         ({"opponent_epsilon": 1.5}, ValueError, r"env\.options\.opponent_epsilon must be in \[0, 1\]"),
         ({"max_cycles": 0}, ValueError, r"env\.options\.max_cycles must be >= 1"),
-        ({"map_size": 20.0}, TypeError, r"env\.options\.map_size must be int \| None, got 20\.0"),
+        ({"map_size": 20.5}, TypeError, r"env\.options\.map_size must be int \| None, got 20\.5"),
         ({"n_agent": 3}, ValueError, r"unknown option env\.options\.n_agent for env 'magent_battle'"),
     ],
 )

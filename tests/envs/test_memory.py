@@ -78,7 +78,7 @@ def test_state_and_render() -> None:
     [
         ({"delay": 0}, ValueError, r"env\.options\.delay must be >= 1, got 0"),
         ({"n_symbols": 1}, ValueError, r"env\.options\.n_symbols must be >= 2"),
-        ({"n_agents": 0}, ValueError, r"env\.options\.n_agents must be >= 1"),
+        ({"n_agents": 0}, ValueError, r"env\.options\.n_agents must be in \[1, 1024\]"),
         ({"delay": 2.5}, TypeError, r"env\.options\.delay must be int"),
         ({"cue": 1}, ValueError, r"unknown option env\.options\.cue"),
     ],

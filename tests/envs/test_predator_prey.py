@@ -313,13 +313,13 @@ def test_the_ready_sizes_are_the_published_settings() -> None:
 @pytest.mark.parametrize(
     ("cls", "values", "match"),
     [
-        (PredatorPreyOptions, {"n_predators": 0}, r"env\.options\.n_predators must be >= 1, got 0"),
+        (PredatorPreyOptions, {"n_predators": 0}, r"env\.options\.n_predators must be in \[1, 1024\].*, got 0"),
         (PredatorPreyOptions, {"n_predators": 4, "dim": 2}, r"env\.options\.dim must be >= 3 \(dim\^2 cells for 4"),
         (PredatorPreyOptions, {"vision": 5}, r"env\.options\.vision must be in \[0, dim - 1 = 4\], got 5"),
         (PredatorPreyOptions, {"vision": -1}, r"env\.options\.vision must be in \[0, dim - 1 = 4\], got -1"),
         (PredatorPreyOptions, {"max_steps": 0}, r"env\.options\.max_steps must be >= 1, got 0"),
         (PredatorPreyOptions, {"step_penalty": float("nan")}, r"env\.options\.step_penalty must be finite"),
-        (PredatorCapturePreyOptions, {"n_capture": 0}, r"env\.options\.n_capture must be >= 1, got 0"),
+        (PredatorCapturePreyOptions, {"n_capture": 0}, r"env\.options\.n_capture must be in \[1, 1024\].*, got 0"),
         (PredatorCapturePreyOptions, {"on_prey_reward": float("inf")}, r"env\.options\.on_prey_reward must be finite"),
     ],
 )

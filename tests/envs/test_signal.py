@@ -122,7 +122,7 @@ def test_missing_action_names_agent() -> None:
         ("n_agents", 1, ValueError),
         ("n_symbols", 1, ValueError),
         ("episode_len", 0, ValueError),
-        ("n_agents", 2.0, TypeError),
+        ("n_agents", 2.5, TypeError),
         ("agent_id", 1, TypeError),
     ],
 )

@@ -277,7 +277,7 @@ def test_unequal_teams_through_the_adapter() -> None:
     ("options", "error", "match"),
     [
         ({"race": "human"}, ValueError, r"env\.options\.race must be one of protoss, terran, zerg, got 'human'"),
-        ({"n_units": 0}, ValueError, r"env\.options\.n_units must be >= 1"),
+        ({"n_units": 0}, ValueError, r"env\.options\.n_units must be in \[1, 1024\]"),
         ({"unit_types": "marine:1"}, ValueError, r"env\.options\.unit_types must be 'type:weight,\.\.\.' with types"),
         ({"unit_types": "stalker:0.5,zealot:0.4"}, ValueError, r"weights must sum to 1, got 0\.9"),
         ({"unit_types": "stalker"}, ValueError, r"env\.options\.unit_types must be 'type:weight"),

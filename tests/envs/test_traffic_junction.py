@@ -214,13 +214,13 @@ def test_render_draws_the_roads_and_the_cars() -> None:
         ({"difficulty": "easy", "grid_size": 8}, ValueError, "grid_size must be odd and >= 3 for easy, got 8"),
         ({"grid_size": 15}, ValueError, "grid_size must be even and >= 4 for medium, got 15"),
         ({"difficulty": "hard", "grid_size": 10}, ValueError, "grid_size must be a multiple of 3 and >= 9"),
-        ({"max_cars": 0}, ValueError, "max_cars must be >= 1, got 0"),
+        ({"max_cars": 0}, ValueError, r"max_cars must be in \[1, 1024\].*, got 0"),
         ({"arrival_prob": 1.5}, ValueError, r"arrival_prob must be in \[0, 1\], got 1.5"),
         ({"episode_len": 0}, ValueError, "episode_len must be >= 1"),
         ({"vision": -1}, ValueError, "vision must be >= 0 and < grid_size"),
         ({"collision_penalty": -10.0}, ValueError, "collision_penalty must be >= 0"),
         ({"max_cars": True}, TypeError, "env.options.max_cars must be int | None, got True"),
-        ({"vision": 1.0}, TypeError, "env.options.vision must be int"),
+        ({"vision": 1.5}, TypeError, "env.options.vision must be int"),
     ],
 )
 def test_options_are_checked(options: dict, error: type[Exception], match: str) -> None:

@@ -252,12 +252,12 @@ def test_causal_last_sees_no_future(conditioning: str) -> None:
     ("field", "value", "expected"),
     [
         ("max_len", 0, "expected an integer >= 1"),
-        ("short_kernel", 2.0, "expected an integer >= 1"),
-        ("short_kernel", True, "expected an integer >= 1"),
+        ("short_kernel", 2.0, "expected an integer in"),
+        ("short_kernel", True, "expected an integer in"),
         ("conditioning", "type3", "expected one of"),
         ("cond_kernel", 4, "expected an odd integer"),
-        ("filter_order", 0, "expected an integer >= 1"),
-        ("filter_bands", -1, "expected an integer >= 1"),
+        ("filter_order", 0, "expected an integer in"),
+        ("filter_bands", -1, "expected an integer in"),
     ],
 )
 def test_config_errors_name_the_field(field: str, value: object, expected: str) -> None:

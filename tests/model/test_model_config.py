@@ -38,7 +38,7 @@ def test_explicit_k() -> None:
         (GraphConfig, {"gumbel": "yes"}, r"model\.graph\.gumbel='yes' \(str\); expected true or false"),
         (GateConfig, {"cost_weight": -0.1}, r"model\.gates\.cost_weight=-0\.1; expected a number >= 0"),
         (GateConfig, {"enabled": 1}, r"model\.gates\.enabled=1 \(int\); expected true or false"),
-        (ModelConfig, {"embed_dim": 0}, r"model\.embed_dim=0; expected an integer >= 1"),
+        (ModelConfig, {"embed_dim": 0}, r"model\.embed_dim=0; expected an integer in \[1, 4096\]"),
         (ModelConfig, {"num_heads": True}, r"model\.num_heads=True \(bool\); expected an integer"),
         (ModelConfig, {"num_blocks": 1.0}, r"model\.num_blocks=1\.0 \(float\); expected an integer"),
         (ModelConfig, {"mlp_ratio": -1}, r"model\.mlp_ratio=-1"),
@@ -68,7 +68,7 @@ def test_defaults_are_valid_and_frozen() -> None:
     ("kwargs", "message"),
     [
         ({"encoder": "lstm"}, r"model\.encoder='lstm'; expected one of 'mlp', 'orchid', 'attention'"),
-        ({"encoder": "orchid", "history": 0}, r"model\.history=0; expected an integer >= 1"),
+        ({"encoder": "orchid", "history": 0}, r"model\.history=0; expected an integer in \[1, 4096\]"),
         ({"encoder": "orchid", "history": 8.0}, r"model\.history=8\.0 \(float\); expected an integer"),
         ({"history": 8}, r"model\.history=8 but model\.encoder='mlp' reads the current observation only"),
         (
