@@ -33,6 +33,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**32 - 1
+"""Episode i is seeded seed + i; below 2**32 every env here takes it (SMAX's JAX keys overflow past 2**63)."""
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, {MAX_SEED}], got '{text}'") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be >= 0 and <= {MAX_SEED}, got {value}")
+    return value
+
+
 def _gif_path(text: str) -> str:
     if not text.lower().endswith(".gif"):
         raise argparse.ArgumentTypeError(f"expected a file name ending in .gif, got '{text}'")
@@ -51,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="play greedy episodes with a trained policy (no Ray needed)")
     evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--episodes", type=_positive_int, default=20)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     evaluate.add_argument("--json", metavar="FILE", help="write the results as JSON")
     evaluate.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record the first episode")
@@ -62,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--checkpoint", metavar="C", help="act with this run's / checkpoint's policy")
     rollout.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     rollout.add_argument("--episodes", type=_positive_int, default=3)
-    rollout.add_argument("--seed", type=int, default=0)
+    rollout.add_argument("--seed", type=_seed, default=0)
     rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
 
     sub.add_parser("envs", help="list the environments and their options")
@@ -130,34 +144,110 @@ def _actor(policy: Any, use_state: bool, early_exit: bool) -> Any:
 
 
 def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
+    """The exported policy of a run or checkpoint, its metadata (with a checked env section) and the checkpoint."""
     from agents import checkpoints as ckpt
-    from commformer.export import load_policy
+    from commformer.export import SPEC, load_policy
 
     checkpoint = ckpt.resolve_checkpoint(path)
     policy, metadata = load_policy(checkpoint / ckpt.POLICY)
+    _check_env_section(metadata.get("env"), checkpoint / ckpt.POLICY / SPEC)
     return policy, metadata, checkpoint
 
 
-def _make_env(env_section: dict[str, Any], render: bool, policy: Any = None) -> Any:
-    """Builds the team env named by a config's env section, with the history window `policy` reads (if any);
-    bad names or options become a ConfigError."""
-    from agents.play import make_play_env
+def _check_env_section(section: Any, spec_path: Path) -> None:
+    """The metadata's env section names an env of this build, with options as a mapping (a PolicyFileError if not:
+    the policy cannot be played on the env it was trained on)."""
+    from commformer.export import PolicyFileError
+    from envs.registry import ENVS
+
+    if not isinstance(section, dict):
+        raise PolicyFileError(
+            f"'{spec_path}' has metadata.env={section!r:.80}; expected the env section the policy was trained with "
+            "(an object with name and options)"
+        )
+    name = section.get("name")
+    if not isinstance(name, str) or name not in ENVS:
+        raise PolicyFileError(
+            f"'{spec_path}' names env {name!r:.80}, which this build does not have; expected one of: {', '.join(ENVS)}"
+        )
+    if not isinstance(section.get("options") or {}, dict):
+        raise PolicyFileError(f"'{spec_path}' has metadata.env.options={section['options']!r:.80}; expected an object")
+
+
+def _make_env(env_section: dict[str, Any], render: bool, policy: Any = None, source: Path | None = None) -> Any:
+    """Builds the team env named by a config's env section, with the history window `policy` reads (if any), and
+    checks that `policy` (if any) fits it; bad names or options, or a policy that does not fit, become a
+    ConfigError, or a PolicyFileError naming `source` when the section came from that policy file."""
+    from agents.play import check_policy_fits, make_play_env
+    from commformer.export import PolicyFileError
     from commformer.typed import ConfigError
 
+    env = None
     try:
-        return make_play_env(env_section, policy, render_mode="rgb_array" if render else None)
+        env = make_play_env(env_section, policy, render_mode="rgb_array" if render else None)
+        if policy is not None:
+            check_policy_fits(policy, env, env_section)
+        return env
     except (TypeError, ValueError) as err:
+        if env is not None:
+            env.close()
+        if source is not None:
+            raise PolicyFileError(f"'{source}' metadata.env: {err}") from err
         raise ConfigError(str(err)) from err
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Refuses an output path that cannot be written, before any episode is played: a directory, a path under a
+    file, a directory without write permission. Creates the parent directories, as writing the file would."""
+    import tempfile
+
+    from commformer.typed import ConfigError
+
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a directory; expected the path of a file to write")
+    expected = "expected a file path in a writable directory"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if isinstance(err, FileExistsError):
+            reason = f"'{err.filename}' is a file"
+        elif isinstance(err, NotADirectoryError):
+            reason = f"a parent of '{err.filename}' is a file"
+        else:
+            reason = err.strerror or str(err)
+        raise ConfigError(
+            f"{flag} '{path}' cannot be written: its directory cannot be created ({reason}); {expected}"
+        ) from err
+    try:
+        if target.exists():
+            with open(target, "r+b"):  # writable; left as it is until the results are written
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=target.parent):
+                pass
+    except OSError as err:
+        raise ConfigError(
+            f"{flag} '{path}' cannot be written: no file can be written in '{target.parent}' ({err.strerror}); "
+            f"{expected}"
+        ) from err
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agents import checkpoints as ckpt
     from agents.play import play, write_gif
+    from commformer.export import SPEC
 
     policy, metadata, checkpoint = _load_trained(args.path)
     env_section = metadata["env"]
-    env = _make_env(env_section, render=args.render is not None, policy=policy)
+    source = checkpoint / ckpt.POLICY / SPEC
+    env = _make_env(env_section, render=args.render is not None, policy=policy, source=source)
     frames: list[Any] | None = [] if args.render else None
     try:
+        _check_output(args.json, "--json")  # before any episode: a bad path should not cost the evaluation
+        _check_output(args.render, "--render")
         # Record only the first episode: a GIF of twenty episodes is too long to watch.
         actor = _actor(policy, bool(env_section.get("use_state")), args.early_exit)
         stats = play(env, actor, 1, seed=args.seed, frames=frames)
@@ -213,8 +303,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         {"name": args.env, "options": options, "use_state": use_state}, render=args.render is not None, policy=policy
     )
     frames: list[Any] | None = [] if args.render else None
-    print(f"{args.env}: {env.n_agents if hasattr(env, 'n_agents') else '?'} agents, {who}")
     try:
+        _check_output(args.render, "--render")  # before any episode is played
+        print(f"{args.env}: {env.n_agents if hasattr(env, 'n_agents') else '?'} agents, {who}")
         stats = play(
             env,
             actor,

@@ -53,6 +53,34 @@ def make_play_env(
     )
 
 
+def check_policy_fits(policy: CommFormerPolicy, env: TeamEnv, env_section: dict[str, Any]) -> None:
+    """Compares the sizes the policy was built for with the env's, before an episode is played.
+
+    Raises:
+        ValueError: one sentence naming every size that differs, the policy's and the env's (e.g. `rollout
+            mpe_spread n_agents=5` with a policy of 3 agents), instead of a size mismatch from inside torch.
+    """
+    space = env.observation_space.spaces
+    env_state = int(space["state"].shape[0]) if "state" in space and space["state"].shape else None
+    env_history = int(space["history"].shape[0]) if "history" in space and space["history"].shape else 0
+    sizes: list[tuple[str, int, int | None]] = [
+        ("agents", policy.n_agents, env.n_agents),
+        ("observation size", policy.obs_dim, env.obs_dim),
+        ("actions", policy.n_actions, env.n_actions),
+        ("history window", policy.config.env_history, env_history),
+    ]
+    if policy.state_dim is not None:  # a critic that reads the state needs one of its size; otherwise none is read
+        sizes.append(("state size", policy.state_dim, env_state))
+    differ = [f"{what}: policy {mine}, env {theirs}" for what, mine, theirs in sizes if mine != theirs]
+    if differ:
+        options = env_section.get("options") or {}
+        described = f"env '{env_section['name']}'" + (f" with options {options}" if options else "")
+        raise ValueError(
+            f"the policy does not fit {described} ({'; '.join(differ)}); expected the env the policy was trained "
+            "on (the options in its metadata)"
+        )
+
+
 def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
     """Argmax of the masked logits of an exported policy (batch of one team).
 
