@@ -1,6 +1,6 @@
 """`commformer` command line: train, evaluate, rollout, envs.
 
-    commformer train [CONFIG] [key=value ...] [--resume RUN_DIR]
+    commformer train [CONFIG] [key=value ...] [--resume RUN_DIR [--trust-checkpoint]]
     commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--early-exit] [--json FILE] [--render FILE.gif]
     commformer rollout ENV [--checkpoint C [--early-exit]] [--episodes N] [--seed S] [--render FILE.gif]
                        [option=value ...]
@@ -13,6 +13,7 @@ with status 2. A run stopped by the fault limit (faults.max_bad_iterations) exit
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. run.seed=3")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="resume from a checkpoint this user did not write here (its RLlib state is pickle: it can run code)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="play greedy episodes with a trained policy (no Ray needed)")
     evaluate.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.train import prepare_run, train
+    from commformer.typed import ConfigError
 
     overrides = list(args.overrides)
     config_path = args.config
@@ -93,7 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = None
     if config_path is None and args.resume is None:
         config_path = DEFAULT_CONFIG
-    config, run_dir = prepare_run(config_path, overrides, args.resume)
+    if args.trust_checkpoint and args.resume is None:
+        raise ConfigError("--trust-checkpoint applies to --resume RUN_DIR; expected --resume as well")
+    config, run_dir = prepare_run(config_path, overrides, args.resume, args.trust_checkpoint)
     print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
     train(config, run_dir, resume=args.resume is not None)
     return 0
@@ -336,6 +345,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+"""Faults of the disk or of permissions (a full disk while TensorBoard writes, a directory made read-only under a
+run): a sentence, not a traceback. Other OSErrors are bugs or Ray's and keep their traceback."""
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "rollout": cmd_rollout, "envs": cmd_envs}
 
 
@@ -359,9 +372,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"commformer {args.command}: stopped: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"commformer {args.command}: interrupted; the last complete checkpoint is intact", file=sys.stderr)
-        return 130
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        where = f" ('{err.filename}')" if err.filename else ""
+        print(f"commformer {args.command}: error: {err.strerror}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        from agents.train import Terminated
+
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        print(f"commformer {args.command}: {how}; the last complete checkpoint is intact", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -156,7 +156,9 @@ def _actors(config: ExperimentConfig) -> list[tuple[str, dict[str, float]]]:
     return [(who, {k: v for k, v in bundle.items() if v > 0}) for who, bundle in actors]
 
 
-def missing_resources(config: ExperimentConfig, available: Mapping[str, float]) -> str | None:
+def missing_resources(
+    config: ExperimentConfig, available: Mapping[str, float], where: str = "the cluster"
+) -> str | None:
     """What the run's actors reserve beyond `available` (a cluster's total resources), as a sentence, or None."""
     res = config.resources
     lacking = []
@@ -168,16 +170,19 @@ def missing_resources(config: ExperimentConfig, available: Mapping[str, float]) 
             users = sorted({who for who, bundle in _actors(config) if name in bundle})
             what = {"CPU": "CPUs", "GPU": "GPUs"}.get(name, f"units of the custom resource '{name}'")
             users_text = " and ".join(u + "s" for u in users)
-            lacking.append(f"{amount:g} {what} (for the {users_text}) but the cluster has {have:g}")
+            lacking.append(f"{amount:g} {what} (for the {users_text}) but {where} has {have:g}")
     if not lacking:
         return None
+    grow = "add nodes" if where == "the cluster" else "join a cluster that has them (RAY_ADDRESS)"
     return (
         f"the resources section asks for {'; and '.join(lacking)}; lower resources.num_env_runners / num_learners "
-        "or their per-actor amounts, or add nodes"
+        f"or their per-actor amounts, or {grow}"
     )
 
 
-def check_resources(config: ExperimentConfig, available: Mapping[str, float], cuda_in_driver: bool) -> None:
+def check_resources(
+    config: ExperimentConfig, available: Mapping[str, float], cuda_in_driver: bool, where: str = "the cluster"
+) -> None:
     """Refuses a config whose actors need more of a resource than the cluster has in total, naming it.
 
     Only totals are compared: an actor bigger than any single node still waits in Ray (its size is the user's
@@ -195,7 +200,7 @@ def check_resources(config: ExperimentConfig, available: Mapping[str, float], cu
             "learner in this process, which sees no CUDA device; expected num_gpus_per_learner=0 here, or "
             "num_learners >= 1 on a cluster with GPU nodes"
         )
-    reason = missing_resources(config, available)
+    reason = missing_resources(config, available, where)
     if reason is not None:
         raise ConfigError(reason)
 

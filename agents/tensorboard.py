@@ -81,8 +81,10 @@ def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        """`purge_step`: on a resume, TensorBoard discards the events logged at this step and later by earlier
+        processes (steps that a crash cut off before their checkpoint, and that the resumed run logs again)."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def log_result(self, result: dict[str, Any], env_steps: int, fps: float) -> None:
         for path, tag in SCALARS:

@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from agents import checkpoints as ckpt
-from agents.config import ConfigError, ExperimentConfig, load_config, read_yaml, save_config
+from agents.config import ConfigError, ExperimentConfig, load_config, parse_override, read_yaml, save_config
 from agents.faults import FaultTracker, check_resources, wait_for_resources
 from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
@@ -121,30 +123,89 @@ def policy_from_weights(config: ExperimentConfig, weights: dict[str, Any], dims:
     return policy.eval()
 
 
-def prepare_run(config_path: str | None, overrides: list[str], resume: str | None) -> tuple[ExperimentConfig, Path]:
-    """Validates everything (config, env, model vs env) before Ray starts; returns the config and run dir."""
+FIXED_ON_RESUME = ("env", "model", "run.output_dir", "run.name", "run.seed")
+"""Settings a resume cannot change: the checkpoint's weights, env and directory are theirs (a longer
+stop.env_steps, other resources or training settings are fine)."""
+
+
+def prepare_run(
+    config_path: str | None, overrides: list[str], resume: str | None, trust_checkpoint: bool = False
+) -> tuple[ExperimentConfig, Path]:
+    """Validates everything (config, env, model vs env, the output directory, this machine's resources) before
+    Ray starts; returns the config and run dir. A resume also checks that the overrides leave FIXED_ON_RESUME alone
+    and that the checkpoint is this user's own (or `trust_checkpoint`; agents/checkpoints.py)."""
     if resume is not None:
+        if config_path is not None:
+            raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both")
         run_dir = Path(resume)
         saved = run_dir / ckpt.CONFIG
         if not saved.is_file():
             raise ckpt.CheckpointError(f"cannot resume: '{saved}' does not exist; expected a run directory")
-        ckpt.check_resumable(ckpt.latest_checkpoint(run_dir))  # fails early, naming what is missing
+        latest = ckpt.latest_checkpoint(run_dir)
+        untrusted = ckpt.check_resumable(latest, trust_checkpoint)  # fails early, naming what is missing
         # The saved config is the base; overrides (e.g. a longer stop.env_steps) apply on top.
+        _check_resume_changes(read_yaml(saved), overrides)
         config = load_config(saved, overrides)
-        if config_path is not None:
-            raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both")
+        if untrusted is not None:
+            print(f"warning: resuming '{latest}' on --trust-checkpoint although {untrusted}", file=sys.stderr)
     else:
         config = load_config(config_path, overrides)
         assert config.run.name is not None
         run_dir = Path(config.run.output_dir) / config.run.name
-        if (run_dir / ckpt.CHECKPOINTS).exists():
+        if ckpt.has_complete_checkpoint(run_dir):
             raise ConfigError(
                 f"run directory '{run_dir}' already has checkpoints; use --resume {run_dir} or another run.name"
             )
+        _check_writable(run_dir)
     from agents.build import probe_env
 
     probe_env(config)
+    if not os.environ.get("RAY_ADDRESS"):  # the embedded Ray will have exactly this machine
+        check_resources(config, local_resources(), torch.cuda.is_available(), where="this machine")
     return config, run_dir
+
+
+def _check_resume_changes(saved: dict[str, Any], overrides: list[str]) -> None:
+    """Refuses an override of a resume that the checkpoint cannot follow (FIXED_ON_RESUME), naming it; checked on
+    the saved config as written, before the overrides are validated against each other."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        key = ".".join(keys)
+        if not f"{key}.".startswith(tuple(f"{fixed}." for fixed in FIXED_ON_RESUME)):
+            continue
+        node: Any = saved
+        for part in keys:
+            node = node.get(part) if isinstance(node, dict) else None
+        if value != node:
+            raise ConfigError(
+                f"{key}={value!r} differs from the run's {node!r}: a resume continues the checkpoint, whose "
+                f"{', '.join(FIXED_ON_RESUME)} are fixed; start a new run to change them"
+            )
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Refuses a run directory that cannot be created or written (checked before Ray starts; creates nothing)."""
+    ancestor = run_dir
+    while not ancestor.exists():
+        if ancestor.is_symlink():  # a dangling link
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write the run to '{run_dir}': '{ancestor}' is not a directory; check run.output_dir")
+    try:  # a real write: permission bits do not tell for root, read-only mounts or full quotas
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".commformer-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the run to '{run_dir}': '{ancestor}' is not writable ({err.strerror or err}); "
+            "check run.output_dir"
+        ) from err
+
+
+def local_resources() -> dict[str, float]:
+    """What an embedded local Ray would offer: the CPUs this process may run on and the CUDA devices it sees."""
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
 
 
 class _Run:
@@ -180,6 +241,7 @@ class _Run:
 
         def fill(tmp: Path) -> None:
             self.algo.save_to_path(str((tmp / ckpt.ALGORITHM).resolve()))
+            ckpt.sign_algorithm(tmp)
             metadata = {
                 "env": read_yaml(self.run_dir / ckpt.CONFIG)["env"],
                 "iteration": iteration,
@@ -189,14 +251,26 @@ class _Run:
             (tmp / FAULTS_FILE).write_text(json.dumps(self.faults.state()))
             shutil.copy(self.run_dir / ckpt.CONFIG, tmp / ckpt.CONFIG)
 
-        return ckpt.write_checkpoint(self.run_dir, iteration, env_steps, fill, self.config.run.keep_checkpoints)
+        try:
+            return ckpt.write_checkpoint(self.run_dir, iteration, env_steps, fill, self.config.run.keep_checkpoints)
+        except OSError as err:  # disk full, permissions changed under the run: the previous checkpoint stands
+            try:
+                previous = f"the last complete one, '{ckpt.latest_checkpoint(self.run_dir)}', is intact"
+            except ckpt.CheckpointError:
+                previous = "there is no earlier one"
+            raise ckpt.CheckpointError(
+                f"could not write the checkpoint of iteration {iteration} under '{self.run_dir}' "
+                f"({err.strerror or err}); {previous}. Fix the cause and continue with --resume {self.run_dir}"
+            ) from err
 
     def loop(self, start_steps: int) -> Path | None:
         """Iterates until stop.env_steps: logs, prints, checkpoints. Returns the last checkpoint written here."""
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
         run = self.config.run
-        logger = RunLogger(self.run_dir)
+        # Steps an earlier process logged after the checkpoint this run starts from (all of them on a fresh start
+        # in a directory whose first run left no checkpoint) are redone now: TensorBoard drops them.
+        logger = RunLogger(self.run_dir, purge_step=start_steps + 1 if start_steps else 0)
         progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
         faults = self.faults
         env_steps, last, iteration = start_steps, None, self.algo.iteration
@@ -235,14 +309,26 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
     limit_threads()
     from agents.build import build_ppo_config, probe_env
 
+    out = out or sys.stdout  # looked up now: tests swap sys.stdout
+    if resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        done = ckpt.read_meta(latest)["env_steps"]
+        if done >= config.stop.env_steps:
+            print(
+                f"nothing to train: '{run_dir}' is at {done:,} env steps and stop.env_steps={config.stop.env_steps:,}; "
+                f"pass stop.env_steps=N with N > {done:,} to train further",
+                file=out,
+                flush=True,
+            )
+            return latest
     spaces = probe_env(config)
     dims = team_dims(spaces.observation_space, spaces.action_space)
-    out = out or sys.stdout  # looked up now: tests swap sys.stdout
 
     started_ray = init_ray()
     import ray
 
     algo = None
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # after ray.init, which installs its own
     try:
         if os.environ.get("RAY_ADDRESS"):  # a joined cluster may grow: ask its autoscaler and wait
             from ray.autoscaler.sdk import request_resources
@@ -255,17 +341,30 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
                 out,
             )
         check_resources(config, ray.cluster_resources(), torch.cuda.is_available())
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves nothing behind
-        save_config(config, run_dir / ckpt.CONFIG)
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves nothing behind
+            save_config(config, run_dir / ckpt.CONFIG)
         # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
         logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
         algo = build_ppo_config(config).build_algo()
         session = _Run(config, run_dir, dims, algo, out)
-        start_steps = session.restore() if resume else 0
+        start_steps = 0
+        if resume:  # the run directory changes only once its checkpoint has been restored
+            start_steps = session.restore()
+            save_config(config, run_dir / ckpt.CONFIG)
         last = session.loop(start_steps)
         return last if last is not None else ckpt.latest_checkpoint(run_dir)
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         if algo is not None:
             algo.stop()
         if started_ray:
             ray.shutdown()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the trainer: it stops as on Ctrl-C (the last complete checkpoint stands)."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()

@@ -21,3 +21,20 @@ def float64_default(request: pytest.FixtureRequest) -> Iterator[None]:
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkpoint_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Checkpoints written by the tests are signed with a key of their own, not the user's
+    (~/.config/commformer/checkpoint.key; agents/checkpoints.py); subprocesses inherit it through the environment."""
+    import os
+
+    from agents.checkpoints import KEY_ENV
+
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
+    yield
+    if previous is None:
+        del os.environ[KEY_ENV]
+    else:
+        os.environ[KEY_ENV] = previous

@@ -127,6 +127,8 @@ def test_job_submit_trains_with_env_runners_on_the_rollout_node(two_nodes, tmp_p
         "job",
         "submit",
         f"--address={two_nodes['dashboard']}",
+        # the job's driver signs its checkpoints with the tests' key (tests/conftest.py), not this user's
+        f"--runtime-env-json={json.dumps({'env_vars': {ckpt.KEY_ENV: os.environ[ckpt.KEY_ENV]}})}",
         "--",
         sys.executable,
         "-m",

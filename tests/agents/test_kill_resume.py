@@ -68,3 +68,33 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     final = ckpt.read_meta(ckpt.latest_checkpoint(run_dir))
     # no step counted twice: the counter goes on from the checkpoint, two iterations of 200 steps
     assert final == {"iteration": meta["iteration"] + 2, "env_steps": target}
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    """SIGTERM (what `kill`, systemd and schedulers send) gives a clean stop: status 143, a sentence, the last
+    checkpoint complete and resumable (it used to abort through Ray's own handler with status -6)."""
+    run_dir = tmp_path / "t"
+    proc = subprocess.Popen(
+        _cli(
+            "train", "configs/signal.yaml", *TINY, "stop.env_steps=1000000", f"run.output_dir={tmp_path}", "run.name=t"
+        ),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "LATEST").exists():
+            assert time.monotonic() < deadline, "training wrote no checkpoint within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the trainer alone, as `kill PID` does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM); the last complete checkpoint is intact" in err
+    ckpt.check_resumable(ckpt.latest_checkpoint(run_dir))

@@ -246,8 +246,13 @@ def test_resume_refuses_damaged_checkpoints_by_name(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, copy2)
     latest2 = ckpt.latest_checkpoint(copy2)
     (latest2 / "algorithm" / "algorithm_state.pkl").write_bytes(b"garbage")
-    assert main(["train", "--resume", str(copy2), "stop.env_steps=1200"]) == 2
-    assert "could not be restored" in capsys.readouterr().err
+    assert main(["train", "--resume", str(copy2), "stop.env_steps=1200"]) == 2  # refused before Ray: not as written
+    assert "'algorithm/' changed since it was written (algorithm_state.pkl)" in capsys.readouterr().err
+    config_before = (copy2 / "config.yaml").read_bytes()
+    assert main(["train", "--resume", str(copy2), "stop.env_steps=1200", "--trust-checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: resuming" in err and "could not be restored" in err
+    assert (copy2 / "config.yaml").read_bytes() == config_before  # a resume that fails changes nothing
 
 
 def test_rollout_refuses_bad_env_options_by_name(capsys):
@@ -263,10 +268,14 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(run_dir, tmp_path, ca
     copy = tmp_path / "r"
     shutil.copytree(run_dir, copy)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "checkpoints").rglob("*"))
+    config_before = (copy / "config.yaml").read_bytes()
     assert main(["train", "--resume", str(copy)]) == 0  # stop.env_steps=800 is already reached
+    assert main(["train", "--resume", str(copy), "stop.env_steps=400"]) == 0  # below the run's progress
     after = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "checkpoints").rglob("*"))
     assert before == after
-    assert "done: 800 env steps" in capsys.readouterr().out
+    assert (copy / "config.yaml").read_bytes() == config_before
+    out = capsys.readouterr().out
+    assert "is at 800 env steps and stop.env_steps=800" in out and "stop.env_steps=400;" in out
 
 
 def test_progress_line_eta_is_zero_once_the_target_is_passed():
