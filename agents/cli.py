@@ -355,7 +355,15 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "rollout": cmd_rollout
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display needed
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `key=value ...` at the first option: `train CONFIG --resume RUN stop.env_steps=N` leaves
+    # the override over. Such trailing key=value words belong to the command's list; anything else is an error.
+    listed = {"train": "overrides", "rollout": "options"}.get(args.command)
+    if extra and listed and all("=" in word and not word.startswith("-") for word in extra):
+        setattr(args, listed, [*getattr(args, listed), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from agents.checkpoints import CheckpointError
     from commformer.export import PolicyFileError
     from commformer.typed import ConfigError

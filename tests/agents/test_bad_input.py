@@ -226,6 +226,22 @@ def test_a_resume_of_a_checkpoint_not_known_to_be_yours(
     assert "warning: resuming" in err and expected in err
 
 
+def test_overrides_after_an_option_are_still_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --resume RUN stop.env_steps=N` (argparse alone would call the override unrecognised); a stray word
+    that is not key=value is still refused."""
+    import agents.train
+
+    run_dir = _fake_run(tmp_path)
+    seen: list[int] = []
+    monkeypatch.setattr(agents.train, "train", lambda config, run_dir, resume: seen.append(config.stop.env_steps))
+    assert main(["train", "--resume", str(run_dir), "stop.env_steps=1600"]) == 0
+    assert main(["train", "run.seed=1", "--resume", str(run_dir), "stop.env_steps=2400"]) == 2  # seed is fixed
+    assert seen == [1600]
+    assert main(["train", "--resume", str(run_dir), "stray"]) == 2  # read as a CONFIG beside --resume: refused
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(run_dir), "stop.env_steps=1600", "--bogus"])
+
+
 def test_a_signed_checkpoint_resumes_without_a_word(
     tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
