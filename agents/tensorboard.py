@@ -80,6 +80,57 @@ def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
     return img.astype(np.uint8).transpose(2, 0, 1)
 
 
+MARGIN, BAR, BACKGROUND = 34, 14, (255, 255, 255)
+"""Pixels left of and above the grid for the axis labels, the colour bar's width, the background colour."""
+
+
+def labelled_heatmap(matrix: np.ndarray, value_name: str) -> np.ndarray:
+    """`heatmap` of an (N, N) graph with its axes: agent indices along both (every agent up to N = 16, then every
+    `tick_step(N)`-th, so labels never overlap), "receiver" down the left, "sender" along the top, and a colour bar
+    from 0 to 1 named `value_name` on the right. Drawn with Pillow's built-in font (no matplotlib needed).
+
+    Returns:
+        (3, H, W) uint8, the grid's top-left pixel at (MARGIN, MARGIN).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid = heatmap(matrix)
+    n, size = matrix.shape[0], grid.shape[1]
+    cell = size // max(1, n)
+    font = ImageFont.load_default()
+    width = MARGIN + size + 12 + BAR + 8 + _text_width(font, value_name, "1.0")
+    canvas = Image.new("RGB", (width, MARGIN + size + 6), BACKGROUND)
+    canvas.paste(Image.fromarray(grid.transpose(1, 2, 0)), (MARGIN, MARGIN))
+    draw = ImageDraw.Draw(canvas)
+    for i in range(0, n, tick_step(n)):
+        centre = MARGIN + i * cell + cell // 2
+        draw.text((MARGIN - 3, centre), str(i), fill=(0, 0, 0), font=font, anchor="rm")  # receivers, left
+        draw.text((centre, MARGIN - 3), str(i), fill=(0, 0, 0), font=font, anchor="ms")  # senders, top
+    draw.text((MARGIN + size // 2, 2), "sender", fill=(0, 0, 0), font=font, anchor="mt")
+    label = Image.new("RGB", (size, 12), BACKGROUND)
+    ImageDraw.Draw(label).text((size // 2, 0), "receiver", fill=(0, 0, 0), font=font, anchor="mt")
+    canvas.paste(label.rotate(90, expand=True), (1, MARGIN))
+    bar_x = MARGIN + size + 12
+    column = heatmap(np.linspace(1.0, 0.0, size)[:, None], cell=1)  # (3, size, 1): 1 at the top
+    canvas.paste(Image.fromarray(np.repeat(column, BAR, axis=2).transpose(1, 2, 0)), (bar_x, MARGIN))
+    draw.text((bar_x + BAR + 3, MARGIN), "1", fill=(0, 0, 0), font=font, anchor="lt")
+    draw.text((bar_x + BAR + 3, MARGIN + size), "0", fill=(0, 0, 0), font=font, anchor="lb")
+    draw.text((bar_x, MARGIN - 3), value_name, fill=(0, 0, 0), font=font, anchor="ls")
+    return np.asarray(canvas).transpose(2, 0, 1).copy()
+
+
+def tick_step(n: int) -> int:
+    """Label every agent up to 16, then every 2nd, 4th, 8th ... so that at most 16 labels share an axis."""
+    step = 1
+    while n > 16 * step:
+        step *= 2
+    return step
+
+
+def _text_width(font: Any, *texts: str) -> int:
+    return max(int(font.getbbox(text)[2]) for text in texts)
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         """`purge_step`: on a resume, TensorBoard discards the events logged at this step and later by earlier
@@ -116,10 +167,12 @@ class RunLogger:
         self.writer.flush()
 
     def log_graph(self, graph: CommGraph, env_steps: int) -> None:
-        """The hard graph (who listens to whom: row = receiver, column = sender) and the sender probabilities."""
+        """The hard graph (who listens to whom: row = receiver, column = sender) and the sender probabilities, as
+        labelled images (`labelled_heatmap`)."""
         with torch.no_grad():
-            self.writer.add_image("graph/adjacency", heatmap(graph.hard().cpu().numpy()), env_steps)
-            self.writer.add_image("graph/sender_probs", heatmap(graph.probs().cpu().numpy()), env_steps)
+            adjacency, probs = graph.hard().cpu().numpy(), graph.probs().cpu().numpy()
+        self.writer.add_image("graph/adjacency", labelled_heatmap(adjacency, "edge (1 = listens)"), env_steps)
+        self.writer.add_image("graph/sender_probs", labelled_heatmap(probs, "P(sender kept)"), env_steps)
         self.writer.flush()
 
     def summary(self, result: dict[str, Any]) -> str:

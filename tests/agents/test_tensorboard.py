@@ -57,3 +57,27 @@ def test_progress_summary_shows_the_win_rate_only_where_the_env_has_one(tmp_path
     assert logger.summary(with_win) == " | win 0.88 gates 0.50 msgs 1.2"
     assert logger.summary({"env_runners": {}, "learners": {"default_policy": learner}}) == " | gates 0.50 msgs 1.2"
     logger.close()
+
+
+def test_labelled_heatmap_keeps_the_grid_and_draws_its_axes():
+    """The grid is `heatmap`'s, pixel for pixel, at (MARGIN, MARGIN); the margins carry text (the indices and axis
+    names), and the colour bar runs from the colour of 1 at the top to that of 0 at the bottom."""
+    from agents.tensorboard import MARGIN, labelled_heatmap
+
+    for n in (3, 64):
+        matrix = np.random.default_rng(n).random((n, n))
+        grid, img = heatmap(matrix), labelled_heatmap(matrix, "P(sender kept)")
+        size = grid.shape[1]
+        assert (img[:, MARGIN : MARGIN + size, MARGIN : MARGIN + size] == grid).all()
+        ink = (img < 128).all(axis=0)  # near-black pixels: text
+        assert ink[:MARGIN, MARGIN : MARGIN + size].sum() > 20  # sender indices and the word "sender"
+        assert ink[MARGIN : MARGIN + size, :MARGIN].sum() > 20  # receiver indices and the word "receiver"
+        bar = img[:, MARGIN : MARGIN + size, MARGIN + size + 12 + 5]
+        assert bar[:, 0].tolist() == [253, 231, 37] and bar[:, -1].tolist() == [68, 1, 84]
+
+
+def test_tick_labels_never_crowd_an_axis():
+    from agents.tensorboard import tick_step
+
+    assert [tick_step(n) for n in (3, 16, 17, 64, 256)] == [1, 1, 2, 4, 16]
+    assert all(len(range(0, n, tick_step(n))) <= 16 for n in range(1, 1025))
