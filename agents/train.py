@@ -21,6 +21,7 @@ import torch
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, ExperimentConfig, load_config, parse_override, read_yaml, save_config
+from agents.console import drop_stderr_lines
 from agents.faults import FaultTracker, check_resources, wait_for_resources
 from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
@@ -346,7 +347,8 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
             save_config(config, run_dir / ckpt.CONFIG)
         # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
         logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
-        algo = build_ppo_config(config).build_algo()
+        with drop_stderr_lines():  # creating the EnvRunners makes Ray's core print a harmless error-level line
+            algo = build_ppo_config(config).build_algo()
         session = _Run(config, run_dir, dims, algo, out)
         start_steps = 0
         if resume:  # the run directory changes only once its checkpoint has been restored
