@@ -71,8 +71,8 @@ def test_sigkill_mid_training_then_resume(tmp_path):
 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path):
-    """With a remote EnvRunner: SIGTERM (what `kill`, systemd and schedulers send) gives a clean stop: status 143, a sentence, the last
-    checkpoint complete and resumable (it used to abort through Ray's own handler with status -6)."""
+    """With a remote EnvRunner: SIGTERM (what `kill`, systemd and schedulers send) gives a clean stop: status 143, a
+    sentence, the last checkpoint complete and resumable (it used to abort through Ray's own handler, status -6)."""
     run_dir = tmp_path / "t"
     proc = subprocess.Popen(
         _cli(
