@@ -3,7 +3,7 @@
 Every YAML file in `configs/` maps onto `ExperimentConfig`. Keys are the dataclass field names, and the same
 names are used on the command line (`model.graph.sparsity=0.4`). Loading is strict: an unknown key, a value of
 the wrong type or a value out of range raises `ConfigError` naming the dotted key and what was expected,
-before Ray starts (ARCHITECTURE section 6).
+before Ray starts (docs/DESIGN.md, "Configuration").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The RLlib face of `CommFormerPolicy`: one RLModule drives the whole team (ARCHITECTURE section 2).
+"""The RLlib face of `CommFormerPolicy`: one RLModule drives the whole team (docs/DESIGN.md,
+"One team, one RLlib agent").
 
 Observations arrive as the team env's Dict (`obs` (B, N, D), `action_mask` (B, N, A), `alive` (B, N), where
 the env has one `state` (B, S), and for the orchid / attention encoders `history` (B, L, N, D)); actions leave
@@ -114,7 +115,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     """CommFormer team policy + per-agent critic, with value targets normalised by a running `ValueNorm`.
 
     `model_config` holds `{"model": <ModelConfig as plain data>}`; it is converted back to the typed config here
-    (the only untyped dict allowed past the config boundary, ARCHITECTURE section 6).
+    (the only untyped dict allowed past the config boundary: docs/DESIGN.md, "Configuration").
     """
 
     def setup(self) -> None:

@@ -1,6 +1,6 @@
 """TensorBoard output of a run: the training scalars and the learned communication graph as an image.
 
-A plain `algo.train()` loop writes no event files (ARCHITECTURE pitfall 2), so the driver writes them itself with
+A plain `algo.train()` loop writes no event files (docs/DESIGN.md, "RLlib facts"), so the driver writes them itself with
 torch's SummaryWriter. The x axis of every scalar is env steps, so runs of different batch sizes line up.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-# Single-threaded BLAS, as in the EnvRunners (ARCHITECTURE, pitfall 1); set before numpy is imported.
+# Single-threaded BLAS, as in the EnvRunners (docs/DESIGN.md, "Threads"); set before numpy is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse

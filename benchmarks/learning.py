@@ -23,8 +23,8 @@ runner. Its non-default settings, each for a reason:
   shared trunk the value loss (per-agent returns about -25, squared errors 50-600, coefficient 1) dominates the
   trunk's gradient and the policy got worse than random (-33 at 220k env steps, vf_explained_var ~0); with
   separate networks the same run reached -20.3 at 240k.
-- `vf_clip_param=inf` (default 10): with returns around -25 the clip at 10 zeroes the value loss (ARCHITECTURE
-  pitfall 4). Harmless now that the critic has its own network.
+- `vf_clip_param=inf` (default 10): with returns around -25 the clip at 10 zeroes the value loss (docs/DESIGN.md,
+  "RLlib facts"). Harmless now that the critic has its own network.
 Known limits, left as RLlib does them: the critic stays at vf_explained_var ~0 (at lr 5e-4 it is still chasing
 the mean of the unnormalised returns at 250k; the policy learns from the lambda=0.95 returns with standardised
 advantages), and RLlib 2.60 records an episode in which every agent is truncated at max_cycles as terminated
@@ -95,7 +95,7 @@ def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
             gamma=0.99,
             lambda_=0.95,
             # RLlib clips the squared value error at vf_clip_param (10): with returns around -25 the value loss
-            # would be clipped away and the critic never learn (ARCHITECTURE pitfall 4).
+            # would be clipped away and the critic never learn (docs/DESIGN.md, "RLlib facts").
             vf_clip_param=float("inf"),
         )
         .debugging(seed=seed, log_level="ERROR")

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import os
 
-# Single-threaded BLAS, as in the EnvRunners (ARCHITECTURE, pitfall 1); set before torch is imported.
+# Single-threaded BLAS, as in the EnvRunners (docs/DESIGN.md, "Threads"); set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse

@@ -15,8 +15,8 @@ back, as any data-dependent skip must.
 Exit probabilities (product form): P_l = g_l * prod_{j<l} (1 - g_j) for l < G, and the final head takes the rest,
 P_G = prod_j (1 - g_j); they are non-negative and sum to 1. The paper's test-time rule exits at the first l with
 c_l = P_l / prod_{j<l} (1 - c_j) >= 1/2; with the product form c_l = g_l exactly, so the rule is "the first gate
->= ``threshold``" (0.5 in the paper and in its public code). REFERENCE.md also quotes a clipped form
-max(0, min(g_l, 1 - sum_{j<l} g_j)); it is not a distribution whose c_l reduce to the gates, so we use the product.
+>= ``threshold``" (0.5 in the paper and in its public code). A clipped form max(0, min(g_l, 1 - sum_{j<l} g_j))
+is sometimes written instead; it is not a distribution whose c_l reduce to the gates, so we use the product.
 
 Communication (decided): blocks mix the agents, so an agent that stopped would still have to compute the keys and
 values the others attend to. The *team* exits together: at depth l the team stops when every alive agent's gate

@@ -12,7 +12,7 @@ Straight-through estimator::
 
 The forward value of ``A`` is exactly the 0/1 matrix ``y_hard`` (``x - x`` is exactly 0 in floating point),
 and its gradient is that of ``y_soft``. Gumbel noise only perturbs the surrogate gradient, never the graph
-itself: this is the PPO consistency rule of ARCHITECTURE.md section 3 (rollout and update see the same
+itself: this is the PPO consistency rule of docs/DESIGN.md (rollout and update see the same
 graph). The official code instead draws the update-time graph from the noisy logits, which biases the PPO
 ratio; we do not copy that.
 

@@ -13,10 +13,10 @@ One residual pre-LN block. The mixer is
   positions (attention alone cannot tell the order). Computing only the last query gives exactly the last row
   of causal attention (the last position may see every position), in O(L) instead of O(L^2).
 
-Why windows in the observation rather than a recurrent state: the PPO consistency rule (ARCHITECTURE.md
-section 3). The window is part of the observation, so RLlib stores it in the batch and the learner recomputes
-the action distribution from exactly what the EnvRunner saw; there is no hidden state to carry, replay or
-truncate. The cost is memory: L * N * D floats per stored step, bounded and independent of the episode length.
+Why windows in the observation rather than a recurrent state: the PPO consistency rule (docs/DESIGN.md). The window
+is part of the observation, so RLlib stores it in the batch and the learner recomputes the action distribution from
+exactly what the EnvRunner saw; there is no hidden state to carry, replay or truncate. The cost is memory: L * N * D
+floats per stored step, bounded and independent of the episode length.
 
 Zero rows before the episode's first step are ordinary input: the encoder does not mask them (the rollout and
 the update see the same zeros, so the ratio stays exact).

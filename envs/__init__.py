@@ -1,4 +1,5 @@
-"""Environment adapters: every environment becomes one team `gymnasium.Env` (ARCHITECTURE section 2).
+"""Environment adapters: every environment becomes one team `gymnasium.Env` (docs/DESIGN.md,
+"One team, one RLlib agent").
 
 - `TeamEnv` wraps any PettingZoo ParallelEnv: obs (N, D), action_mask (N, A), alive (N,), optional state, and
   with `history=L` the last L team observations (L, N, D) for the policy's history encoders.

@@ -2,7 +2,7 @@
 
 The window is part of the observation on purpose (commformer/history.py is its reader): RLlib stores it in the
 batch, so the learner recomputes each action's distribution from exactly the window the EnvRunner acted on (the
-PPO consistency rule, ARCHITECTURE section 3), with no recurrent state to carry or replay; and it holds only
+PPO consistency rule, docs/DESIGN.md), with no recurrent state to carry or replay; and it holds only
 steps up to now, so no future observation can reach an action. Memory per stored step is L * N * D float32s,
 bounded whatever the episode length (L=1024, N=3, D=18: 221 KB).
 

@@ -1,7 +1,8 @@
 """Factories of the mpe2 environments (MPE, moved out of PettingZoo), always with discrete actions.
 
 Each factory takes its frozen options dataclass and a render mode and returns the raw PettingZoo ParallelEnv;
-`envs.registry` names them and `TeamEnv` wraps them. Facts used here (REFERENCE.md, Environments):
+`envs.registry` names them and `TeamEnv` wraps them. Facts of the pinned mpe2 used here (tests/envs/test_mpe.py
+checks the sizes against the installed package):
 
 - simple_spread_v3: N agents and N landmarks, obs (6N,) per agent, Discrete(5); reward per agent =
   global * (1 - local_ratio) + local * local_ratio; episodes end by truncation at max_cycles.

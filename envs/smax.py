@@ -4,8 +4,8 @@ Two faces of one game core (`SMAXGame`):
 
 - `SMAXVectorEnv`: B battles stepped in one jitted call (`jax.vmap` + `jax.jit`, auto-reset inside it), a
   gymnasium `VectorEnv` whose `single_observation_space` / `single_action_space` are exactly those of the team
-  env (`TeamEnv` over `SMAXEnv`, ARCHITECTURE section 2), observations batched along a leading B axis. RLlib's
-  EnvRunners build it through `gym_env_vectorize_mode="vector_entry_point"` (agents/build.py).
+  env (`TeamEnv` over `SMAXEnv`, docs/DESIGN.md "One team, one RLlib agent"), observations batched along a leading
+  B axis. RLlib's EnvRunners build it through `gym_env_vectorize_mode="vector_entry_point"` (agents/build.py).
 - `SMAXEnv`: one battle as a PettingZoo ParallelEnv of the allied units, for `TeamEnv` (rollout, evaluate,
   probing the spaces). It is also the reference the tests check the vector env's team semantics against.
 

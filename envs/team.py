@@ -1,4 +1,5 @@
-"""`TeamEnv`: a whole PettingZoo team as one `gymnasium.Env` (ARCHITECTURE section 2).
+"""`TeamEnv`: a whole PettingZoo team as one `gymnasium.Env` (docs/DESIGN.md, "One team, one RLlib
+agent").
 
 CommFormer attends across agents at each time step, so one observation must hold every agent of the team.
 `TeamEnv` wraps any PettingZoo `ParallelEnv` and returns, per step:

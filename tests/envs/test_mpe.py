@@ -50,3 +50,19 @@ def test_team_env_state_is_unchanged_by_the_wrapper():
         obs_a, *_ = wrapped.step(action)
         obs_b, *_ = raw.step(action)
     np.testing.assert_array_equal(obs_a["state"], obs_b["state"])
+
+
+def test_the_mpe2_facts_the_module_docstring_states():
+    """envs/mpe.py relies on these sizes of the pinned mpe2; an upgrade that changes one fails here first."""
+    spread = mpe.simple_spread(mpe.SpreadOptions(n_agents=4))
+    reference = mpe.simple_reference(mpe.ReferenceOptions())
+    speaker_listener = mpe.simple_speaker_listener(mpe.SpeakerListenerOptions())
+    sizes = {
+        name: {a: (env.observation_space(a).shape, env.action_space(a).n) for a in env.possible_agents}
+        for name, env in (("spread", spread), ("reference", reference), ("speaker_listener", speaker_listener))
+    }
+    assert set(sizes["spread"].values()) == {((6 * 4,), 5)}
+    assert set(sizes["reference"].values()) == {((21,), 50)}
+    assert sorted(sizes["speaker_listener"].values()) == [((3,), 3), ((11,), 5)]
+    for env in (spread, reference, speaker_listener):
+        env.close()
