@@ -1,8 +1,8 @@
 """PPO whose EnvRunners sample the next batch while the Learner updates on this one (`training.sample_ahead`).
 
 RLlib's PPO alternates: the EnvRunners sample a batch, then the Learner updates on it while they wait, then the
-new weights go out. On SMAX 3m on 2 cores the update is ~70% of an iteration, so one core sat idle for most of
-it. With `sample_ahead` an iteration is:
+new weights go out. Where the update is most of an iteration (SMAX 3m on 2 cores, docs/BENCHMARKS.md "SMAX
+speed"), one core sits idle for most of it. With `sample_ahead` an iteration is:
 
 1. every healthy remote EnvRunner without a sample in flight starts one (the first iteration, or after a restart);
 2. wait for the samples in flight;

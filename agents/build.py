@@ -104,7 +104,7 @@ def probe_env(config: ExperimentConfig) -> TeamSpaces:
 
 
 def worker_env_vars() -> dict[str, str]:
-    """Environment of every Ray worker: one intra-op thread (2-15x faster small updates on 2 cores), and
+    """Environment of every Ray worker: one intra-op thread (small updates are faster, docs/DESIGN.md "Threads"), and
     threads that wait passively where a Learner uses more (`resources.learner_threads`; agents/__init__.py)."""
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
 

@@ -23,8 +23,8 @@ Differences from RLlib's loop, by design:
 - the runner also logs `episode_win_rate` over finished episodes whose last info has a `won` flag.
 - the chunks `sample()` returns carry empty infos (one `{}` per step): `on_sample_end` callbacks have read the
   real ones (agents/faults.py counts flagged steps there), and nothing after the runner reads them. Shipped to
-  the driver, SMAX's ~3,300 per-step info dicts of numpy scalars per iteration made up ~60% of the time to
-  pickle and unpickle the chunks (docs/BENCHMARKS.md).
+  the driver, per-step info dicts of numpy scalars were most of the time to pickle and unpickle the chunks
+  (docs/BENCHMARKS.md, "Figures behind code choices").
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         batch = {Columns.OBS: {k: _tensor(v, self._device) for k, v in obs.items()}}
         with self.metrics.log_time(RLMODULE_INFERENCE_TIMER):
             # The `_forward_*` methods directly: the public ones toggle eval()/train() over every submodule at
-            # every step (~10% of the forward here); `_sample` puts the module in eval mode once.
+            # every step (docs/BENCHMARKS.md, "Figures behind code choices"); `_sample` puts the module in eval
+            # mode once.
             if explore:
                 runners = self.config.num_env_runners or 1
                 t = (self.num_env_steps_sampled_lifetime // runners + ts) * runners

@@ -40,8 +40,8 @@ class FaultLimitError(RuntimeError):
 class NonFiniteCounter(RLlibCallback):
     """Counts the env steps that `TeamEnv` flagged as carrying a non-finite observation, state or reward.
 
-    Once per `sample()` call over the returned episodes, not per step: RLlib's per-step callback dispatch cost
-    ~0.14 ms per env step here (sampling 2.5 -> 3.05 s per 4,000 steps). Every sampled step is in exactly one
+    Once per `sample()` call over the returned episodes, not per step: RLlib's per-step callback dispatch costs
+    more than the count (docs/BENCHMARKS.md, "Figures behind code choices"). Every sampled step is in exactly one
     returned episode chunk; the chunks RLlib drops after an env error are not trained on and not counted.
     """
 

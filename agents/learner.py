@@ -22,12 +22,11 @@ Per-agent ratios (MAT / CommFormer): the joint log-prob of N agents makes one ra
 per agent as N grows; clipping each agent's own ratio keeps the trust region per decision. Dead agents are
 excluded from every mean.
 
-The batch. RLlib's PPO learner pipeline is replaced by `TeamPPOBatch` (agents/team_batch.py), which builds the
-same batch from whole arrays and keeps only the sampled steps: RLlib's pipeline appends an artificial bootstrap
-step to every episode chunk and carried those rows, masked, through every minibatch (with 128 SMAX battles ~310
-chunks an iteration, ~9% of the batch). `_create_iterator_if_necessary` takes `num_epochs x round(rows /
-minibatch_size)` minibatches, so the sampler's overshoot does not cost a whole extra minibatch.
-"""
+The batch. RLlib's PPO learner pipeline is replaced by `TeamPPOBatch` (agents/team_batch.py), which builds the same
+batch from whole arrays and keeps only the sampled steps: RLlib's pipeline appends an artificial bootstrap step to every
+episode chunk and carried those rows, masked, through every minibatch (one row per chunk: docs/BENCHMARKS.md, "Figures
+behind code choices"). `_create_iterator_if_necessary` takes `num_epochs x round(rows / minibatch_size)` minibatches, so
+the sampler's overshoot does not cost a whole extra minibatch."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """Numerical building blocks shared by the model and the losses: the activation modules by name, the action mask,
 and a fast ``log_softmax``.
 
-``log_softmax`` exists for speed on CPU. PyTorch's CPU softmax kernels vectorise along the softmax dimension;
-with AVX-512 (16 floats a register) a dimension shorter than 16 takes a slow path: on (4,800, 9) logits, the
-shape of a SMAX 3m minibatch's policy, forward + backward take ~1.1 ms against ~0.3 ms for the same
-computation written out (one thread; 0.3-0.4 ms native from 16 actions on). PPO's loss takes three log-softmaxes
-per gradient step (docs/BENCHMARKS.md).
-"""
+``log_softmax`` exists for speed on CPU. PyTorch's CPU softmax kernels vectorise along the softmax dimension; with
+AVX-512 (16 floats a register) a dimension shorter than 16 takes a slow path, several times slower than the same
+computation written out for SMAX's 9 actions (docs/BENCHMARKS.md, "Figures behind code choices"). PPO's loss takes three
+log-softmaxes per gradient step."""
 
 from __future__ import annotations
 

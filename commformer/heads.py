@@ -43,7 +43,7 @@ class MLP(nn.Module):
         """
         a, weight = x.shape[-1], self.hidden.weight
         # [x, s] W^T + b = x W_x^T + (s W_s^T + b): the shared half once per team, not once per agent, and no
-        # (B, N, a + b) concatenation (forward + backward of the value head ~3.8 -> ~2.4 ms on a 3m minibatch).
+        # (B, N, a + b) concatenation (docs/BENCHMARKS.md, "Figures behind code choices").
         hidden = F.linear(x, weight[:, :a]) + F.linear(shared, weight[:, a:], self.hidden.bias).unsqueeze(1)
         return self.out(self.activation(hidden))  # (B, N, out)
 

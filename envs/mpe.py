@@ -9,9 +9,10 @@ checks the sizes against the installed package):
 - simple_reference_v3: 2 agents, obs (21,), Discrete(50) (5 moves x 10 messages).
 - simple_speaker_listener_v4: heterogeneous, speaker obs (3,) / Discrete(3), listener obs (11,) / Discrete(5).
 
-mpe2's `state()` is the concatenation of every agent's observation, recomputed from the world: about 7% of an
-env step here. The factories wrap the env in `JointObsState`, which concatenates the observations the last
-`reset` / `step` returned instead (the same values; tests/envs/test_mpe.py compares them at every step).
+mpe2's `state()` is the concatenation of every agent's observation, recomputed from the world at a cost
+(docs/BENCHMARKS.md, "Figures behind code choices"). The factories wrap the env in `JointObsState`, which concatenates
+the observations the last `reset` / `step` returned instead (the same values; tests/envs/test_mpe.py compares them at
+every step).
 
 mpe2 is imported inside the factories: importing it imports pygame, which processes that never build an MPE
 env (the signal env's learning tests, other envs) need not pay for.

@@ -73,8 +73,7 @@ entry and round: arrival, route, slot), consumed in order, so env b of a batch d
 seeded alike, and the Python loop over envs runs once per block rather than every step.
 
 Speed: everything a car sees that depends on its (route, progress) only is gathered from a table, and cars are
-counted per cell with one bincount over all envs. Raw `BatchedTeamEnv.step` with random valid actions, B = 256,
-one core (shared with other jobs): about 180,000-240,000 env steps/s on medium, 460,000 on easy, 40,000 on hard.
+counted per cell with one bincount over all envs (speed: docs/BENCHMARKS.md, "Figures behind code choices").
 """
 
 from __future__ import annotations
