@@ -321,6 +321,38 @@ class BattleEnv(ParallelEnv):
         return dict(zip(names, chosen.tolist(), strict=True))
 
 
+NEAREST_CANDIDATES = 16
+"""Enemies the k-d tree returns per agent; only when all of them are as near as the nearest (a tie that may go on
+past them) does that agent fall back to comparing every enemy."""
+
+
+def nearest_enemy(own: np.ndarray, enemies: np.ndarray) -> np.ndarray:
+    """For each of M agents, the index of its nearest enemy; of equally near ones, the lowest index.
+
+    A k-d tree (scipy's cKDTree) instead of all M x K distances: O((M + K) log K) rather than O(M K), which at
+    1,000 agents a side was most of an env step. Exactly the all-pairs argmin: positions are integers, so equal
+    squared distances give equal floats, and ties are broken by index among the candidates.
+
+    Args:
+        own: (M, 2) positions; enemies: (K, 2) positions, K >= 1.
+
+    Returns:
+        (M,) int64 indices into `enemies`.
+    """
+    from scipy.spatial import cKDTree
+
+    k = min(NEAREST_CANDIDATES, len(enemies))
+    dist, index = cKDTree(enemies).query(own, k=k)
+    dist, index = dist.reshape(len(own), k), index.reshape(len(own), k)  # k == 1 drops the axis
+    tied = dist == dist[:, :1]  # sorted ascending: the first column is the nearest distance
+    nearest = np.where(tied, index, len(enemies)).min(1)
+    spill = np.flatnonzero(tied[:, -1]) if k < len(enemies) else np.zeros(0, dtype=np.int64)
+    if len(spill):  # every candidate as near as the nearest: more may tie beyond them
+        squared = ((enemies[None, :, :] - own[spill, None, :]) ** 2).sum(-1)  # (S, K)
+        nearest[spill] = squared.argmin(1)
+    return nearest.astype(np.int64)
+
+
 def scripted_actions(own: np.ndarray, enemies: np.ndarray) -> np.ndarray:
     """The scripted policy: attack the nearest enemy if adjacent, else move to get closest to it.
 
@@ -333,9 +365,7 @@ def scripted_actions(own: np.ndarray, enemies: np.ndarray) -> np.ndarray:
     """
     if len(enemies) == 0:
         return np.full(len(own), MAGENT_STAY, dtype=np.int64)
-    delta = enemies[None, :, :] - own[:, None, :]  # (M, K, 2)
-    nearest = (delta**2).sum(-1).argmin(1)  # (M,), the first of equally near enemies
-    d = delta[np.arange(len(own)), nearest]  # (M, 2)
+    d = enemies[nearest_enemy(own, enemies)] - own  # (M, 2), towards the target
     # Move: the offset that leaves the smallest squared distance to the target (stay included).
     remaining = ((d[:, None, :] - MOVE_OFFSETS[None, :, :]) ** 2).sum(-1)  # (M, 13)
     actions = remaining.argmin(1)

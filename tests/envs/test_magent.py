@@ -265,3 +265,31 @@ def test_short_training_runs_and_checkpoints(tmp_path: Any) -> None:
     latest = ckpt.latest_checkpoint(tmp_path / "battle")
     assert ckpt.read_meta(latest)["env_steps"] >= 2000
     assert main(["evaluate", str(tmp_path / "battle"), "--episodes", "2"]) == 0
+
+
+def _nearest_by_all_pairs(own, enemies):
+    """The reference: every squared distance, the first of the smallest."""
+    return ((enemies[None, :, :] - own[:, None, :]) ** 2).sum(-1).argmin(1)
+
+
+@pytest.mark.parametrize("m, k, side", [(1, 1, 5), (40, 3, 8), (300, 200, 30), (500, 900, 60), (64, 64, 9)])
+def test_nearest_enemy_equals_the_all_pairs_argmin_with_its_ties(m, k, side):
+    """Integer grids tie often (squared distance 25 has 12 lattice points); the tree must break them as argmin."""
+    from envs.magent import nearest_enemy
+
+    rng = np.random.default_rng(m * 1000 + k)
+    for _ in range(5):
+        cells = rng.choice(side * side, size=m + k, replace=m + k > side * side)
+        pos = np.stack([cells // side, cells % side], 1)
+        own, enemies = pos[:m], pos[m:]
+        np.testing.assert_array_equal(nearest_enemy(own, enemies), _nearest_by_all_pairs(own, enemies))
+
+
+def test_nearest_enemy_falls_back_when_the_tie_outlasts_the_candidates():
+    """An agent at the centre of a ring of 24 enemies at distance 5 (more ties than NEAREST_CANDIDATES)."""
+    from envs.magent import NEAREST_CANDIDATES, nearest_enemy
+
+    ring = np.array([(x, y) for x in range(-5, 6) for y in range(-5, 6) if x * x + y * y == 25] * 2) + 20
+    assert len(ring) > NEAREST_CANDIDATES
+    own = np.array([[20, 20], [0, 0]])
+    np.testing.assert_array_equal(nearest_enemy(own, ring), _nearest_by_all_pairs(own, ring))
