@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def random_available(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
