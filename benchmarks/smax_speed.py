@@ -24,9 +24,11 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 16, 64, 256], help="none: skip the raw rates")
     parser.add_argument("--config", default="configs/smax_3m.yaml")
+    parser.add_argument("--json", metavar="FILE", help="also write the training figures as JSON")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     if args.iterations < 2:
@@ -89,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    print("raw SMAX 3m, random available actions (compilation excluded):")
-    print(f"  {'B':>5}  {'vector env step()':>18}  {'jitted core':>12}   env steps/s")
+    if args.sizes:
+        print("raw SMAX 3m, random available actions (compilation excluded):")
+        print(f"  {'B':>5}  {'vector env step()':>18}  {'jitted core':>12}   env steps/s")
     for size in args.sizes:
         vector, core = raw_rates("3m", size, args.seconds)
         print(f"  {size:>5}  {vector:>18,.0f}  {core:>12,.0f}")
@@ -150,6 +154,21 @@ def main(argv: list[str] | None = None) -> int:
         _lines("      ", [update, fetch, rest] if config.training.sample_ahead else [update, rest], wall)
     else:
         _lines("    ", [*sampling, update, ("the rest of train()", wall - sample_s - clock["update"])], wall)
+    if args.json:
+        figures = {
+            "config": args.config,
+            "overrides": list(args.overrides),
+            "env_steps_per_s": train_fps,
+            "env_steps": sum(steps[1:]),
+            "wall_s": wall,
+            "update_s": clock["update"],
+            "fetch_s": clock["fetch"] if remote and config.training.sample_ahead else None,
+            "runner_env_s": env_s,
+            "runner_inference_s": inference_s,
+            "runner_sample_s": sample_s,
+            "remote_runners": remote,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
