@@ -8,6 +8,7 @@
 
 ENV is a name of the env table, the import path of any PettingZoo env module (pettingzoo.sisl.pursuit_v5), or
 module:callable (a factory; the options are its keyword arguments).
+    commformer sweep CONFIG [--seeds S ...] [key=v1,v2 ...] [key=value ...] [--name NAME]
     commformer envs
 
 Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
@@ -96,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--seed", type=_seed, default=0)
     rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
     rollout.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
+
+    sweep = sub.add_parser(
+        "sweep", help="seeds x a grid of config values as Ray Tune trials, each an ordinary run (re-run to resume)"
+    )
+    sweep.add_argument("config", help="experiment YAML")
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=v1,v2|key=value",
+        help="a grid axis (values split at commas) or an override every trial shares",
+    )
+    sweep.add_argument(
+        "--seeds", nargs="+", default=None, metavar="S", help="seeds of every grid point (default: the config's)"
+    )
+    sweep.add_argument("--name", help="the sweep's directory under run.output_dir (default: CONFIG's stem + -sweep)")
 
     sub.add_parser("envs", help="list the environments and their options")
     return parser
@@ -384,6 +400,31 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.sweep import main_sweep
+    from commformer.typed import ConfigError
+
+    # `--seeds 0 1 key=a,b` : argparse gives --seeds every word after it; the first key=value ends the seeds.
+    seeds_text: list[str] = list(args.seeds or [])
+    overrides = list(args.overrides)
+    for i, text in enumerate(seeds_text):
+        if "=" in text:
+            overrides = seeds_text[i:] + overrides
+            seeds_text = seeds_text[:i]
+            break
+    seeds = []
+    for text in seeds_text:
+        try:
+            seeds.append(_seed(text))
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"--seeds: {err}") from None
+    if args.seeds is None:
+        seeds = [load_config(args.config).run.seed]
+    main_sweep(args.config, seeds, overrides, args.name)
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -404,7 +445,13 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 """Faults of the disk or of permissions (a full disk while TensorBoard writes, a directory made read-only under a
 run): a sentence, not a traceback. Other OSErrors are bugs or Ray's and keep their traceback."""
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "rollout": cmd_rollout, "envs": cmd_envs}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "rollout": cmd_rollout,
+    "sweep": cmd_sweep,
+    "envs": cmd_envs,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
