@@ -9,6 +9,7 @@
 ENV is a name of the env table, the import path of any PettingZoo env module (pettingzoo.sisl.pursuit_v5), or
 module:callable (a factory; the options are its keyword arguments).
     commformer sweep CONFIG [--seeds S ...] [key=v1,v2 ...] [key=value ...] [--name NAME]
+    commformer report RUNS... [--out DIR]
     commformer envs
 
 Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", default=None, metavar="S", help="seeds of every grid point (default: the config's)"
     )
     sweep.add_argument("--name", help="the sweep's directory under run.output_dir (default: CONFIG's stem + -sweep)")
+
+    report = sub.add_parser(
+        "report", help="mean and IQM with 95% CIs, probability of improvement, curves and a marl-eval JSON of runs"
+    )
+    report.add_argument("runs", nargs="+", metavar="RUNS", help="run directories, or directories holding runs")
+    report.add_argument("--out", default="report", metavar="DIR", help="where to write the report (default: report)")
 
     sub.add_parser("envs", help="list the environments and their options")
     return parser
@@ -425,6 +432,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from agents.report import report
+
+    report(args.runs, args.out)
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -450,6 +464,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "rollout": cmd_rollout,
     "sweep": cmd_sweep,
+    "report": cmd_report,
     "envs": cmd_envs,
 }
 
