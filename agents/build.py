@@ -26,7 +26,8 @@ from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
 from agents.rl_module import CommFormerRLModule, team_dims
-from envs.registry import is_vectorised, make_team_env, make_team_vector_env
+from envs import custom
+from envs.registry import is_custom, is_vectorised, make_team_env, make_team_vector_env
 from envs.team import TeamEnv
 
 ENV_ID = "commformer_team_env"
@@ -42,6 +43,7 @@ def env_config_dict(config: ExperimentConfig) -> dict[str, Any]:
     env = config.env
     return {
         "name": env.name,
+        "factory": env.factory,
         "options": to_dict(env.options),
         "team_reward": env.team_reward,
         "use_state": env.use_state,
@@ -67,6 +69,7 @@ def make_env_from_dict(env_config: dict[str, Any]) -> TeamEnv | gym.vector.Vecto
         team_reward=env_config["team_reward"],
         use_state=env_config["use_state"],
         history=env_config.get("history", 0),
+        factory=env_config.get("factory"),
     )
 
 
@@ -78,18 +81,21 @@ class TeamSpaces:
 
 
 def probe_env(config: ExperimentConfig) -> TeamSpaces:
-    """Builds the env once in this process to read its spaces and check the model against them."""
+    """Builds the env once in this process to read its spaces and check the model against them. An env by import
+    path (envs/custom.py) is first imported, built and put through PettingZoo's own API tests."""
     env_config = env_config_dict(config)
+    if is_custom(config.env.name, config.env.factory):
+        try:
+            custom.probe(config.env.name, config.env.factory, env_config["options"])
+        except custom.CustomEnvError as err:
+            raise ConfigError(str(err)) from err
     try:
-        env = make_team_env(
-            env_config["name"],
-            env_config["options"],
-            team_reward=env_config["team_reward"],
-            use_state=env_config["use_state"],
-            history=env_config["history"],
-        )
+        env = make_env_from_dict(env_config)
+    except custom.CustomEnvError as err:
+        raise ConfigError(str(err)) from err
     except (ValueError, TypeError) as err:
         raise ConfigError(f"env '{config.env.name}' could not be built: {err}") from err
+    assert isinstance(env, TeamEnv)
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:
@@ -122,7 +128,7 @@ def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
         )
     freeze_steps = int(train.graph_freeze_fraction * config.stop.env_steps)
     faults = config.faults
-    vectorize_mode = "vector_entry_point" if is_vectorised(config.env.name) else "sync"
+    vectorize_mode = "vector_entry_point" if is_vectorised(config.env.name, config.env.factory) else "sync"
     ppo = CommFormerPPOConfig()
     ppo.sample_ahead = train.sample_ahead
     return (

@@ -2,8 +2,14 @@
 
     commformer train [CONFIG] [key=value ...] [--resume RUN_DIR [--trust-checkpoint]]
     commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--early-exit] [--json FILE] [--render FILE.gif]
-    commformer rollout ENV [--checkpoint C [--early-exit]] [--episodes N] [--seed S] [--render FILE.gif]
+                        [--trust-env]
+    commformer rollout ENV [--checkpoint C [--early-exit] [--trust-env]] [--episodes N] [--seed S] [--render FILE.gif]
                        [option=value ...]
+
+ENV is a name of the env table, the import path of any PettingZoo env module (pettingzoo.sisl.pursuit_v5), or
+module:callable (a factory; the options are its keyword arguments).
+    commformer sweep CONFIG [--seeds S ...] [key=v1,v2 ...] [key=value ...] [--name NAME]
+    commformer report RUNS... [--out DIR]
     commformer envs
 
 Every input is validated before any work starts; errors name what was wrong and what was expected, and exit
@@ -22,6 +28,10 @@ from typing import Any
 
 DEFAULT_CONFIG = "configs/mpe_spread.yaml"
 EARLY_EXIT_HELP = "act through the learned early exits (model.early_exit) and report depths, MACs and calibration"
+TRUST_ENV_HELP = (
+    "build the env by import path that the policy's metadata names although its checkpoint is not known to be yours "
+    "(importing and calling it runs code)"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -75,15 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     evaluate.add_argument("--json", metavar="FILE", help="write the results as JSON")
     evaluate.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record the first episode")
+    evaluate.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
 
     rollout = sub.add_parser("rollout", help="step an env with a random or trained policy")
-    rollout.add_argument("env", help="env name (see `commformer envs`)")
+    rollout.add_argument(
+        "env", help="env name (see `commformer envs`), a PettingZoo env module's import path, or module:callable"
+    )
     rollout.add_argument("options", nargs="*", metavar="option=value", help="env options, e.g. n_agents=5")
     rollout.add_argument("--checkpoint", metavar="C", help="act with this run's / checkpoint's policy")
     rollout.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     rollout.add_argument("--episodes", type=_positive_int, default=3)
     rollout.add_argument("--seed", type=_seed, default=0)
     rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
+    rollout.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
+
+    sweep = sub.add_parser(
+        "sweep", help="seeds x a grid of config values as Ray Tune trials, each an ordinary run (re-run to resume)"
+    )
+    sweep.add_argument("config", help="experiment YAML")
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=v1,v2|key=value",
+        help="a grid axis (values split at commas) or an override every trial shares",
+    )
+    sweep.add_argument(
+        "--seeds", nargs="+", default=None, metavar="S", help="seeds of every grid point (default: the config's)"
+    )
+    sweep.add_argument("--name", help="the sweep's directory under run.output_dir (default: CONFIG's stem + -sweep)")
+
+    report = sub.add_parser(
+        "report", help="mean and IQM with 95% CIs, probability of improvement, curves and a marl-eval JSON of runs"
+    )
+    report.add_argument("runs", nargs="+", metavar="RUNS", help="run directories, or directories holding runs")
+    report.add_argument("--out", default="report", metavar="DIR", help="where to write the report (default: report)")
 
     sub.add_parser("envs", help="list the environments and their options")
     return parser
@@ -152,21 +187,28 @@ def _actor(policy: Any, use_state: bool, early_exit: bool) -> Any:
         raise ConfigError(str(err)) from err
 
 
-def _load_trained(path: str) -> tuple[Any, dict[str, Any], Path]:
+def _load_trained(path: str, trust_env: bool = False) -> tuple[Any, dict[str, Any], Path]:
     """The exported policy of a run or checkpoint, its metadata (with a checked env section) and the checkpoint."""
     from agents import checkpoints as ckpt
     from commformer.export import SPEC, load_policy
 
     checkpoint = ckpt.resolve_checkpoint(path)
     policy, metadata = load_policy(checkpoint / ckpt.POLICY)
-    _check_env_section(metadata.get("env"), checkpoint / ckpt.POLICY / SPEC)
+    _check_env_section(metadata.get("env"), checkpoint / ckpt.POLICY / SPEC, checkpoint, trust_env)
     return policy, metadata, checkpoint
 
 
-def _check_env_section(section: Any, spec_path: Path) -> None:
-    """The metadata's env section names an env of this build, with options as a mapping (a PolicyFileError if not:
-    the policy cannot be played on the env it was trained on)."""
+def _check_env_section(section: Any, spec_path: Path, checkpoint: Path, trust_env: bool) -> None:
+    """The metadata's env section names an env of this build or one by import path, with options as a mapping (a
+    PolicyFileError if not: the policy cannot be played on the env it was trained on).
+
+    A policy file is data, but an env by import path in its metadata is code that building the env imports and
+    calls (`os:system` would be a factory too). So such an env is built only from a checkpoint known to be this
+    user's (its signed algorithm/, agents/checkpoints.py) or on `--trust-env`.
+    """
+    from agents import checkpoints as ckpt
     from commformer.export import PolicyFileError
+    from envs import custom
     from envs.registry import ENVS
 
     if not isinstance(section, dict):
@@ -174,13 +216,25 @@ def _check_env_section(section: Any, spec_path: Path) -> None:
             f"'{spec_path}' has metadata.env={section!r:.80}; expected the env section the policy was trained with "
             "(an object with name and options)"
         )
-    name = section.get("name")
-    if not isinstance(name, str) or name not in ENVS:
+    name, factory = section.get("name"), section.get("factory")
+    if factory is not None and not isinstance(factory, str):
+        raise PolicyFileError(f"'{spec_path}' has metadata.env.factory={factory!r:.80}; expected module:callable")
+    is_custom = isinstance(name, str) and (factory is not None or (name not in ENVS and custom.is_module_path(name)))
+    if not isinstance(name, str) or (name not in ENVS and not is_custom):
         raise PolicyFileError(
             f"'{spec_path}' names env {name!r:.80}, which this build does not have; expected one of: {', '.join(ENVS)}"
+            " or a PettingZoo env module's import path"
         )
     if not isinstance(section.get("options") or {}, dict):
         raise PolicyFileError(f"'{spec_path}' has metadata.env.options={section['options']!r:.80}; expected an object")
+    if is_custom and not trust_env:
+        untrusted = ckpt.algorithm_trust(checkpoint)
+        if untrusted is not None:
+            raise PolicyFileError(
+                f"'{spec_path}' names the env '{factory or name}' by import path, and the checkpoint is not known to "
+                f"be yours ({untrusted}); building it imports and calls that code. If you trust where it came from, "
+                "pass --trust-env"
+            )
 
 
 def _make_env(env_section: dict[str, Any], render: bool, policy: Any = None, source: Path | None = None) -> Any:
@@ -249,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from agents.play import play, write_gif
     from commformer.export import SPEC
 
-    policy, metadata, checkpoint = _load_trained(args.path)
+    policy, metadata, checkpoint = _load_trained(args.path, args.trust_env)
     env_section = metadata["env"]
     source = checkpoint / ckpt.POLICY / SPEC
     env = _make_env(env_section, render=args.render is not None, policy=policy, source=source)
@@ -283,12 +337,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from agents.config import ConfigError, parse_override
     from agents.play import play, random_actor, write_gif
+    from envs import custom
     from envs.registry import ENVS
 
     if args.early_exit and not args.checkpoint:
         raise ConfigError("--early-exit acts through a trained policy's exits; expected --checkpoint C as well")
-    if args.env not in ENVS:
-        raise ConfigError(f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}")
+    if args.trust_env and not args.checkpoint:
+        raise ConfigError("--trust-env applies to the env a --checkpoint's metadata names; expected --checkpoint C")
+    name, factory = args.env, None
+    if ":" in args.env:  # module:callable
+        name = factory = args.env
+        try:
+            custom.check_factory_path(factory)
+        except custom.CustomEnvError as err:
+            raise ConfigError(str(err).replace("env.factory=", "ENV ")) from err
+    elif args.env not in ENVS and not custom.is_module_path(args.env):
+        raise ConfigError(
+            f"unknown env '{args.env}'; expected one of: {', '.join(ENVS)}; or a PettingZoo env module's import path "
+            "(e.g. pettingzoo.sisl.pursuit_v5), or module:callable"
+        )
     options: dict[str, Any] = {}
     for text in args.options:
         keys, value = parse_override(text)
@@ -296,11 +363,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     use_state = False
     policy = None
     if args.checkpoint:
-        policy, metadata, checkpoint = _load_trained(args.checkpoint)
-        if metadata["env"]["name"] != args.env:
-            raise ConfigError(
-                f"--checkpoint {checkpoint} was trained on '{metadata['env']['name']}', not on '{args.env}'"
-            )
+        policy, metadata, checkpoint = _load_trained(args.checkpoint, args.trust_env)
+        trained = metadata["env"].get("factory") or metadata["env"]["name"]
+        if trained != args.env:
+            raise ConfigError(f"--checkpoint {checkpoint} was trained on '{trained}', not on '{args.env}'")
+        name = metadata["env"]["name"]
         options = {**(metadata["env"].get("options") or {}), **options}
         use_state = bool(metadata["env"].get("use_state"))
         actor = _actor(policy, use_state, args.early_exit)
@@ -308,8 +375,15 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     else:
         actor = random_actor(args.seed)
         who = "random policy"
+    if name not in ENVS or factory is not None:  # an env by import path: the checks training runs before Ray
+        try:
+            custom.probe(name, factory, options)
+        except custom.CustomEnvError as err:
+            raise ConfigError(str(err)) from err
     env = _make_env(
-        {"name": args.env, "options": options, "use_state": use_state}, render=args.render is not None, policy=policy
+        {"name": name, "factory": factory, "options": options, "use_state": use_state},
+        render=args.render is not None,
+        policy=policy,
     )
     frames: list[Any] | None = [] if args.render else None
     try:
@@ -333,6 +407,38 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.sweep import main_sweep
+    from commformer.typed import ConfigError
+
+    # `--seeds 0 1 key=a,b` : argparse gives --seeds every word after it; the first key=value ends the seeds.
+    seeds_text: list[str] = list(args.seeds or [])
+    overrides = list(args.overrides)
+    for i, text in enumerate(seeds_text):
+        if "=" in text:
+            overrides = seeds_text[i:] + overrides
+            seeds_text = seeds_text[:i]
+            break
+    seeds = []
+    for text in seeds_text:
+        try:
+            seeds.append(_seed(text))
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"--seeds: {err}") from None
+    if args.seeds is None:
+        seeds = [load_config(args.config).run.seed]
+    main_sweep(args.config, seeds, overrides, args.name)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agents.report import report
+
+    report(args.runs, args.out)
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -342,6 +448,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
         print(f"{name}: {entry.description}")
         for f in dataclasses.fields(entry.options_cls):
             print(f"    {f.name} = {f.default!r}")
+    print(
+        "any other PettingZoo env: env.name=<import path of its module> (e.g. pettingzoo.sisl.pursuit_v5) or "
+        "env.factory=module:callable; env.options are its keyword arguments"
+    )
     return 0
 
 
@@ -349,7 +459,14 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 """Faults of the disk or of permissions (a full disk while TensorBoard writes, a directory made read-only under a
 run): a sentence, not a traceback. Other OSErrors are bugs or Ray's and keep their traceback."""
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "rollout": cmd_rollout, "envs": cmd_envs}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "rollout": cmd_rollout,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+    "envs": cmd_envs,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

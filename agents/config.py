@@ -21,7 +21,8 @@ import yaml
 
 from commformer.config import ModelConfig
 from commformer.typed import ConfigError, Converter, from_mapping, to_dict
-from envs.registry import ENVS, make_options
+from envs import custom
+from envs.registry import ENVS, is_custom, make_options
 
 __all__ = ["ConfigError", "ExperimentConfig", "from_mapping", "load_config", "save_config", "to_dict"]
 
@@ -31,9 +32,14 @@ class EnvConfig:
     """Which environment the team plays, and how its rewards are combined."""
 
     name: str = "mpe_spread"
-    """An entry of `envs.registry.ENVS` (see `commformer envs`)."""
+    """An entry of `envs.registry.ENVS` (see `commformer envs`), or the import path of any PettingZoo env module
+    (one with `parallel_env` or `env`, e.g. `pettingzoo.sisl.pursuit_v5`); with `factory`, a free label."""
+    factory: str | None = None
+    """`module.path:callable` that builds a PettingZoo ParallelEnv or AECEnv from `options` (keyword arguments);
+    None: the table env or env module `name` names (envs/custom.py)."""
     options: Any = None
-    """The env's own typed options (a dataclass from `ENVS[name].options_cls`); YAML gives a mapping."""
+    """The env's own typed options (a dataclass from `ENVS[name].options_cls`); YAML gives a mapping. For an env by
+    import path, the plain keyword arguments of its factory (envs.custom.check_options)."""
     team_reward: Literal["mean", "sum"] = "mean"
     """How the agents' rewards become the one team reward."""
     use_state: bool = True
@@ -279,9 +285,28 @@ def _env_from_mapping(data: Any, path: str) -> EnvConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values, got {data!r}")
     options = data.pop("options", None)
+    if data.get("factory") is not None and "name" not in data:
+        data["name"] = data["factory"]  # the factory's path labels the env in logs and reports
     env = from_mapping(EnvConfig, data, path)
-    if env.name not in ENVS:
-        raise ConfigError(f"{path}.name='{env.name}' is not a known env; expected one of: {', '.join(ENVS)}")
+    if is_custom(env.name, env.factory):  # imported and built by the probe before Ray starts (agents/build.py)
+        try:
+            if env.factory is not None:
+                custom.check_factory_path(env.factory)
+                if env.name in ENVS:
+                    raise custom.CustomEnvError(
+                        f"{path}.factory={env.factory!r} is set and {path}.name='{env.name}' names an env of the "
+                        "table; expected either a table env (no factory) or a factory with a free label as its name"
+                    )
+            elif not custom.is_module_path(env.name):
+                raise custom.CustomEnvError(
+                    f"{path}.name='{env.name}' is not a known env; expected one of: {', '.join(ENVS)}; or the import "
+                    "path of a PettingZoo env module (e.g. pettingzoo.sisl.pursuit_v5), or "
+                    f"{path}.factory=module:callable"
+                )
+            plain = custom.check_options(env.name, options)
+        except custom.CustomEnvError as err:
+            raise ConfigError(str(err)) from err
+        return dataclasses.replace(env, options=plain)
     try:  # the env's own strict checks; their messages name env.options.<field>
         typed_options = make_options(env.name, options)
     except (TypeError, ValueError) as err:

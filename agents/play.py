@@ -50,6 +50,7 @@ def make_play_env(
         use_state=env_section.get("use_state", False),
         history=policy.config.env_history if policy is not None else 0,
         render_mode=render_mode,
+        factory=env_section.get("factory"),
     )
 
 

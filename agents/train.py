@@ -11,7 +11,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +26,7 @@ from agents import checkpoints as ckpt
 from agents.config import ConfigError, ExperimentConfig, load_config, parse_override, read_yaml, save_config
 from agents.console import drop_stderr_lines
 from agents.faults import FaultTracker, check_resources, wait_for_resources
+from agents.metrics import MetricsWriter, Row
 from agents.rl_module import TeamDims, build_policy, team_dims
 from agents.tensorboard import RunLogger
 from commformer.export import save_policy
@@ -209,11 +213,25 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
 
 
+Report = Callable[[dict[str, Any]], None]
+"""Called after every iteration with that iteration's figures (`iteration`, `env_steps`, `return_mean`,
+`win_rate`; NaN / None where there are none): how a sweep's Tune trial reports to Tune (agents/sweep.py)."""
+
+
 class _Run:
     """One training run's moving parts: the Algorithm, its run directory, TensorBoard and the console line."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path, dims: TeamDims, algo: Any, out: TextIO) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        dims: TeamDims,
+        algo: Any,
+        out: TextIO,
+        report: Report | None = None,
+    ) -> None:
         self.config, self.run_dir, self.dims, self.algo, self.out = config, run_dir, dims, algo, out
+        self.report = report
         self.faults = FaultTracker(config.faults.max_bad_iterations, config.resources.num_env_runners)
 
     def restore(self) -> int:
@@ -272,6 +290,7 @@ class _Run:
         # Steps an earlier process logged after the checkpoint this run starts from (all of them on a fresh start
         # in a directory whose first run left no checkpoint) are redone now: TensorBoard drops them.
         logger = RunLogger(self.run_dir, purge_step=start_steps + 1 if start_steps else 0)
+        metrics = MetricsWriter(self.run_dir, keep_until=start_steps)  # the same rows dropped as TensorBoard's
         progress = Progress(total_steps=self.config.stop.env_steps, start_steps=start_steps, out=self.out)
         faults = self.faults
         env_steps, last, iteration = start_steps, None, self.algo.iteration
@@ -287,6 +306,18 @@ class _Run:
                 if iteration % run.graph_image_every == 0 or iteration == 1:
                     logger.log_graph(self.snapshot().trunk.graph, env_steps)
                 ret = _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+                win = _get(result, ENV_RUNNER_RESULTS, "episode_win_rate")
+                row = Row(
+                    iteration=iteration,
+                    env_steps=env_steps,
+                    time_s=time.monotonic() - progress.t0,
+                    return_mean=ret,
+                    episode_len_mean=_get(result, ENV_RUNNER_RESULTS, "episode_len_mean"),
+                    win_rate=None if math.isnan(win) else win,
+                )
+                metrics.write(row)
+                if self.report is not None:
+                    self.report(dataclasses.asdict(row))
                 try:
                     faults.update(result)
                 finally:  # the iteration that breaks the limit is still shown and logged
@@ -298,17 +329,25 @@ class _Run:
                 last = self.save(iteration, env_steps)  # always end on a checkpoint of the final iteration
         finally:
             logger.close()
+            metrics.close()
         print(f"done: {env_steps:,} env steps; checkpoint {last}", file=self.out, flush=True)
         return last
 
 
-def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: TextIO | None = None) -> Path:
+def train(
+    config: ExperimentConfig,
+    run_dir: Path,
+    resume: bool = False,
+    out: TextIO | None = None,
+    report: Report | None = None,
+) -> Path:
     """Trains until `stop.env_steps`; returns the newest checkpoint directory.
 
-    Resuming a run that already reached stop.env_steps trains nothing and writes nothing.
+    Resuming a run that already reached stop.env_steps trains nothing and writes nothing. Joins a Ray that is already
+    up (a sweep's Tune trial), and then leaves it up; `report`, if given, gets each iteration's figures.
     """
     limit_threads()
-    from agents.build import build_ppo_config, probe_env
+    from agents.build import probe_env
 
     out = out or sys.stdout  # looked up now: tests swap sys.stdout
     if resume:
@@ -326,10 +365,23 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
     dims = team_dims(spaces.observation_space, spaces.action_space)
 
     started_ray = init_ray()
+    try:
+        with _stop_on_sigterm_in_main_thread():  # after ray.init, which installs its own handler
+            return _train_with_ray(config, run_dir, dims, resume, out, report)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _train_with_ray(
+    config: ExperimentConfig, run_dir: Path, dims: TeamDims, resume: bool, out: TextIO, report: Report | None
+) -> Path:
+    """The part of `train` that runs with Ray up: resources, the Algorithm, restore, the loop."""
     import ray
 
     algo = None
-    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # after ray.init, which installs its own
     try:
         if os.environ.get("RAY_ADDRESS"):  # a joined cluster may grow: ask its autoscaler and wait
             from ray.autoscaler.sdk import request_resources
@@ -347,9 +399,11 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
             save_config(config, run_dir / ckpt.CONFIG)
         # RLlib announces the new API stack on every build; the user chose nothing, so it is noise on the console.
         logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
+        from agents.build import build_ppo_config
+
         with drop_stderr_lines():  # creating the EnvRunners makes Ray's core print a harmless error-level line
             algo = build_ppo_config(config).build_algo()
-        session = _Run(config, run_dir, dims, algo, out)
+        session = _Run(config, run_dir, dims, algo, out, report)
         start_steps = 0
         if resume:  # the run directory changes only once its checkpoint has been restored
             start_steps = session.restore()
@@ -357,11 +411,26 @@ def train(config: ExperimentConfig, run_dir: Path, resume: bool = False, out: Te
         last = session.loop(start_steps)
         return last if last is not None else ckpt.latest_checkpoint(run_dir)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         if algo is not None:
             algo.stop()
-        if started_ray:
-            ray.shutdown()
+
+
+@contextmanager
+def _stop_on_sigterm_in_main_thread() -> Iterator[bool]:
+    """SIGTERM stops training as Ctrl-C does, while the block runs; yields whether the handler was installed.
+
+    Python lets only the main thread install signal handlers (`signal.signal` raises ValueError elsewhere). A sweep's
+    Tune trial runs `train` in a worker thread: there Tune owns the process and its signals, and nothing is
+    installed. The previous handler is restored after the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(KeyboardInterrupt):

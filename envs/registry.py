@@ -5,6 +5,10 @@ options dataclass, a factory `make(options, render_mode) -> PettingZoo ParallelE
 description. Everything the trainer sees is built by `make_team_env`, which checks the name and the options
 (unknown keys, wrong types, out-of-range values) before building anything.
 
+Every other PettingZoo env is reached by import path (`envs/custom.py`): `make_team_env` takes a name that is
+not in the table as an env module's import path, or, with `factory`, as a free label of the env that
+`factory` ("module:callable") builds; its options are that call's keyword arguments.
+
 A natively vectorised env (SMAX: B battles in one jitted step) also gives `make_vector`, a factory of a
 gymnasium `VectorEnv` of B team envs with the same single-env spaces as `make_team_env`'s. Training builds that
 one (`make_team_vector_env`; agents/build.py hands it to RLlib as a vector entry point); rollout, evaluate and
@@ -21,7 +25,7 @@ from typing import Any
 
 import gymnasium
 
-from envs import magent, mpe, smacv2, smax
+from envs import custom, magent, mpe, smacv2, smax
 from envs import predator_prey as pp
 from envs import traffic_junction as tj
 from envs.memory import MemoryEnv, MemoryOptions
@@ -136,6 +140,11 @@ ENVS: dict[str, EnvEntry] = {
 }
 
 
+def is_custom(name: str, factory: str | None = None) -> bool:
+    """Whether the env is one reached by import path (`envs/custom.py`) rather than a row of the table."""
+    return factory is not None or name not in ENVS
+
+
 def env_entry(name: str) -> EnvEntry:
     """The row of `ENVS` named `name`.
 
@@ -176,20 +185,52 @@ def make_team_env(
     use_state: bool = False,
     history: int = 0,
     render_mode: str | None = None,
+    factory: str | None = None,
 ) -> TeamEnv:
-    """Build the registered env `name` and wrap it as a `TeamEnv`.
+    """Build the env `name` and wrap it as a `TeamEnv`.
 
     Args:
-        name: a key of `ENVS`.
-        options: the env's options dataclass, a mapping of its fields (checked strictly), or None (defaults).
+        name: a key of `ENVS`; otherwise the import path of a PettingZoo env module, or with `factory` a label.
+        options: the env's options dataclass, a mapping of its fields (checked strictly), or None (defaults); for
+            an env by import path, the keyword arguments of its factory (`envs.custom.check_options`).
         team_reward: "mean" or "sum" of the agents' rewards (see `TeamEnv`).
         use_state: add the raw env's global state as `obs["state"]`.
         history: L > 0 adds the last L team observations as `obs["history"]` (L, N, D); 0 adds none.
         render_mode: None, or a mode the raw env supports ("rgb_array" for all envs here).
+        factory: "module:callable" that builds the env (an env outside the table), or None.
 
     Raises:
         ValueError / TypeError: as `make_options` and `TeamEnv`; nothing is built if the name or options fail.
+            For an env by import path, `envs.custom.CustomEnvError` (a ValueError) naming it.
     """
+    if factory is None and name not in ENVS and not custom.is_module_path(name):
+        raise ValueError(
+            f"unknown env {name!r}; expected one of: {', '.join(ENVS)}; or the import path of a PettingZoo env module "
+            "(e.g. pettingzoo.sisl.pursuit_v5), or a factory (module:callable)"
+        )
+    if is_custom(name, factory):
+        if factory is not None and name in ENVS:
+            raise custom.CustomEnvError(
+                f"env.factory={factory!r} is set and env.name={name!r} names an env of the table; expected either a "
+                "table env (no factory) or a factory with a free label as its name"
+            )
+        custom.check_options(name, options)  # before anything is imported or built
+
+        def build_custom() -> Any:
+            raw, _ = custom.build_raw_env(name, factory, options, render_mode)
+            try:
+                custom.check_spaces(name, raw)
+            except custom.CustomEnvError:
+                raw.close()
+                raise
+            return raw
+
+        try:
+            return TeamEnv(build_custom, team_reward=team_reward, use_state=use_state, history=history)
+        except custom.CustomEnvError:
+            raise
+        except (ValueError, TypeError) as err:  # the team adapter's own checks, on an env nobody adapted
+            raise custom.CustomEnvError(f"env '{name}': {err}") from err
     entry = env_entry(name)
     resolved = make_options(name, options)
     # A factory rather than a built env, so TeamEnv checks its own arguments before the raw env is built.
@@ -201,9 +242,9 @@ def make_team_env(
     )
 
 
-def is_vectorised(name: str) -> bool:
-    """Whether env `name` is natively vectorised (its row has `make_vector`)."""
-    return env_entry(name).make_vector is not None
+def is_vectorised(name: str, factory: str | None = None) -> bool:
+    """Whether env `name` is natively vectorised (its row has `make_vector`); envs by import path never are."""
+    return not is_custom(name, factory) and env_entry(name).make_vector is not None
 
 
 def make_team_vector_env(

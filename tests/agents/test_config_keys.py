@@ -524,6 +524,8 @@ REMOTE = ("resources.num_env_runners=1",)
 CASES: dict[str, Case] = {
     # env (env.options: OUT_OF_SCOPE)
     "env.name": Case("signal", env_step()),
+    # an env nobody adapted, built by a factory of PettingZoo's (mpe2's predators and prey: other spaces, rewards)
+    "env.factory": Case("mpe2.simple_tag_v3:parallel_env", env_step()),
     "env.team_reward": Case("sum", env_step()),
     "env.use_state": Case("false", env_step()),
     # model: structure
