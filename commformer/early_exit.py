@@ -293,7 +293,7 @@ class EarlyExits(nn.Module):
                 out[rows[leave]] = logits[leave]
                 depth[rows[leave]] = here
                 stay = ~leave
-                rows, h, adjacency = rows[stay], h[stay], adjacency[stay]
+                rows, h, adjacency = rows[stay], h[stay], adjacency.rows(stay)
                 mask = mask[stay] if mask is not None else None
                 alive = alive[stay] if alive is not None else None
             h = block(h, adjacency)

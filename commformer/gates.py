@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.config import GateConfig
+from commformer.layers.attention import Senders
 
-__all__ = ["GateOutput", "TemporalGate", "communication_cost", "gate_adjacency", "gate_log_prob"]
+__all__ = ["GateOutput", "TemporalGate", "communication_cost", "gate_adjacency", "gate_log_prob", "gate_senders"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +162,32 @@ def gate_adjacency(adjacency: Tensor, gate_open: Tensor, alive: Tensor | None = 
         # max with I keeps every self-loop, including a dead agent's own.
         effective = effective * torch.maximum(sender_alive, eye)
     return effective
+
+
+def gate_senders(graph: Senders, gate_open: Tensor, alive: Tensor | None = None) -> Senders:
+    """``gate_adjacency`` on an adjacency in either layout (commformer/layers/attention.py).
+
+    The dense layout is ``gate_adjacency`` itself. The gathered layout applies the same products to the listed
+    entries only, ``I[i, :]`` and ``alive[b, :]`` gathered at the listed senders: O(B N K) instead of O(B N^2), and the
+    listed entries equal those of ``gate_adjacency`` on the dense matrix (every unlisted entry is 0 in both).
+
+    Args:
+        graph: the graph, entries (N, N) or (N, K) (or batched), with every self-loop listed at entry 1.
+        gate_open: (B, N) gate decisions.
+        alive: optional (B, N), 1 alive / 0 dead.
+
+    Returns:
+        The effective adjacency, entries (B, N, N) or (B, N, K).
+    """
+    if graph.index is None:
+        return Senders(None, gate_adjacency(graph.weight, gate_open, alive))
+    n = gate_open.shape[-1]
+    if graph.weight.shape[-2] != n:
+        raise ValueError(f"graph has entries {tuple(graph.weight.shape)}; expected (..., {n}, K) to match gates {n=}")
+    own = graph.self_loops()  # (N, K)
+    gate = gate_open.to(graph.weight.dtype).unsqueeze(-1)  # (B, N, 1)
+    effective = gate * graph.weight + (1.0 - gate) * own  # (B, N, K)
+    if alive is not None:
+        sender_alive = alive.to(graph.weight.dtype)[:, graph.index]  # (B, N, K): each listed sender's flag
+        effective = effective * torch.maximum(sender_alive, own)
+    return Senders(graph.index, effective)

@@ -21,9 +21,13 @@ gradient: there is nothing to choose. With N = 1 the graph is ``[[1]]`` and the 
 
 Ties. The logits start all equal (ones, as in the official code), so top-k needs a tie-breaker. Ties are
 broken exactly, not by adding a tiny constant (1e-6 * j / N is below float32 resolution around 1.0 for
-large N): receiver i ranks candidate senders in cyclic order i+1, i+2, ..., i-1 (mod N) and a stable sort
-keeps that order among equal logits. The initial graph is therefore the ring "i listens to i+1..i+k", in
+large N): receiver i ranks candidate senders in cyclic order i+1, i+2, ..., i-1 (mod N) and, among equal logits,
+keeps the nearest in that order (``topk_senders``). The initial graph is therefore the ring "i listens to i+1..i+k", in
 which every agent also *sends* to exactly k receivers, instead of every receiver listening to agents 0..k-1.
+
+Layouts. ``forward`` gives the (N, N) matrix; ``senders`` gives what the attention reads, which for a large team with
+a sparse graph is the gathered layout (commformer/layers/attention.py): each receiver's self-loop and k senders,
+(N, k + 1) entries, which are exactly the nonzero entries of the matrix with the same gradient.
 """
 
 from __future__ import annotations
@@ -32,18 +36,16 @@ import torch
 from torch import Tensor, nn
 
 from commformer.config import GraphConfig
+from commformer.layers.attention import Senders, gathers
 
-__all__ = ["CommGraph", "cyclic_candidates", "hard_topk", "sample_gumbel", "straight_through_topk"]
-
-
-def cyclic_candidates(n_agents: int, device: torch.device | None = None) -> Tensor:
-    """Candidate senders of each receiver in tie-break order: ``out[i, m] = (i + 1 + m) % N``.
-
-    Returns a long tensor (N, N - 1); row i lists every agent but i, nearest-after-i first.
-    """
-    rows = torch.arange(n_agents, device=device).unsqueeze(1)  # (N, 1)
-    offsets = torch.arange(1, n_agents, device=device).unsqueeze(0)  # (1, N - 1)
-    return (rows + offsets) % n_agents  # (N, N - 1)
+__all__ = [
+    "CommGraph",
+    "hard_topk",
+    "sample_gumbel",
+    "straight_through_senders",
+    "straight_through_topk",
+    "topk_senders",
+]
 
 
 def sample_gumbel(
@@ -57,6 +59,37 @@ def sample_gumbel(
     # -log(Exp(1)) is Gumbel(0, 1) and, unlike -log(-log(U)), never takes log(0).
     exp = torch.empty(shape, dtype=dtype, device=device).exponential_(generator=generator)
     return -exp.log()
+
+
+def topk_senders(logits: Tensor, k: int) -> Tensor:
+    """Each receiver's top-``k`` senders among the other agents, ties broken by cyclic order (module docstring).
+
+    Args:
+        logits: (N, N) receiver-by-sender scores; the diagonal is ignored.
+        k: senders per receiver, ``0 <= k <= N - 1``.
+
+    Returns:
+        (N, k) int64, row i the senders receiver i keeps, ascending.
+
+    Without a sort of every row (O(N^2 log N) per forward, 1 s at N = 4,096 on one CPU thread): a first top-k gives
+    each row's k-th largest logit v; every sender above v is kept (fewer than k of them), and the rest are taken
+    among the senders equal to v, nearest after i first. A second top-k does both at once on a rank key that has
+    no ties where it cuts: 0 above v, the cyclic distance ``(j - i) % N`` (1..N-1, all distinct) at v, N below.
+    """
+    n = logits.shape[-1]
+    device = logits.device
+    if k == 0:
+        return torch.empty(n, 0, dtype=torch.long, device=device)
+    own = torch.eye(n, dtype=torch.bool, device=device)
+    candidates = logits.detach().masked_fill(own, float("-inf"))  # (N, N), the receiver is not its own sender
+    kth = candidates.topk(k, dim=1).values[:, -1:]  # (N, 1), a value: the same whatever order topk breaks ties in
+    agents = torch.arange(n, dtype=torch.int32, device=device)
+    distance = (agents.unsqueeze(0) - agents.unsqueeze(1)) % n  # (N, N), [i, j] = (j - i) mod N
+    key = torch.where(candidates == kth, distance, n).masked_fill(candidates > kth, 0).masked_fill(own, n)
+    # float32 holds every key exactly up to 2^24 agents, and a float top-k runs on every device.
+    chosen = key.to(torch.float32).topk(k, dim=1, largest=False).indices  # (N, k), the k smallest keys
+    # The set is unique, not topk's order among the zeros: sorting makes the index itself deterministic.
+    return chosen.sort(dim=1).values
 
 
 def hard_topk(logits: Tensor, k: int) -> Tensor:
@@ -73,12 +106,7 @@ def hard_topk(logits: Tensor, k: int) -> Tensor:
     eye = torch.eye(n, dtype=logits.dtype, device=logits.device)
     if k == 0:
         return eye
-    candidates = cyclic_candidates(n, logits.device)  # (N, N - 1)
-    ranked = logits.detach().gather(1, candidates)  # (N, N - 1), in tie-break order
-    # A stable descending sort keeps the cyclic order among equal logits: the exact tie-breaker.
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]  # (N, k)
-    senders = candidates.gather(1, order)  # (N, k) agent indices
-    return eye.scatter(1, senders, 1.0)
+    return eye.scatter(1, topk_senders(logits, k), 1.0)
 
 
 def straight_through_topk(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> Tensor:
@@ -99,14 +127,42 @@ def straight_through_topk(logits: Tensor, k: int, tau: float, noise: Tensor | No
     if n == 1:
         # A lone agent only has its self-loop: nothing to relax, no gradient to the logits.
         return y_hard
-    perturbed = logits if noise is None else logits + noise
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=logits.device)
-    # Receivers choose among the other agents only; the self-loop is fixed, so it has no surrogate either.
-    masked = (perturbed / tau).masked_fill(~off_diag, float("-inf"))  # (N, N)
-    y_soft = torch.softmax(masked, dim=-1)  # (N, N), zero diagonal
+    y_soft = _surrogate(logits, tau, noise)  # (N, N)
     # Adding (y_soft - y_soft.detach()), exactly 0 forward, keeps the forward value exactly y_hard while
     # `y_hard - y_soft.detach() + y_soft` could round a kept 1 to 1 - eps.
     return y_hard + (y_soft - y_soft.detach())
+
+
+def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``straight_through_topk`` in the gathered layout (commformer/layers/attention.py): its kept entries only.
+
+    Args:
+        logits, k, tau, noise: as ``straight_through_topk``.
+
+    Returns:
+        ``index`` (N, k + 1) int64, row i = receiver i's self-loop, then its top-k senders ascending; and ``entries``
+        (N, k + 1), ``straight_through_topk(...)[i, index[i, m]]``: exactly 1 forward, with the same gradient. Every
+        entry not listed is exactly 0 forward; its gradient is never used (attention gives its pair weight 0).
+
+    The surrogate softmax is O(N^2) (every logit is a candidate), once per call, not per batch element; without
+    autograd (acting) it is skipped, since it is exactly 0 forward.
+    """
+    n = logits.shape[-1]
+    index = torch.cat([torch.arange(n, device=logits.device).unsqueeze(-1), topk_senders(logits, k)], dim=1)
+    ones = logits.new_ones(n, k + 1)
+    if n == 1 or not (torch.is_grad_enabled() and logits.requires_grad):
+        return index, ones
+    relaxed = _surrogate(logits, tau, noise).gather(1, index)  # (N, k + 1)
+    return index, ones + (relaxed - relaxed.detach())
+
+
+def _surrogate(logits: Tensor, tau: float, noise: Tensor | None) -> Tensor:
+    """``softmax_{j != i}((logits + noise) / tau)`` (N, N), zero diagonal; N >= 2."""
+    n = logits.shape[-1]
+    perturbed = logits if noise is None else logits + noise
+    # Receivers choose among the other agents only; the self-loop is fixed, so it has no surrogate either.
+    own = torch.eye(n, dtype=torch.bool, device=logits.device)
+    return torch.softmax((perturbed / tau).masked_fill(own, float("-inf")), dim=-1)
 
 
 class CommGraph(nn.Module):
@@ -116,6 +172,7 @@ class CommGraph(nn.Module):
         logits: (N, N) parameter, initialised to ones as in the official code (or standard normal with
             ``model.graph.init=random``); the upper level of the bi-level optimisation.
         k: senders per receiver besides itself (``config.senders(N)``).
+        gathered: whether attention reads this graph in the gathered layout (``gathers(N, k)``, fixed with N and k).
     """
 
     def __init__(self, n_agents: int, config: GraphConfig) -> None:
@@ -123,6 +180,7 @@ class CommGraph(nn.Module):
         self.n_agents = n_agents
         self.k = config.senders(n_agents)  # validates n_agents and an explicit k
         self.tau = float(config.gumbel_tau)
+        self.gathered = gathers(n_agents, self.k)
         # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
         initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
         self.logits = nn.Parameter(initial)
@@ -138,12 +196,21 @@ class CommGraph(nn.Module):
         Returns:
             (N, N) tensor; row i is receiver i, column j is sender j; diagonal is 1.
         """
-        noise = None
-        if gumbel and self.n_agents > 1:
-            noise = sample_gumbel(
-                self.logits.shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator
-            )
-        return straight_through_topk(self.logits, self.k, self.tau, noise)
+        return straight_through_topk(self.logits, self.k, self.tau, self._noise(gumbel, generator))
+
+    def senders(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Senders:
+        """The straight-through adjacency in the layout attention reads (``gathered``): ``forward``'s (N, N) matrix,
+        or its self-loops and top-k senders, (N, k + 1) entries (``straight_through_senders``). Same arguments."""
+        noise = self._noise(gumbel, generator)
+        if not self.gathered:
+            return Senders(None, straight_through_topk(self.logits, self.k, self.tau, noise))
+        return Senders(*straight_through_senders(self.logits, self.k, self.tau, noise))
+
+    def _noise(self, gumbel: bool, generator: torch.Generator | None) -> Tensor | None:
+        """Gumbel noise (N, N) for the surrogate, or None."""
+        if not gumbel or self.n_agents == 1:
+            return None
+        return sample_gumbel(self.logits.shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator)
 
     @torch.no_grad()
     def hard(self) -> Tensor:
@@ -163,4 +230,4 @@ class CommGraph(nn.Module):
         return torch.softmax((self.logits / self.tau).masked_fill(self_loop, float("-inf")), dim=-1)
 
     def extra_repr(self) -> str:
-        return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}"
+        return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, gathered={self.gathered}"

@@ -29,6 +29,7 @@ from commformer.config import ModelConfig
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth
 from commformer.encoder import AgentEncoder
 from commformer.heads import PolicyHead, ValueHead
+from commformer.layers.attention import Senders
 from commformer.layers.decoder import ActionDecoder
 from commformer.layers.moe import MoEHead, MoEOutput
 from commformer.trunk import CommTrunk
@@ -45,8 +46,9 @@ class PolicyOutput:
     """(*B, N, A) action logits; masked actions hold the dtype's finfo.min."""
     values: Tensor
     """(*B, N) per-agent value estimates."""
-    adjacency: Tensor
-    """(*B, N, N) effective straight-through adjacency (receiver x sender), forward value 0/1."""
+    senders: Senders
+    """The effective straight-through adjacency (receiver x sender), entries (*B, N, K) in the layout the attention
+    read (commformer/layers/attention.py), forward value 0/1; ``adjacency`` is the (*B, N, N) matrix."""
     gate_open: Tensor
     """(*B, N) the gate decisions acted on (0/1, no gradient: replayed, sampled or greedy); all ones when gates are
     disabled, all zeros without communication."""
@@ -66,6 +68,12 @@ class PolicyOutput:
     gate_logit: Tensor | None = None
     """(*B, N) gate logits with gradient (``commformer.gates.gate_log_prob`` of ``gate_open`` is the gates' share of
     each agent's log-prob); None without learned gates."""
+
+    @property
+    def adjacency(self) -> Tensor:
+        """(*B, N, N) the effective adjacency as a matrix (``senders.dense()``), with its gradient path; built when
+        read, O(B N^2), so a large team's forward pass never builds it."""
+        return self.senders.dense()
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,8 @@ class CommFormerPolicy(nn.Module):
                     "actions is None but model.decoder='autoregressive' computes each agent's logits given the "
                     f"actions of the agents before it; expected actions (*B, {self.n_agents}) int"
                 )
-            features = self.decoder(features, connection.adjacency, inputs.actions)  # (B, N, d)
+            # The decoder reads a dense (B, N, N) adjacency in either layout (its masks are dense: O(B N^2)).
+            features = self.decoder(features, connection.adjacency.dense(), inputs.actions)  # (B, N, d)
         logits, policy_moe = self.policy_head(features, inputs.action_mask)  # (B, N, A)
         moe = {} if policy_moe is None else {"policy": policy_moe}
         exits = None
@@ -284,7 +293,7 @@ class CommFormerPolicy(nn.Module):
         return PolicyOutput(
             logits=logits.reshape(*batch, n, self.n_actions),
             values=values.reshape(*batch, n),
-            adjacency=connection.adjacency.reshape(*batch, n, n),
+            senders=connection.adjacency.reshape(*batch),
             gate_open=connection.gate_open.reshape(*batch, n),
             gate_prob=gate_prob.reshape(*batch, n),
             comm_cost=connection.comm_cost,
@@ -346,7 +355,8 @@ class CommFormerPolicy(nn.Module):
         else:
             features = self.trunk(h, connection).features
             if self.decoder is not None:
-                chosen, logits = self._decode(features, connection.adjacency, inputs.action_mask, sample_actions)
+                adjacency = connection.adjacency.dense()  # (B, N, N): the decoder's masks are dense
+                chosen, logits = self._decode(features, adjacency, inputs.action_mask, sample_actions)
             else:
                 logits, _ = self.policy_head(features, inputs.action_mask)
             depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)

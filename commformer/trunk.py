@@ -1,8 +1,12 @@
 """``CommTrunk``: the agents communicate. It owns the learned graph, the temporal gates, the communication blocks and
 the final LayerNorm; it decides who listens to whom this step (``connect``) and runs the blocks (``forward``).
 
-    h (B, N, d) --TemporalGate--> open (B, N)          graph() (N, N) --gates, dead senders--> A_eff (B, N, N)
+    h (B, N, d) --TemporalGate--> open (B, N)     graph.senders() (N, K) --gates, dead senders--> A_eff (B, N, K)
     h --num_blocks x CommBlock(A_eff)--> LN --> features (B, N, d)
+
+K = N (the dense layout) or k + 1 (the gathered one, each receiver's self-loop and its k senders), as the graph
+chose from N and k (commformer/layers/attention.py, ``gathers``); nothing here builds an (N, N) tensor per batch
+element in the gathered layout.
 
 The PPO ratio stays exact (docs/DESIGN.md, "The PPO consistency rule"): the graph is the hard top-k of the logits,
 a deterministic function of the parameters (Gumbel noise, if asked for, only touches its surrogate gradient), and
@@ -17,13 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
-from commformer.gates import GateOutput, TemporalGate, gate_adjacency
+from commformer.gates import GateOutput, TemporalGate, gate_senders
 from commformer.graph import CommGraph
-from commformer.layers.attention import CommBlock
+from commformer.layers.attention import CommBlock, Senders
 
 __all__ = ["CommTrunk", "Connection", "TrunkOutput"]
 
@@ -32,10 +35,11 @@ __all__ = ["CommTrunk", "Connection", "TrunkOutput"]
 class Connection:
     """Who listens to whom in one step: everything the blocks read besides the agents' embeddings."""
 
-    graph: Tensor
-    """(N, N) the straight-through graph."""
-    adjacency: Tensor
-    """(B, N, N) effective adjacency (receiver x sender) of the gate decisions acted on, forward value 0/1."""
+    graph: Senders
+    """The straight-through graph, entries (N, K)."""
+    adjacency: Senders
+    """The effective adjacency (receiver x sender) of the gate decisions acted on, entries (B, N, K), forward value
+    0/1; ``adjacency.dense()`` is the (B, N, N) matrix."""
     gate_open: Tensor
     """(B, N) the gate decisions acted on (replayed, sampled or greedy); all ones when gates are disabled, all zeros
     without communication."""
@@ -48,9 +52,8 @@ class Connection:
 
     def messages(self) -> Tensor:
         """(B,) off-diagonal edges into alive receivers, float, without gradient (a dead receiver acts on none)."""
-        n = self.adjacency.shape[-1]
-        off_diagonal = 1.0 - torch.eye(n, dtype=self.adjacency.dtype, device=self.adjacency.device)
-        used = self.adjacency.detach() * off_diagonal  # (B, N, N)
+        entries = self.adjacency.weight.detach()  # (B, N, K)
+        used = entries * (1.0 - self.adjacency.self_loops())  # (B, N, K), off-diagonal entries only
         if self.alive is not None:
             used = used * self.alive.to(used.dtype).unsqueeze(-1)
         return used.sum(dim=(-2, -1))
@@ -126,8 +129,8 @@ class CommTrunk(nn.Module):
         else:
             decisions = h.new_ones(flat, n)
             comm_cost = h.new_zeros(())
-        graph = self.graph(gumbel=gumbel).to(h.dtype)  # (N, N)
-        adjacency = gate_adjacency(graph, decisions, alive)  # (B, N, N)
+        graph = self.graph.senders(gumbel=gumbel).to(h.dtype)  # entries (N, K)
+        adjacency = gate_senders(graph, decisions, alive)  # entries (B, N, K)
         return Connection(graph, adjacency, decisions, gates, comm_cost, alive)
 
     def forward(self, h: Tensor, connection: Connection) -> TrunkOutput:
@@ -136,9 +139,9 @@ class CommTrunk(nn.Module):
         features, stream = self._run(h, connection.adjacency)
         return TrunkOutput(features, stream, connection)
 
-    def _run(self, h: Tensor, adjacency: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def _run(self, h: Tensor, adjacency: Senders) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The features (B, N, d) and the residual stream before each block (G tensors (B, N, d)) for the
-        embeddings h (B, N, d) over ``adjacency`` (B, N, N)."""
+        embeddings h (B, N, d) over ``adjacency`` (entries (B, N, K))."""
         stream = []
         for block in self.blocks:
             stream.append(h)
@@ -163,6 +166,6 @@ class CommTrunk(nn.Module):
         if rows.numel() == 0:
             return out.features
         alive = alive[rows] if alive is not None else None
-        adjacency = gate_adjacency(out.connection.graph, greedy[rows], alive)  # (B', N, N)
+        adjacency = gate_senders(out.connection.graph, greedy[rows], alive)  # entries (B', N, K)
         features, _ = self._run(out.stream[0][rows], adjacency)  # from those teams' embeddings
         return out.features.index_put((rows,), features)  # out of place: the features keep their autograd history

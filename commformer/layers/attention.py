@@ -17,22 +17,95 @@ Multiplying the softmax weights by ``A``: with a straight-through adjacency, A i
 so the forward value is unchanged, but this product is the path that carries gradient to the graph logits
 (the temporal gates' decisions enter as constants: they learn through their log-probs, commformer/gates.py).
 
-N is small (<= 64), so attention is written out with einsum over a dense (N, N) score matrix.
+Two layouts of the adjacency (``Senders``), one result. Small teams, or graphs where each receiver hears a good share
+of the team, use the *dense* layout: every receiver is scored against every sender as a (B, H, N, N) matrix (einsum,
+i.e. matrix products) and the pairs the graph leaves out are masked afterwards, O(B N^2 d). Large teams with a sparse
+graph use the *gathered* layout: receiver i's K = k + 1 candidate senders (its k top-k senders and itself) are listed
+in an (N, K) index, their keys and values are gathered into (B, N, K, d) and only those K pairs are scored, O(B N K d)
+time and memory. The softmax, the mask and the product with the adjacency entries are the same function on both
+(``masked_weights``: a pair outside the K listed ones would get weight exactly 0 in the dense layout anyway), so both
+give the same outputs and the same gradients, the graph logits' included, up to rounding. Which layout a graph uses is
+``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once, when it is built, so the
+rollout and the learner's recomputation always take the same path whatever their batch sizes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
 
-__all__ = ["CommBlock", "GraphAttention", "block_mlp", "masked_weights"]
+__all__ = ["GATHER_FACTOR", "CommBlock", "GraphAttention", "Senders", "block_mlp", "gathers", "masked_weights"]
 
 SELF_EDGE = 0
 OTHER_EDGE = 1
+
+GATHER_FACTOR = 16
+"""The gathered layout is used when N >= GATHER_FACTOR * (k + 1) (``gathers``)."""
+
+
+def gathers(n_agents: int, senders: int) -> bool:
+    """Whether a graph over ``n_agents`` agents in which each receiver hears ``senders`` others (and itself) is attended
+    over in the gathered layout (module docstring), rather than the dense one.
+
+    The rule is N >= 16 (k + 1). The dense layout does N multiply-adds per receiver and feature, in matrix products;
+    the gathered one does K = k + 1, but as gathers, elementwise products and sums (and a scatter-add of the
+    gathered keys' and values' gradients), which cost more per operation. Measured on one CPU thread (the attention
+    module's forward and backward, d = 64, N = 32..512; docs/BENCHMARKS.md, "Policy time and memory vs team size"),
+    the two break even near N = 16 K with one head and N = 8 K with four. Every shipped config (teams of at most 20
+    agents, or 64 with k = 16) keeps the dense layout; gathering starts at N = 32 with k = 1. The rule depends on N and
+    k only, never on the batch: acting and the learner's recomputation run the same code on the same graph.
+    """
+    return n_agents >= GATHER_FACTOR * (senders + 1)
+
+
+@dataclass(frozen=True)
+class Senders:
+    """A receiver-by-sender adjacency, in the layout graph attention reads it (module docstring).
+
+    ``index`` None, the dense layout: ``weight`` is the adjacency itself, (*B, N, N), column j = sender j.
+    Otherwise the gathered layout: ``index`` (N, K) int64 lists receiver i's candidate senders (no repeats; the graph
+    lists the self-loop first), and ``weight`` (*B, N, K) holds their entries, ``weight[..., i, m] = A[..., i,
+    index[i, m]]``; every sender that row i does not list has entry 0. Either way a zero entry is a sender not heard,
+    and the entries carry the straight-through gradient to the graph logits.
+    """
+
+    index: Tensor | None
+    weight: Tensor
+
+    def self_loops(self) -> Tensor:
+        """Where the listed sender is the receiver itself: (N, N) identity, or (N, K) in the gathered layout; 0/1 in
+        ``weight``'s dtype."""
+        n = self.weight.shape[-2]
+        device, dtype = self.weight.device, self.weight.dtype
+        if self.index is None:
+            return torch.eye(n, dtype=dtype, device=device)
+        return (self.index == torch.arange(n, device=device).unsqueeze(-1)).to(dtype)
+
+    def dense(self) -> Tensor:
+        """The adjacency as a dense (*B, N, N) tensor (with the entries' gradient path); the dense layout's is
+        ``weight`` itself. O(B N^2): for outputs and for the parts that read a dense adjacency, not for attention."""
+        if self.index is None:
+            return self.weight
+        n = self.weight.shape[-2]
+        index = self.index.expand(self.weight.shape)
+        return self.weight.new_zeros((*self.weight.shape[:-1], n)).scatter(-1, index, self.weight)
+
+    def to(self, dtype: torch.dtype) -> Senders:
+        """The same adjacency with entries of ``dtype``."""
+        return Senders(self.index, self.weight.to(dtype))
+
+    def rows(self, rows: Tensor) -> Senders:
+        """The batch rows ``rows`` (an index or mask over the first batch dim of ``weight``)."""
+        return Senders(self.index, self.weight[rows])
+
+    def reshape(self, *batch: int) -> Senders:
+        """The entries with the batch dims ``batch``: (B, N, K) -> (*batch, N, K)."""
+        return Senders(self.index, self.weight.reshape(*batch, *self.weight.shape[-2:]))
 
 
 def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
@@ -47,12 +120,14 @@ def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
     return torch.softmax(scores, dim=-1) * edge
 
 
-def _batched_adjacency(adjacency: Tensor, batch: int, n: int) -> Tensor:
-    """Check and view an adjacency (N, N) or (B, N, N) as (B or 1, N, N)."""
+def _batched_adjacency(adjacency: Tensor, batch: int, n: int, k: int | None = None) -> Tensor:
+    """Check and view an adjacency's entries (N, K) or (B, N, K) as (B or 1, N, K); K = N (the dense layout) unless
+    given."""
+    k = n if k is None else k
     if adjacency.dim() == 2:
-        adjacency = adjacency.unsqueeze(0)  # (1, N, N)
-    if adjacency.dim() != 3 or adjacency.shape[-2:] != (n, n) or adjacency.shape[0] not in (1, batch):
-        raise ValueError(f"adjacency has shape {tuple(adjacency.shape)}; expected ({n}, {n}) or ({batch}, {n}, {n})")
+        adjacency = adjacency.unsqueeze(0)  # (1, N, K)
+    if adjacency.dim() != 3 or adjacency.shape[-2:] != (n, k) or adjacency.shape[0] not in (1, batch):
+        raise ValueError(f"adjacency has shape {tuple(adjacency.shape)}; expected ({n}, {k}) or ({batch}, {n}, {k})")
     return adjacency
 
 
@@ -105,27 +180,66 @@ class GraphAttention(nn.Module):
         scores = torch.where(diag, torch.diag_embed(own), other)  # (B, H, N, N)
         return scores / math.sqrt(self.head_dim)
 
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+    def forward(self, x: Tensor, adjacency: Tensor | Senders) -> Tensor:
         """Attend over senders.
 
         Args:
             x: (B, N, d) agent features.
-            adjacency: (N, N) or (B, N, N), row i = receiver, column j = sender; zero entries are masked.
-                Every row must keep at least one entry (the self-loop), else the row's output is 0.
+            adjacency: a dense (N, N) or (B, N, N) adjacency, row i = receiver, column j = sender, zero entries
+                masked; or ``Senders`` in either layout, entries (N, K) or (B, N, K). Every row must keep at least
+                one entry (the self-loop), else the row's output is 0.
 
         Returns:
             (B, N, d).
         """
         b, n, d = x.shape
-        adjacency = _batched_adjacency(adjacency, b, n).to(x.dtype)  # (B or 1, N, N)
+        senders = adjacency if isinstance(adjacency, Senders) else Senders(None, adjacency)
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d_head)
+        if senders.index is None:
+            mixed = self._dense(qkv, _batched_adjacency(senders.weight, b, n).to(x.dtype))
+        else:
+            entries = _batched_adjacency(senders.weight, b, n, senders.index.shape[-1])  # (B or 1, N, K)
+            mixed = self._gathered(qkv, senders.index, entries)
+        return self.out(mixed.reshape(b, n, d))  # (B, N, H * d_head) -> (B, N, d)
+
+    def _dense(self, qkv: Tensor, adjacency: Tensor) -> Tensor:
+        """The dense layout: qkv (B, N, 3, H, d_head), adjacency (B or 1, N, N) -> mixed values (B, N, H, d_head)."""
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
         scores = self.scores(q, k)  # (B, H, N, N)
-        edge = adjacency.unsqueeze(1)  # (B or 1, 1, N, N), broadcast over heads
+        edge = adjacency.to(q.dtype).unsqueeze(1)  # (B or 1, 1, N, N), broadcast over heads
         weights = masked_weights(scores, edge)  # (B, H, N, N); the product with A is the gradient path to the graph
-        mixed = weights @ v  # (B, H, N, d_head)
-        mixed = mixed.transpose(1, 2).reshape(b, n, d)  # (B, N, H * d_head)
-        return self.out(mixed)
+        return (weights @ v).transpose(1, 2)  # (B, N, H, d_head)
+
+    def _gathered(self, qkv: Tensor, index: Tensor, entries: Tensor) -> Tensor:
+        """The gathered layout: qkv (B, N, 3, H, d_head), index (N, K), entries (B or 1, N, K) -> mixed values
+        (B, N, H, d_head).
+
+        The same scores as ``scores`` on the listed pairs only, one column m of the index at a time: the "other" keys
+        of senders ``index[:, m]`` (the edge embedding added before the gather), the "self" score on each agent's own
+        query and key where the listed sender is the receiver. Column by column rather than one (B, N, K, d) gather:
+        the same work, but every intermediate is (B, N, d), which the CPU allocator recycles; measured 2.4x faster
+        forward and backward than one gather at N = 1,024, B = 64, d = 64, K = 5, where a (B, N, K, d) intermediate is
+        84 MB and is paged in afresh for every operation. The values are mixed the same way.
+        """
+        n = qkv.shape[1]
+        q, k, v = qkv.unbind(2)  # each (B, N, H, d_head)
+        r_q = self.rel_q.to(q.dtype)  # (2, H, d_head)
+        r_k = self.rel_k.to(q.dtype)
+        q_other = q + r_q[OTHER_EDGE]  # (B, N, H, d_head)
+        k_other = k + r_k[OTHER_EDGE]
+        own = ((q + r_q[SELF_EDGE]) * (k + r_k[SELF_EDGE])).sum(-1)  # (B, N, H)
+        is_self = (index == torch.arange(n, device=index.device).unsqueeze(-1)).unsqueeze(-1)  # (N, K, 1)
+        columns = []
+        for m in range(index.shape[-1]):
+            other = (q_other * k_other.index_select(1, index[:, m])).sum(-1)  # (B, N, H), sender index[i, m]
+            # torch.where sends zero gradient to the unselected branch, so each pair's score has one edge type.
+            columns.append(torch.where(is_self[:, m], own, other))
+        scores = torch.stack(columns, dim=-1) / math.sqrt(self.head_dim)  # (B, N, H, K)
+        weights = masked_weights(scores, entries.to(q.dtype).unsqueeze(-2))  # (B, N, H, K); times the entries
+        mixed = weights[..., :1] * v.index_select(1, index[:, 0])  # (B, N, H, d_head)
+        for m in range(1, index.shape[-1]):
+            mixed = mixed + weights[..., m : m + 1] * v.index_select(1, index[:, m])
+        return mixed
 
 
 def block_mlp(embed_dim: int, mlp_ratio: int, activation: str) -> nn.Sequential:
@@ -147,7 +261,7 @@ class CommBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(embed_dim)
         self.mlp = block_mlp(embed_dim, mlp_ratio, activation)
 
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        """Args: x (B, N, d), adjacency (N, N) or (B, N, N). Returns (B, N, d)."""
+    def forward(self, x: Tensor, adjacency: Tensor | Senders) -> Tensor:
+        """Args: x (B, N, d), adjacency (N, N) or (B, N, N), or ``Senders``. Returns (B, N, d)."""
         x = x + self.attn(self.norm_attn(x), adjacency)
         return x + self.mlp(self.norm_mlp(x))

@@ -1,4 +1,5 @@
-"""GraphAttention and CommBlock: shapes, naive reference (outputs and gradients), masking, equivariance."""
+"""GraphAttention and CommBlock: shapes, naive reference (outputs and gradients), masking, equivariance, and the
+gathered layout (each receiver's listed senders only) against the dense one and the naive reference."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 
 from commformer.config import GraphConfig
-from commformer.graph import CommGraph
+from commformer.gates import gate_adjacency, gate_senders
+from commformer.graph import CommGraph, straight_through_senders, straight_through_topk
 from commformer.layers import CommBlock, GraphAttention
+from commformer.layers.attention import Senders
 from commformer.layers.reference import naive_comm_block, naive_graph_attention
 
 
@@ -146,3 +149,89 @@ def test_rejects_bad_adjacency_shape() -> None:
         attn(torch.randn(2, 4, 4), torch.ones(3, 4, 4))
     with pytest.raises(ValueError, match="embed_dim=6 is not divisible by num_heads=4"):
         GraphAttention(6, 4)
+
+
+def _gated_graphs(n: int, k: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Senders]:
+    """Graph logits (N, N) with gradient, and one gated graph in both layouts: ``(logits, dense (B, N, N),
+    gathered)``, each built from the logits by its own functions.
+
+    The gates close some receivers (only their self-loop left) and some senders are dead, so most rows keep fewer
+    than k + 1 entries; the entries are the straight-through graph's (the gradient path to the logits).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, n, generator=gen).requires_grad_()
+    gate_open = (torch.rand(batch, n, generator=gen) < 0.7).double()
+    alive = (torch.rand(batch, n, generator=gen) < 0.7).double()
+    dense = gate_adjacency(straight_through_topk(logits, k, 1.0), gate_open, alive)
+    gathered = gate_senders(Senders(*straight_through_senders(logits, k, 1.0)), gate_open, alive)
+    kept = (dense != 0).sum(-1)  # (B, N)
+    assert (kept == 1).any() and (kept == k + 1).any()  # closed or cut off; every sender heard
+    assert k == 1 or ((kept > 1) & (kept < k + 1)).any()  # some senders dead
+    return logits, dense, gathered
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize(("n", "k"), [(6, 2), (9, 3), (12, 1)])
+def test_gathered_layout_matches_dense_and_naive(heads: int, n: int, k: int) -> None:
+    torch.manual_seed(n + heads)
+    attn = GraphAttention(8, heads)
+    _randomise(attn, seed=n)
+    logits, dense, gathered = _gated_graphs(n, k, batch=4, seed=n + k)
+    x = torch.randn(4, n, 8, requires_grad=True)
+    upstream = torch.randn(4, n, 8)
+    params = [x, logits, *attn.parameters()]
+
+    def grads(out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad((out * upstream).sum(), params, retain_graph=True)
+
+    fast = attn(x, gathered)
+    reference = attn(x, dense)
+    naive = naive_graph_attention(attn, x, dense)
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-13)  # float64 rounding: ~1e-15 measured
+    torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
+    for name, g_fast, g_dense, g_naive in zip(
+        ["x", "logits", *dict(attn.named_parameters())], grads(fast), grads(reference), grads(naive), strict=True
+    ):
+        torch.testing.assert_close(g_fast, g_dense, rtol=1e-12, atol=1e-13, msg=lambda m, p=name: f"{p}: {m}")
+        torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11, msg=lambda m, p=name: f"{p}: {m}")
+    assert grads(fast)[1].abs().sum() > 0, "no gradient reached the graph logits"
+
+
+def test_gathered_layout_with_a_shared_graph_and_any_column_order() -> None:
+    torch.manual_seed(0)
+    attn = GraphAttention(8, 2)
+    _randomise(attn, seed=1)
+    n, k = 10, 3
+    logits = torch.randn(n, n).requires_grad_()
+    index, entries = straight_through_senders(logits, k, 1.0)  # (N, K): one graph for the whole batch
+    x = torch.randn(3, n, 8)
+    out = attn(x, Senders(index, entries))
+    torch.testing.assert_close(out, attn(x, straight_through_topk(logits, k, 1.0)), rtol=1e-12, atol=1e-12)
+    # The listed order is not part of the result: any permutation of each row's columns gives the same output.
+    order = torch.rand(n, k + 1).argsort(-1)
+    shuffled = Senders(index.gather(1, order), entries.gather(1, order))
+    torch.testing.assert_close(attn(x, shuffled), out, rtol=1e-12, atol=1e-12)
+
+
+def test_block_gathered_matches_dense() -> None:
+    torch.manual_seed(0)
+    block = CommBlock(6, 3, 2)
+    _randomise(block, seed=1)
+    logits, dense, gathered = _gated_graphs(8, 2, batch=3, seed=2)
+    x = torch.randn(3, 8, 6, requires_grad=True)
+    upstream = torch.randn(3, 8, 6)
+    params = [x, logits, *block.parameters()]
+    fast = block(x, gathered)
+    reference = naive_comm_block(block, x, dense)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
+    grads_fast = torch.autograd.grad((fast * upstream).sum(), params)
+    grads_naive = torch.autograd.grad((reference * upstream).sum(), params)
+    for g_fast, g_naive in zip(grads_fast, grads_naive, strict=True):
+        torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11)
+
+
+def test_rejects_bad_gathered_entries_shape() -> None:
+    attn = GraphAttention(4, 1)
+    index = torch.zeros(4, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"adjacency has shape \(2, 4, 3\); expected \(4, 2\) or \(2, 4, 2\)"):
+        attn(torch.randn(2, 4, 4), Senders(index, torch.ones(2, 4, 3)))

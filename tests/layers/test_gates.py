@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from commformer.config import GateConfig
-from commformer.gates import TemporalGate, communication_cost, gate_adjacency, gate_log_prob
+from commformer.gates import TemporalGate, communication_cost, gate_adjacency, gate_log_prob, gate_senders
+from commformer.graph import straight_through_senders, straight_through_topk
+from commformer.layers.attention import Senders
 
 
 @pytest.mark.parametrize("batch", [(), (2,), (3, 2)])
@@ -131,3 +133,26 @@ def test_gate_adjacency_passes_gradients_to_graph_and_gates() -> None:
 def test_gate_adjacency_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match=r"adjacency has shape \(3, 3\); expected \(\.\.\., 4, 4\)"):
         gate_adjacency(torch.ones(3, 3), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("with_alive", [False, True])
+def test_gate_senders_are_the_gathered_entries_of_gate_adjacency(with_alive: bool) -> None:
+    n, k, b = 9, 3, 6
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    index, entries = straight_through_senders(logits, k, 1.0)
+    dense = straight_through_topk(logits, k, 1.0)
+    gate_open = (torch.rand(b, n, generator=gen) < 0.6).double()
+    alive = (torch.rand(b, n, generator=gen) < 0.7).double() if with_alive else None
+    gathered = gate_senders(Senders(index, entries), gate_open, alive)
+    expected = gate_adjacency(dense, gate_open, alive)
+    assert gathered.index is index and gathered.weight.shape == (b, n, k + 1)
+    assert torch.equal(gathered.dense(), expected)  # the listed entries, and 0 everywhere else
+    assert torch.equal(gate_senders(Senders(None, dense), gate_open, alive).weight, expected)
+    # The gradient to the logits through the gated entries is the dense one's.
+    upstream = torch.randn(b, n, k + 1, generator=gen, dtype=torch.float64)
+    (grad_gathered,) = torch.autograd.grad((gathered.weight * upstream).sum(), logits)
+    scattered = torch.zeros(b, n, n, dtype=torch.float64).scatter(-1, index.expand(b, n, k + 1), upstream)
+    (grad_dense,) = torch.autograd.grad((expected * scattered).sum(), logits)
+    torch.testing.assert_close(grad_gathered, grad_dense, rtol=1e-12, atol=1e-14)
+    assert grad_gathered.abs().sum() > 0

@@ -1,4 +1,5 @@
-"""CommGraph: exact top-k, straight-through gradients, Gumbel only in the surrogate, naive reference."""
+"""CommGraph: exact top-k, straight-through gradients, Gumbel only in the surrogate, naive reference, and the
+gathered layout (each receiver's self-loop and k senders) against the dense matrix."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import pytest
 import torch
 
 from commformer.config import GraphConfig
-from commformer.graph import CommGraph, hard_topk, sample_gumbel, straight_through_topk
+from commformer.graph import (
+    CommGraph,
+    hard_topk,
+    sample_gumbel,
+    straight_through_senders,
+    straight_through_topk,
+    topk_senders,
+)
+from commformer.layers.attention import GATHER_FACTOR, gathers
 from commformer.layers.reference import naive_straight_through_topk, naive_topk_senders
 
 
@@ -142,3 +151,72 @@ def test_a_random_init_is_a_seeded_random_graph_of_k_senders() -> None:
 def test_an_unknown_graph_init_is_refused() -> None:
     with pytest.raises(ValueError, match=r"model\.graph\.init"):
         GraphConfig(init="zeros")  # type: ignore[arg-type]
+
+
+def _logits(n: int, init: str, seed: int) -> torch.Tensor:
+    """(N, N) float64 logits: random, all equal, few integer levels (many ties), or ties a float32 sort would see."""
+    gen = torch.Generator().manual_seed(seed)
+    if init == "ones":
+        return torch.ones(n, n, dtype=torch.float64)
+    if init == "integer_ties":
+        return torch.randint(0, 3, (n, n), generator=gen).double()
+    if init == "near_ties":  # distinct in float64, 1 ulp of float32 apart
+        return 1.0 + torch.randint(0, 3, (n, n), generator=gen).double() * 2.0**-23
+    return torch.randn(n, n, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
+@pytest.mark.parametrize("init", ["random", "ones", "integer_ties", "near_ties"])
+def test_topk_senders_match_the_naive_sort_for_every_k(n: int, init: str) -> None:
+    logits = _logits(n, init, seed=n)
+    for k in range(n):
+        senders = topk_senders(logits, k)
+        assert senders.shape == (n, k) and senders.dtype == torch.long
+        assert senders.tolist() == naive_topk_senders(logits, k), f"k={k}"
+
+
+def test_topk_senders_of_a_large_tied_team_match_the_naive_sort() -> None:
+    logits = _logits(300, "integer_ties", seed=1)
+    for k in (1, 4, 150, 299):
+        assert topk_senders(logits, k).tolist() == naive_topk_senders(logits, k), f"k={k}"
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 20])
+@pytest.mark.parametrize("noisy", [False, True])
+def test_straight_through_senders_are_the_dense_graphs_kept_entries(n: int, noisy: bool) -> None:
+    graph = _random_graph(n, sparsity=0.25, seed=n, tau=0.7)
+    k = graph.k
+    noise = sample_gumbel((n, n), dtype=torch.float64, device=torch.device("cpu")) if noisy else None
+    index, entries = straight_through_senders(graph.logits, k, 0.7, noise)
+    dense = straight_through_topk(graph.logits, k, 0.7, noise)
+    assert index.shape == entries.shape == (n, k + 1)
+    assert torch.equal(index[:, 0], torch.arange(n)) and torch.equal(index[:, 1:], topk_senders(graph.logits, k))
+    assert torch.equal(entries, torch.ones(n, k + 1, dtype=torch.float64))
+    assert torch.equal(torch.zeros_like(dense).scatter(1, index, entries), dense)  # every unlisted entry is 0
+    # Any upstream gradient on the listed entries reaches the logits as the dense graph's does with that upstream
+    # on the same entries (and 0 elsewhere).
+    upstream = torch.randn(n, k + 1, dtype=torch.float64)
+    (grad_listed,) = torch.autograd.grad((entries * upstream).sum(), graph.logits)
+    scattered = torch.zeros(n, n, dtype=torch.float64).scatter(1, index, upstream)
+    (grad_dense,) = torch.autograd.grad((dense * scattered).sum(), graph.logits)
+    torch.testing.assert_close(grad_listed, grad_dense, rtol=1e-12, atol=1e-14)
+    assert (grad_listed.abs().sum() > 0) == (n > 2)
+
+
+def test_straight_through_senders_skip_the_surrogate_without_autograd() -> None:
+    graph = _random_graph(6, seed=2)
+    with torch.no_grad():
+        index, entries = straight_through_senders(graph.logits, graph.k, 1.0)
+    assert entries.grad_fn is None and torch.equal(entries, torch.ones(6, graph.k + 1, dtype=torch.float64))
+    assert torch.equal(index, straight_through_senders(graph.logits, graph.k, 1.0)[0])
+
+
+def test_the_layout_follows_team_size_and_k_only() -> None:
+    assert gathers(GATHER_FACTOR * 5, 4) and not gathers(GATHER_FACTOR * 5 - 1, 4)
+    assert not gathers(1, 0) and not gathers(27, 26)
+    small, large = CommGraph(63, GraphConfig(k=3)), CommGraph(64, GraphConfig(k=3))
+    assert not small.gathered and large.gathered
+    assert small.senders().index is None and torch.equal(small.senders().weight, small())
+    senders = large.senders(gumbel=True)
+    assert senders.index is not None and senders.weight.shape == (64, 4)
+    assert torch.equal(senders.dense(), large.hard())
