@@ -11,7 +11,7 @@ from commformer.gates import gate_adjacency, gate_senders
 from commformer.graph import CommGraph, straight_through_senders, straight_through_topk
 from commformer.layers import CommBlock, GraphAttention
 from commformer.layers.attention import Senders
-from commformer.layers.reference import naive_comm_block, naive_graph_attention
+from tests.layers.naive_reference import naive_comm_block, naive_graph_attention
 
 
 def _random_adjacency(batch: int, n: int, seed: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from commformer.config import GraphConfig
 from commformer.graph import CommGraph
 from commformer.layers.decoder import ActionDecoder, decoder_masks
-from commformer.layers.reference import naive_action_decoder
+from tests.layers.naive_reference import naive_action_decoder
 
 D, A = 8, 4
 

@@ -16,7 +16,7 @@ from commformer.graph import (
     topk_senders,
 )
 from commformer.layers.attention import GATHER_FACTOR, gathers
-from commformer.layers.reference import naive_straight_through_topk, naive_topk_senders
+from tests.layers.naive_reference import naive_straight_through_topk, naive_topk_senders
 
 
 def _random_graph(n: int, sparsity: float = 0.4, seed: int = 0, tau: float = 1.0) -> CommGraph:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from commformer.layers.moe import GateName, MoEConfig, MoEHead
-from commformer.layers.reference import naive_moe, naive_moe_losses
+from tests.layers.naive_reference import naive_moe, naive_moe_losses
 
 DENSE_GATES: list[GateName] = ["dense_to_sparse", "activation"]
 ALL_GATES: list[GateName] = ["topk", *DENSE_GATES]

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from commformer.layers.orchid import OrchidBlock, OrchidConfig, fft_causal_conv
-from commformer.layers.reference import naive_orchid_block, naive_orchid_kernel
+from tests.layers.naive_reference import naive_orchid_block, naive_orchid_kernel
 
 CONDITIONINGS = ["type1", "type2", "none"]
 
