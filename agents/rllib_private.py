@@ -1,14 +1,15 @@
 """The one place in agents/ that touches RLlib's private API (names with a leading underscore, ray 2.60).
 
-Two speed-ups reach under RLlib's public surface: the batched sampling loop (agents/env_runner.py) and the
-learner's fused gradient step and minibatch count (agents/learner.py). RLlib may rename, re-type or drop any private
-name in a minor release, so every such use lives here, behind a function named for what it does, and the two private
-methods we override are wrapped in small hook classes whose subclasses implement a public-named method of ours
-instead. `PRIVATE_NAMES` lists every RLlib private name this module relies on and how;
+The batched sampling loop (agents/env_runner.py), the learner's own batch pipeline, fused gradient step and minibatch
+count (agents/learner.py) and sample-ahead's connector-state sync (agents/algorithm.py) reach under RLlib's public
+surface. RLlib may rename, re-type or drop any private name in a minor release, so every such use lives here, behind a
+function named for what it does, and the two private methods we override are wrapped in small hook classes whose
+subclasses implement a public-named method of ours instead. `PRIVATE_NAMES` lists every RLlib private name this module relies on and how;
 tests/agents/test_rllib_private.py checks each against the installed RLlib (one failure listing everything that
 moved) and that no other module of agents/ uses an RLlib private name. A Ray upgrade starts with that test.
 
-Every function here does exactly what the inline code it replaced did (docs/DESIGN.md, "RLlib's private API").
+Each function does only what RLlib's own code does with the name (no copies, no extra checks), so going through the
+fence changes nothing that is computed (docs/DESIGN.md, "RLlib's private API").
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def needs_env_reset(runner: SingleAgentEnvRunner) -> bool:
 
 
 def reset_envs(runner: SingleAgentEnvRunner) -> tuple[Any, Any]:
-    """Resets every env of the runner's vector env as RLlib's loop does: with the runner's seed on the first reset
-    after `needs_env_reset` (None after), an env error handled by RLlib (recreate and retry when
-    `restart_failed_sub_environments`), the reset timed in the runner's metrics. Clears `needs_env_reset`, so RLlib's
-    own loop does not reset again. Returns the batched observations and the infos."""
+    """Resets every env of the runner's vector env as RLlib's loop does: seeded with the runner's seed while
+    `needs_env_reset` holds (the first reset, and the first after RLlib recreated the env), unseeded otherwise; an env
+    error handled by RLlib (recreate and retry when `restart_failed_sub_environments`); the reset timed in the
+    runner's metrics. Clears `needs_env_reset`, so RLlib's own loop does not reset again. Returns the batched
+    observations and the infos."""
     obs, infos = runner._try_env_reset(seed=runner._seed if runner._needs_initial_reset else None, options=None)
     runner._needs_initial_reset = False
     return obs, infos
