@@ -11,7 +11,8 @@ speed"), one core sits idle for most of it. With `sample_ahead` an iteration is:
    alongside its sample (one message per EnvRunner): they queue behind the sample of step 3 (an actor runs its
    calls in order) and reach the sample after it. RLlib's `Algorithm.step` would otherwise gather the connector
    states with a blocking call after `training_step`, which waits out the sample in flight; as in RLlib's
-   IMPALA, the gather rides on the sample instead (`_dont_auto_sync_env_runner_states`).
+   IMPALA, the gather rides on the sample instead (agents/rllib_private.py
+   `sync_env_runner_states_in_training_step`).
 
 A batch is therefore taken with the weights from one update before the ones it trains (policy lag 1, the
 asynchronous sampling of IMPALA / APPO reduced to one batch in flight). The Learner then uses decoupled PPO
@@ -39,6 +40,7 @@ from ray.rllib.core import (
 )
 from ray.rllib.env.env_runner import EnvRunner
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import (
     ALL_MODULES,
     ENV_RUNNER_RESULTS,
@@ -52,6 +54,8 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
+from agents.rllib_private import config_value_error, sync_env_runner_states_in_training_step
+
 SAMPLE_TAG = "commformer_sample"
 POLICY_LAG = "policy_lag"
 
@@ -59,19 +63,22 @@ POLICY_LAG = "policy_lag"
 class CommFormerPPOConfig(PPOConfig):
     """PPOConfig plus `sample_ahead` (module docstring); builds `CommFormerPPO`."""
 
+    @override(PPOConfig)
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or CommFormerPPO)
         self.sample_ahead = False
 
+    @override(PPOConfig)
     def validate(self) -> None:
         super().validate()
         if self.sample_ahead and not self.in_evaluation and self.num_env_runners < 1:
-            self._value_error(
+            config_value_error(
+                self,
                 "sample_ahead needs remote EnvRunners (num_env_runners >= 1): sampling in the driver would run "
-                "on the Learner's thread"
+                "on the Learner's thread",
             )
         # training_step sends the connector states itself (module docstring, step 4).
-        self._dont_auto_sync_env_runner_states = bool(self.sample_ahead)
+        sync_env_runner_states_in_training_step(self, bool(self.sample_ahead))
 
 
 def _sample_with_states(runner: EnvRunner) -> tuple[Any, Any, Any]:
@@ -85,6 +92,7 @@ def _sample_with_states(runner: EnvRunner) -> tuple[Any, Any, Any]:
 class CommFormerPPO(PPO):
     """RLlib's PPO, or with `config.sample_ahead` the overlapped step of the module docstring."""
 
+    @override(PPO)
     def setup(self, config: Any) -> None:
         """RLlib's setup, then everything it built moved out of the cyclic garbage collector's reach
         (`gc.freeze`): the driver holds hundreds of thousands of long-lived objects (Ray, RLlib, torch, jax), and
@@ -94,6 +102,7 @@ class CommFormerPPO(PPO):
         gc.collect()  # garbage that exists now (an earlier algorithm's, in the same process) is not frozen
         gc.freeze()
 
+    @override(PPO)
     def restore_from_path(self, path: Any, *args: Any, **kwargs: Any) -> None:
         """RLlib's restore, then the restored weights sent to the remote EnvRunners once more, after every
         earlier weight message has arrived. RLlib sends them fire-and-forget, and a runner still busy with the
@@ -105,6 +114,7 @@ class CommFormerPPO(PPO):
             runners.fetch_ready_async_reqs(tags="set_state", timeout_seconds=None)
             runners.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
+    @override(PPO)
     def training_step(self) -> None:
         if not getattr(self.config, "sample_ahead", False):
             super().training_step()

@@ -1,6 +1,6 @@
 """`TeamEnvRunner`: RLlib's SingleAgentEnvRunner with a batched sampling loop for team envs.
 
-RLlib 2.60's `SingleAgentEnvRunner._sample` unbatches every vector-env step into B per-env items, runs them
+RLlib 2.60's `SingleAgentEnvRunner` timestep loop unbatches every vector-env step into B per-env items, runs them
 through the env-to-module and module-to-env connector pipelines and appends them one at a time to B episode
 objects: Python work per env per step that cost more than the policy forward here (docs/BENCHMARKS.md). For a
 team env that work is mechanical - the observation is a dict of fixed-shape arrays, the action a MultiDiscrete
@@ -44,9 +44,24 @@ from ray.rllib.env.env_runner import ENV_STEP_FAILURE
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
 
 from agents.rl_module import GATE_OPEN
+from agents.rllib_private import (
+    SampleLoopHook,
+    act_exploring,
+    act_greedy,
+    env_runner_callbacks,
+    env_runner_device,
+    env_runner_weights_seq_no,
+    has_custom_connectors,
+    log_finished_episode,
+    log_sampled_steps,
+    needs_env_reset,
+    reset_envs,
+    step_envs,
+)
 
 EPISODE_WIN_RATE = "episode_win_rate"
 """Mean of the `won` flag over the last finished episodes (same window as RLlib's episode_return_mean)."""
@@ -162,18 +177,20 @@ def _segments(valid: np.ndarray) -> list[_Segment]:
     return out
 
 
-class TeamEnvRunner(SingleAgentEnvRunner):
+class TeamEnvRunner(SampleLoopHook):
     """SingleAgentEnvRunner whose timestep sampling records batched arrays and builds episodes once per call."""
 
+    @override(SingleAgentEnvRunner)
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
         self._open: _Open | None = None
-        self._batched = False  # whether the last `_sample` call ran the batched loop
+        self._batched = False  # whether the last `sample_loop` call ran the batched loop
         # What the runner built lives as long as it does: no full collection walks it again (agents/algorithm.py
         # `CommFormerPPO.setup`); garbage from the construction is collected first rather than frozen.
         gc.collect()
         gc.freeze()
 
+    @override(SingleAgentEnvRunner)
     def sample(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's `sample()` (weights, `on_sample_end`, metrics); the batched loop's chunks then drop their infos."""
         episodes = super().sample(*args, **kwargs)
@@ -186,16 +203,17 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         if num_timesteps is None or random_actions or self.module is None or self.module.is_stateful():
             return False
         config = self.config
-        if config._env_to_module_connector is not None or config._module_to_env_connector is not None:
+        if has_custom_connectors(config):
             return False
         for name in _EPISODE_CALLBACKS:
             if getattr(config, f"callbacks_{name}", None):
                 return False
-            if any(getattr(type(cb), name) is not getattr(RLlibCallback, name) for cb in self._callbacks):
+            if any(getattr(type(cb), name) is not getattr(RLlibCallback, name) for cb in env_runner_callbacks(self)):
                 return False
         return True
 
-    def _sample(
+    @override(SampleLoopHook)
+    def sample_loop(
         self,
         *,
         num_timesteps: int | None = None,
@@ -204,10 +222,11 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         random_actions: bool = False,
         force_reset: bool = False,
     ) -> list[SingleAgentEpisode]:
+        """The batched loop where it applies (module docstring), RLlib's loop otherwise."""
         self._batched = self._batched_loop_applies(num_timesteps, random_actions)
         if not self._batched:
             self._open = None  # RLlib's loop owns the envs now: reset when the batched loop takes over again
-            return super()._sample(
+            return self.rllib_sample_loop(
                 num_timesteps=num_timesteps,
                 num_episodes=num_episodes,
                 explore=explore,
@@ -215,7 +234,7 @@ class TeamEnvRunner(SingleAgentEnvRunner):
                 force_reset=force_reset,
             )
         assert num_timesteps is not None
-        if force_reset or self._open is None or self._needs_initial_reset:
+        if force_reset or self._open is None or needs_env_reset(self):
             self._reset_all()
         assert isinstance(self.module, torch.nn.Module) and self._open is not None
         self.module.eval()
@@ -226,7 +245,7 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         while ts < num_timesteps:
             actions, extras = self._act(rollout.obs[-1], explore, ts)
             gates.count(extras.get(GATE_OPEN), rollout.obs[-1]["alive"], rollout.infos[-1])
-            results = self._try_env_step(actions)
+            results = step_envs(self, actions)
             if results is ENV_STEP_FAILURE:
                 # As RLlib's loop: keep the episodes that finished, drop the unfinished ones, start afresh.
                 episodes += [ep for ep in self._cut(rollout, keep_open=False) if ep.is_done]
@@ -251,13 +270,11 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         for key, rate in gates.rates().items():
             self.metrics.log_value(key, rate, window=1)
         finished = sum(ep.is_done for ep in episodes)
-        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
-        self._increase_sampled_metrics(ts, finished)
+        log_sampled_steps(self, ts, finished)
         return episodes
 
     def _reset_all(self) -> None:
-        obs, infos = self._try_env_reset(seed=self._seed if self._needs_initial_reset else None, options=None)
-        self._needs_initial_reset = False
+        obs, infos = reset_envs(self)
         n = self.num_envs
         self._open = _Open(
             obs=obs,
@@ -274,17 +291,17 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         """One batched forward and action draw, as RLlib's connectors + GetActions would do it."""
         module = self.module
         assert module is not None
-        batch = {Columns.OBS: {k: _tensor(v, self._device) for k, v in obs.items()}}
+        device = env_runner_device(self)
+        batch = {Columns.OBS: {k: _tensor(v, device) for k, v in obs.items()}}
         with self.metrics.log_time(RLMODULE_INFERENCE_TIMER):
-            # The `_forward_*` methods directly: the public ones toggle eval()/train() over every submodule at
-            # every step (docs/BENCHMARKS.md, "Figures behind code choices"); `_sample` puts the module in eval
-            # mode once.
+            # Not the public forwards: they toggle eval()/train() over every submodule at every step
+            # (docs/BENCHMARKS.md, "Figures behind code choices"); `sample_loop` puts the module in eval mode once.
             if explore:
                 runners = self.config.num_env_runners or 1
                 t = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
-                out = module._forward_exploration(batch, t=t)
+                out = act_exploring(module, batch, t)
             else:
-                out = module._forward_inference(batch)
+                out = act_greedy(module, batch)
             # Actions the module chose itself (the autoregressive decoder) are taken as they are, as GetActions does.
             actions = cast(torch.Tensor | None, out.get(Columns.ACTIONS))
             if actions is None:
@@ -327,7 +344,7 @@ class TeamEnvRunner(SingleAgentEnvRunner):
             else:
                 eid, t_started, prior_return, started_at = _new_id(), 0, 0.0, rollout.times[first]
             extra = {k: v[span, env] for k, v in extras.items()}
-            extra[WEIGHTS_SEQ_NO] = np.full(last + 1 - first, self._weights_seq_no)
+            extra[WEIGHTS_SEQ_NO] = np.full(last + 1 - first, env_runner_weights_seq_no(self))
             # Numpy data where RLlib's signature says lists: what its own `to_numpy()` leaves in an episode.
             data: dict[str, Any] = {
                 "observations": {k: v[first : last + 2, env] for k, v in obs.items()},
@@ -363,7 +380,7 @@ class TeamEnvRunner(SingleAgentEnvRunner):
         return episodes
 
     def _log_finished(self, length: int, ret: float, seconds: float, won: Any) -> None:
-        self._log_episode_metrics(length, ret, seconds)
+        log_finished_episode(self, length, ret, seconds)
         if won is not None:
             window = max(1, -(-self.config.metrics_num_episodes_for_smoothing // (self.config.num_env_runners or 1)))
             self.metrics.log_value(EPISODE_WIN_RATE, float(bool(won)), window=window)

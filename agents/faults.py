@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.utils.annotations import override
 
 from agents.config import ConfigError, ExperimentConfig
 
@@ -45,6 +46,7 @@ class NonFiniteCounter(RLlibCallback):
     returned episode chunk; the chunks RLlib drops after an env error are not trained on and not counted.
     """
 
+    @override(RLlibCallback)
     def on_sample_end(self, *, samples: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         flagged = 0
         for episode in samples:

@@ -25,8 +25,8 @@ excluded from every mean.
 The batch. RLlib's PPO learner pipeline is replaced by `TeamPPOBatch` (agents/team_batch.py), which builds the same
 batch from whole arrays and keeps only the sampled steps: RLlib's pipeline appends an artificial bootstrap step to every
 episode chunk and carried those rows, masked, through every minibatch (one row per chunk: docs/BENCHMARKS.md, "Figures
-behind code choices"). `_create_iterator_if_necessary` takes `num_epochs x round(rows / minibatch_size)` minibatches, so
-the sampler's overshoot does not cost a whole extra minibatch."""
+behind code choices"). `minibatch_count` makes it `num_epochs x round(rows / minibatch_size)` minibatches, so the
+sampler's overshoot does not cost a whole extra minibatch."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from ray.rllib.connectors.learner.learner_connector_pipeline import LearnerConne
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
@@ -53,6 +54,15 @@ from agents.rl_module import (
     POLICY_OUTPUT,
     VALUES_NORMALIZED,
     CommFormerRLModule,
+)
+from agents.rllib_private import (
+    MinibatchCountHook,
+    learner_connector,
+    learner_params,
+    optimizer_names_per_module,
+    optimizer_param_refs,
+    replace_learner_connector,
+    steps_through_scaler_or_schedulers,
 )
 from agents.team_batch import PROX_FINAL_LOGITS, PROX_GATE_LOGITS, PROX_LOGITS, TeamPPOBatch
 from commformer.early_exit import (
@@ -198,7 +208,7 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
     return masked_mean(err, weight)
 
 
-class CommFormerPPOLearner(PPOTorchLearner):
+class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
     """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
 
     graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm, threads.
@@ -206,6 +216,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
     around the proximal logits `TeamPPOBatch` computes.
     """
 
+    @override(PPOTorchLearner)
     def build(self) -> None:
         super().build()
         settings = self.config.learner_config_dict
@@ -219,16 +230,16 @@ class CommFormerPPOLearner(PPOTorchLearner):
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
-        if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
+        if learner_connector(self) is not None and self.config.add_default_connectors_to_learner_pipeline:
             # RLlib's default pipeline, replaced by one piece that builds the same batch from whole arrays.
             assert isinstance(self.config, PPOConfig)
             batch = TeamPPOBatch(
                 gamma=self.config.gamma,
                 lambda_=self.config.lambda_,
-                device=self._device or "cpu",
+                device=self.device or "cpu",
                 proximal=self._decoupled,
             )
-            self._learner_connector = LearnerConnectorPipeline(connectors=[batch])
+            replace_learner_connector(self, LearnerConnectorPipeline(connectors=[batch]))
         self._arm_graph_noise()
 
     def _arm_graph_noise(self) -> None:
@@ -240,6 +251,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
             assert isinstance(module, CommFormerRLModule)
             module.graph_noise = module.model_cfg.graph.gumbel and self.is_graph_step()
 
+    @override(PPOTorchLearner)
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch
         threads; the process's own setting is restored after, so sampling in the same process keeps one."""
@@ -250,23 +262,22 @@ class CommFormerPPOLearner(PPOTorchLearner):
         finally:
             torch.set_num_threads(before)
 
-    def _create_iterator_if_necessary(
-        self, *, training_data: Any, num_total_minibatches: int = 0, num_epochs: int = 1, **kwargs: Any
-    ) -> Any:
+    @override(MinibatchCountHook)
+    def minibatch_count(
+        self, *, training_data: Any, num_total_minibatches: int, num_epochs: int, minibatch_size: int | None
+    ) -> int:
         """`num_epochs` x round(rows / minibatch_size) minibatches, where RLlib takes as many as it needs to show
         every row `num_epochs` times. The sampler overshoots `train_batch_size` by up to one vector step (3,233
         rows for a 3,200-step SMAX batch of 128 battles): RLlib's rule then pays a whole extra minibatch per
         iteration for 1% more rows. Data-parallel Learners get their count from the LearnerGroup (non-zero)."""
-        minibatch_size = kwargs.get("minibatch_size")
         if not num_total_minibatches and minibatch_size and training_data.episodes is not None:
             rows = sum(len(episode) for episode in training_data.episodes)  # = the batch: no bootstrap rows
             num_total_minibatches = num_epochs * max(1, round(rows / minibatch_size))
-        return super()._create_iterator_if_necessary(
-            training_data=training_data, num_total_minibatches=num_total_minibatches, num_epochs=num_epochs, **kwargs
-        )
+        return num_total_minibatches
 
     # -- optimizers ---------------------------------------------------------------------------------------------
 
+    @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id: ModuleID, config: AlgorithmConfig | None = None) -> None:
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
@@ -295,11 +306,13 @@ class CommFormerPPOLearner(PPOTorchLearner):
         """Whether the next gradient step belongs to the upper level (graph logits only)."""
         return not self._graph_frozen and (self._grad_steps + 1) % self._graph_every == 0
 
+    @override(PPOTorchLearner)
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
         self._arm_graph_noise()
 
+    @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         """Anneals the MoE temperature *after* the update: the new tau reaches the EnvRunners with the weights,
         so the next rollout and the next update use the same tau (the PPO consistency rule)."""
@@ -313,6 +326,7 @@ class CommFormerPPOLearner(PPOTorchLearner):
                 module.policy.set_moe_tau(tau)
                 self.metrics.log_value((module_id, "moe_tau"), tau, window=1)
 
+    @override(PPOTorchLearner)
     def compute_gradients(self, loss_per_module: dict[ModuleID, TensorType], **kwargs: Any) -> ParamDict:
         """Backward once, then keep only the active level's gradients (the other level's are set to None, so
         its Adam skips them: no step, no moment update)."""
@@ -323,13 +337,14 @@ class CommFormerPPOLearner(PPOTorchLearner):
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             for name, optimizer in self.get_optimizers_for_module(module_id):
                 if name in active:
-                    keep.update(self._optimizer_parameters[optimizer])
+                    keep.update(optimizer_param_refs(self, optimizer))
         kept = {}
+        params = learner_params(self)
         for ref, grad in grads.items():
             if ref in keep and grad is not None:
                 kept[ref] = grad
             else:
-                self._params[ref].grad = None
+                params[ref].grad = None
         self._grad_steps += 1
         self._arm_graph_noise()
         return self._skip_if_not_finite(kept)
@@ -353,10 +368,12 @@ class CommFormerPPOLearner(PPOTorchLearner):
             self.metrics.log_value((module_id, "skipped_updates_lifetime"), skipped, reduce="lifetime_sum")
         if finite:
             return grads
+        params = learner_params(self)
         for ref in grads:
-            self._params[ref].grad = None
+            params[ref].grad = None
         return {}
 
+    @override(PPOTorchLearner)
     def postprocess_gradients_for_module(
         self, *, module_id: ModuleID, config: AlgorithmConfig | None = None, module_gradients_dict: ParamDict
     ) -> ParamDict:
@@ -380,22 +397,25 @@ class CommFormerPPOLearner(PPOTorchLearner):
             self.metrics.log_value(key=(module_id, f"gradients_{name}_global_norm"), value=norm, window=1)
         return module_gradients_dict
 
+    @override(PPOTorchLearner)
     def apply_gradients(self, gradients_dict: ParamDict) -> None:
         """Steps every optimizer. RLlib's version checks every gradient tensor for NaN / inf twice more, one
         small op each; `compute_gradients` has already checked them all in one pass and dropped a bad step
         whole, and left the gradients on the parameters. With a gradient scaler or torch LR schedulers
         configured, RLlib's version runs."""
-        if self._grad_scalers is not None or self._lr_scheduler_classes is not None:
+        if steps_through_scaler_or_schedulers(self):
             super().apply_gradients(gradients_dict)
             return
+        params = learner_params(self)
         for ref, grad in gradients_dict.items():
-            self._params[ref].grad = grad
-        for module_id, names in self._module_optimizers.items():
+            params[ref].grad = grad
+        for module_id, names in optimizer_names_per_module(self).items():
             for name in names:
                 self.get_optimizer(module_id, name).step()
 
     # -- loss -----------------------------------------------------------------------------------------------------
 
+    @override(PPOTorchLearner)
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> Tensor:
@@ -527,11 +547,13 @@ class CommFormerPPOLearner(PPOTorchLearner):
 
     # -- state ----------------------------------------------------------------------------------------------------
 
+    @override(PPOTorchLearner)
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
         state["commformer_grad_steps"] = self._grad_steps
         return state
 
+    @override(PPOTorchLearner)
     def set_state(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self._grad_steps = int(state.pop("commformer_grad_steps", self._grad_steps))

@@ -38,6 +38,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.utils.annotations import override
 from torch import Tensor
 
 from commformer.config import ModelConfig
@@ -118,6 +119,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     (the only untyped dict allowed past the config boundary: docs/DESIGN.md, "Configuration").
     """
 
+    @override(TorchRLModule)
     def setup(self) -> None:
         dims = team_dims(self.observation_space, self.action_space)
         self.n_agents, self.n_actions = dims.n_agents, dims.n_actions
@@ -171,12 +173,15 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         """Whether the policy chooses the actions itself, agent after agent (`model.decoder=autoregressive`)."""
         return self.policy.decoder is not None
 
+    @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._act(batch, explore=False)
 
+    @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._act(batch, explore=False)
 
+    @override(TorchRLModule)
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._act(batch, explore=True)
 
@@ -210,6 +215,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             out[GATE_LOGIT] = acted.gate_logit  # (B, N)
         return out
 
+    @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         exit_depth = batch.get(EXIT_DEPTH) if self.acts_with_exits else None
         # The critic reads the greedy gates' trunk here too: trained on the features of the sampled decisions instead,
@@ -228,6 +234,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             POLICY_OUTPUT: out,
         }
 
+    @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Tensor:
         """Team value in raw return units, (B,): the mean of the alive agents' value estimates.
 
@@ -273,6 +280,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         team = (values * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)  # (B,)
         return self.value_norm.denormalize(team)
 
+    @override(TorchRLModule)
     def set_state(self, state: dict[str, Any]) -> None:
         """RLlib's `set_state` turns the saved float64 scalars into float32 tensors; the ValueNorm statistics are
         float64 and are loaded again as saved, so a restored run continues from exactly the saved statistics."""

@@ -39,6 +39,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.annotations import override
 
 from agents.rl_module import EXIT_DEPTH, GATE_OPEN
 
@@ -82,6 +83,7 @@ def _rows(buffer: InfiniteLookbackBuffer) -> Any:
 class TeamPPOBatch(ConnectorV2):
     """The learner pipeline of a single-agent, stateless module (module docstring)."""
 
+    @override(ConnectorV2)
     def __init__(
         self,
         input_observation_space: Any = None,
@@ -96,6 +98,7 @@ class TeamPPOBatch(ConnectorV2):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self.gamma, self.lambda_, self.device, self.proximal = gamma, lambda_, torch.device(device), proximal
 
+    @override(ConnectorV2)
     def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: Any, **kwargs: Any) -> Any:
         chunks = [episode for episode in episodes if len(episode) > 0]
         if not chunks:

@@ -47,7 +47,8 @@ def test_shapes(batch: tuple[int, ...], length: int, d: int, conditioning: str) 
 @pytest.mark.parametrize("length", [1, 7, 16])
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_matches_naive_reference(length: int, conditioning: str) -> None:
-    """FFT path against direct sums with hand-built DFT matrices (naive_reference.py), float64, outputs and gradients."""
+    """FFT path against direct sums with hand-built DFT matrices (naive_reference.py), float64, outputs and
+    gradients."""
     block = _block(3, conditioning, seed=length)
     x = torch.randn(2, length, 3, requires_grad=True)
     upstream = torch.randn(2, length, 3)
