@@ -20,7 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from commformer.config import ModelConfig
-from commformer.typed import ConfigError, Converter, from_mapping, to_dict
+from commformer.typed import Converter, from_mapping, to_dict
+from commformer.validate import ConfigError, require_at_least, require_in_range, require_positive
 from envs import custom
 from envs.registry import ENVS, is_custom, make_options
 
@@ -153,8 +154,7 @@ class ResourcesConfig:
             "num_cpus_per_learner",
             "wait_for_nodes_s",
         ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"resources.{name}={getattr(self, name)}; expected a value >= 0")
+            require_at_least(f"resources.{name}", getattr(self, name), 0)
         for name, amount in self.custom_resources_per_env_runner.items():
             if amount <= 0:
                 raise ConfigError(f"resources.custom_resources_per_env_runner.{name}={amount}; expected a value > 0")
@@ -195,8 +195,7 @@ class FaultsConfig:
     def __post_init__(self) -> None:
         _positive(self, "faults", ("max_bad_iterations",))
         for name in ("max_env_runner_restarts", "env_runner_restart_delay_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"faults.{name}={getattr(self, name)}; expected a value >= 0")
+            require_at_least(f"faults.{name}", getattr(self, name), 0)
 
 
 @dataclass(frozen=True)
@@ -224,8 +223,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "run", ("checkpoint_every", "keep_checkpoints", "graph_image_every"))
-        if self.seed < 0:
-            raise ConfigError(f"run.seed={self.seed}; expected a value >= 0")
+        require_at_least("run.seed", self.seed, 0)
         if self.name is not None:
             _check_run_name(self.name)
 
@@ -266,15 +264,11 @@ def _check_run_name(name: str) -> None:
 
 def _positive(obj: object, section: str, names: Sequence[str]) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{section}.{name}={value}; expected a value > 0")
+        require_positive(f"{section}.{name}", getattr(obj, name))
 
 
 def _in_range(obj: object, section: str, name: str, lo: float, hi: float) -> None:
-    value = getattr(obj, name)
-    if not lo <= value <= hi:
-        raise ConfigError(f"{section}.{name}={value}; expected a value in [{lo}, {hi}]")
+    require_in_range(f"{section}.{name}", getattr(obj, name), lo, hi)
 
 
 def _env_from_mapping(data: Any, path: str) -> EnvConfig:

@@ -20,7 +20,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from commformer.validate import MAX_DEPTH, MAX_WIDTH, require_bool, require_choice, require_float, require_int
+from commformer.validate import (
+    MAX_DEPTH,
+    MAX_WIDTH,
+    ConfigError,
+    require_bool,
+    require_choice,
+    require_float,
+    require_int,
+)
 
 __all__ = [
     "CONDITIONINGS",
@@ -85,14 +93,14 @@ class GraphConfig:
     def __post_init__(self) -> None:
         sparsity = require_float("model.graph.sparsity", self.sparsity)
         if not 0.0 < sparsity <= 1.0:
-            raise ValueError(f"model.graph.sparsity={self.sparsity}; expected a number in (0, 1]")
+            raise ConfigError(f"model.graph.sparsity={self.sparsity}; expected a number in (0, 1]")
         if self.k is not None:
             require_int("model.graph.k", self.k, 1)
         require_bool("model.graph.gumbel", self.gumbel)
         require_choice("model.graph.init", self.init, GRAPH_INITS)
         tau = require_float("model.graph.gumbel_tau", self.gumbel_tau)
         if tau <= 0.0:
-            raise ValueError(f"model.graph.gumbel_tau={self.gumbel_tau}; expected a number > 0")
+            raise ConfigError(f"model.graph.gumbel_tau={self.gumbel_tau}; expected a number > 0")
 
     def senders(self, n_agents: int) -> int:
         """Number of senders each receiver keeps (self-loop not counted) in a team of ``n_agents``.
@@ -111,7 +119,7 @@ class GraphConfig:
                     if n_agents == 1
                     else f"expected 1 <= k <= {n_agents - 1}"
                 )
-                raise ValueError(f"model.graph.k={self.k} but the environment has N={n_agents} agents; {expected}")
+                raise ConfigError(f"model.graph.k={self.k} but the environment has N={n_agents} agents; {expected}")
             return self.k
         if n_agents == 1:
             return 0
@@ -134,7 +142,7 @@ class GateConfig:
         require_bool("model.gates.enabled", self.enabled)
         cost = require_float("model.gates.cost_weight", self.cost_weight)
         if cost < 0.0:
-            raise ValueError(f"model.gates.cost_weight={self.cost_weight}; expected a number >= 0")
+            raise ConfigError(f"model.gates.cost_weight={self.cost_weight}; expected a number >= 0")
         require_float("model.gates.init_bias", self.init_bias)
 
 
@@ -169,19 +177,19 @@ class MoEConfig:
         require_choice("model.moe.gate", self.gate, MOE_GATES)
         require_int("model.moe.k", self.k, 1)
         if self.gate == "topk" and self.k > self.experts:
-            raise ValueError(
+            raise ConfigError(
                 f"model.moe.k={self.k} is larger than model.moe.experts={self.experts}; "
                 f"expected 1 <= k <= {self.experts}"
             )
         for name in ("tau_start", "tau_end"):
             if require_float(f"model.moe.{name}", getattr(self, name)) <= 0.0:
-                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
+                raise ConfigError(f"model.moe.{name}={getattr(self, name)}; expected a number > 0")
         require_choice("model.moe.activation", self.activation, MOE_ACTIVATIONS)
         if self.hidden is not None:
             require_int("model.moe.hidden", self.hidden, 1, MAX_WIDTH)
         for name in ("balance_coeff", "z_coeff"):
             if require_float(f"model.moe.{name}", getattr(self, name)) < 0.0:
-                raise ValueError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
+                raise ConfigError(f"model.moe.{name}={getattr(self, name)}; expected a number >= 0")
 
     def tau_at(self, progress: float) -> float:
         """Temperature at ``progress`` in [0, 1] (clipped): ``tau_start * (tau_end / tau_start) ** progress``.
@@ -216,10 +224,10 @@ class OrchidConfig:
         require_int("model.orchid.max_len", self.max_len, 1)
         require_int("model.orchid.short_kernel", self.short_kernel, 1, MAX_WIDTH)
         if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
+            raise ConfigError(f"model.orchid.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
         require_int("model.orchid.cond_kernel", self.cond_kernel, 1, MAX_WIDTH)
         if self.cond_kernel % 2 == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.orchid.cond_kernel={self.cond_kernel}; expected an odd integer (the conv over frequency is "
                 "centred)"
             )
@@ -263,13 +271,13 @@ class EarlyExitConfig:
         for name in ("enabled", "rollout", "backbone_grad"):
             require_bool(f"model.early_exit.{name}", getattr(self, name))
         if require_float("model.early_exit.gate_lr", self.gate_lr) <= 0.0:
-            raise ValueError(f"model.early_exit.gate_lr={self.gate_lr}; expected a number > 0")
+            raise ConfigError(f"model.early_exit.gate_lr={self.gate_lr}; expected a number > 0")
         for name in ("cost_weight", "distill_weight", "gate_weight"):
             if require_float(f"model.early_exit.{name}", getattr(self, name)) < 0.0:
-                raise ValueError(f"model.early_exit.{name}={getattr(self, name)}; expected a number >= 0")
+                raise ConfigError(f"model.early_exit.{name}={getattr(self, name)}; expected a number >= 0")
         threshold = require_float("model.early_exit.threshold", self.threshold)
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"model.early_exit.threshold={self.threshold}; expected a number in (0, 1)")
+            raise ConfigError(f"model.early_exit.threshold={self.threshold}; expected a number in (0, 1)")
         require_int("model.early_exit.warmup_steps", self.warmup_steps, 0)
         require_int("model.early_exit.alternate_every", self.alternate_every, 1)
         require_float("model.early_exit.gate_init_bias", self.gate_init_bias)
@@ -337,7 +345,7 @@ class ModelConfig:
         require_int("model.num_blocks", self.num_blocks, 1, MAX_DEPTH)
         require_int("model.mlp_ratio", self.mlp_ratio, 1, 16)
         if self.embed_dim % self.num_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
                 "expected embed_dim to be a multiple of num_heads"
             )
@@ -359,7 +367,7 @@ class ModelConfig:
         for name, cls in parts.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
-                raise ValueError(
+                raise ConfigError(
                     f"model.{name} is a {type(value).__name__}; expected a {cls.__name__} "
                     "(build nested parts as dataclasses, not dicts)"
                 )
@@ -367,7 +375,7 @@ class ModelConfig:
         if self.decoder == "autoregressive" and self.early_exit.enabled:
             # An exit would act before the decoder, from features that have not read the earlier agents' actions:
             # a different policy, whose PPO terms and costs the exits' training does not model.
-            raise ValueError(
+            raise ConfigError(
                 "model.decoder='autoregressive' with model.early_exit.enabled=true: the early exits act without the "
                 "decoder; expected model.decoder='none' with exits, or exits disabled with the decoder"
             )
@@ -383,13 +391,13 @@ class ModelConfig:
         require_choice("model.encoder", self.encoder, ENCODERS)
         require_int("model.history", self.history, 1, 4096)
         if self.encoder == "mlp" and self.history != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.history={self.history} but model.encoder='mlp' reads the current observation only; "
                 "expected model.history=1, or model.encoder=orchid / attention to use a window"
             )
         max_len = self.orchid.max_len
         if max_len not in (self.history, _ORCHID_DEFAULT_MAX_LEN):
-            raise ValueError(
+            raise ConfigError(
                 f"model.orchid.max_len={max_len} contradicts model.history={self.history}; the Orchid block's "
                 "max_len is set from model.history, so expected model.orchid.max_len left out"
             )

@@ -15,12 +15,12 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from commformer.validate import ConfigError
+
+__all__ = ["ConfigError", "Converter", "convert", "from_mapping", "to_dict"]
+
 Converter = Callable[[Any, str], Any]
 """A custom converter for one dataclass type: (plain data, dotted path) -> instance."""
-
-
-class ConfigError(ValueError):
-    """A configuration value was missing, unknown, of the wrong type or out of range."""
 
 
 def _type_name(tp: Any) -> str:

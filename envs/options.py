@@ -23,6 +23,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from commformer.validate import ConfigError
+
 OPTIONS_PREFIX = "env.options"
 """Path of the options in the experiment config; every error names the field below it."""
 
@@ -80,19 +82,19 @@ def check_field_types(options: Any) -> None:
     hence `object.__setattr__`), so that equality and printing do not depend on how the value was written.
 
     Raises:
-        TypeError: naming `env.options.<field>`, the expected type and the value given.
-        ValueError: a float that is not finite (nan, inf).
+        ConfigError: naming `env.options.<field>`, the expected type and the value given, or a float that is not
+            finite (nan, inf).
     """
     hints = typing.get_type_hints(type(options))
     for field in dataclasses.fields(options):
         expected = hints[field.name]
         value = getattr(options, field.name)
         if not _matches(value, expected):
-            raise TypeError(
+            raise ConfigError(
                 f"{field_path(field.name)} must be {_type_name(expected)}, got {value!r} of type {type(value).__name__}"
             )
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{field_path(field.name)} must be finite, got {value!r}")
+            raise ConfigError(f"{field_path(field.name)} must be finite, got {value!r}")
         if expected is float and isinstance(value, int):
             object.__setattr__(options, field.name, float(value))
         elif _whole(value) and expected is not float and float not in typing.get_args(expected):
@@ -110,9 +112,9 @@ def require_agents(name: str, value: int, least: int = 1) -> None:
 
 
 def require(condition: bool, name: str, expected: str, value: Any) -> None:
-    """Raise `ValueError("env.options.<name> must be <expected>, got <value>")` unless `condition` holds."""
+    """Raise `ConfigError("env.options.<name> must be <expected>, got <value>")` unless `condition` holds."""
     if not condition:
-        raise ValueError(f"{field_path(name)} must be {expected}, got {value!r}")
+        raise ConfigError(f"{field_path(name)} must be {expected}, got {value!r}")
 
 
 def options_from_mapping(options_cls: type[T], values: Mapping[str, Any], *, env_name: str) -> T:
@@ -124,15 +126,16 @@ def options_from_mapping(options_cls: type[T], values: Mapping[str, Any], *, env
         env_name: the registry name of the environment, for the error messages.
 
     Raises:
-        ValueError: an unknown key (the message lists the valid keys) or an out-of-range value.
-        TypeError: a non-string key, or a value of the wrong type.
+        ConfigError: an unknown key (the message lists the valid keys), a non-string key, a value of the wrong type
+            or out of range.
+        TypeError: `options_cls` is not a dataclass (a bug in the env, not input).
     """
     if not dataclasses.is_dataclass(options_cls):
         raise TypeError(f"options class {options_cls!r} of env '{env_name}' is not a dataclass")
     valid = [field.name for field in dataclasses.fields(options_cls)]
     for key in values:
         if not isinstance(key, str):
-            raise TypeError(f"option keys of env '{env_name}' must be strings, got {key!r}")
+            raise ConfigError(f"option keys of env '{env_name}' must be strings, got {key!r}")
         if key not in valid:
-            raise ValueError(f"unknown option {field_path(key)} for env '{env_name}'; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown option {field_path(key)} for env '{env_name}'; valid keys: {', '.join(valid)}")
     return options_cls(**values)

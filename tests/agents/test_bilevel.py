@@ -268,14 +268,14 @@ def test_gumbel_noise_reaches_the_graph_in_graph_steps_only(ray_session, monkeyp
     upper-level steps (every 2nd here) and only there; rollouts and the value forward never do."""
     from commformer.graph import CommGraph
 
-    calls: list[tuple[bool, bool]] = []  # (gumbel, with autograd) of every graph forward
-    real = CommGraph.forward
+    calls: list[tuple[bool, bool]] = []  # (gumbel, with autograd) of every straight-through graph the trunk takes
+    real = CommGraph.senders
 
     def recording(self, gumbel=False, generator=None):
         calls.append((gumbel, torch.is_grad_enabled()))
         return real(self, gumbel=gumbel, generator=generator)
 
-    monkeypatch.setattr(CommGraph, "forward", recording)
+    monkeypatch.setattr(CommGraph, "senders", recording)
     _, _, metrics = _one_iteration(["training.graph_every=2", f"model.graph.gumbel={str(gumbel).lower()}"])
     steps = [flag for flag, grad in calls if grad]  # the learner's training forwards, one per gradient step
     assert len(steps) == metrics["gradient_steps"] == 4 and metrics["graph_steps"] == 2
