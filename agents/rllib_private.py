@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -135,22 +135,10 @@ class SampleLoopHook(SingleAgentEnvRunner):
     """
 
     @override(SingleAgentEnvRunner)
-    def _sample(
-        self,
-        *,
-        num_timesteps: int | None = None,
-        num_episodes: int | None = None,
-        explore: bool,
-        random_actions: bool = False,
-        force_reset: bool = False,
-    ) -> list[SingleAgentEpisode]:
-        return self.sample_loop(
-            num_timesteps=num_timesteps,
-            num_episodes=num_episodes,
-            explore=explore,
-            random_actions=random_actions,
-            force_reset=force_reset,
-        )
+    def _sample(self, **kwargs: Any) -> list[SingleAgentEpisode]:
+        # RLlib's keywords (num_timesteps, num_episodes, explore, random_actions, force_reset) pass through as they
+        # are; tests/agents/test_rllib_private.py checks that `_sample` still takes them.
+        return self.sample_loop(**kwargs)
 
     def sample_loop(
         self,
@@ -171,23 +159,9 @@ class SampleLoopHook(SingleAgentEnvRunner):
             force_reset=force_reset,
         )
 
-    def rllib_sample_loop(
-        self,
-        *,
-        num_timesteps: int | None = None,
-        num_episodes: int | None = None,
-        explore: bool,
-        random_actions: bool = False,
-        force_reset: bool = False,
-    ) -> list[SingleAgentEpisode]:
+    def rllib_sample_loop(self, **kwargs: Any) -> list[SingleAgentEpisode]:
         """RLlib's own timestep loop (connector pipelines, per-episode callbacks, one episode object per env)."""
-        return super()._sample(
-            num_timesteps=num_timesteps,
-            num_episodes=num_episodes,
-            explore=explore,
-            random_actions=random_actions,
-            force_reset=force_reset,
-        )
+        return cast(list[SingleAgentEpisode], super()._sample(**kwargs))
 
 
 # -- the Learner (agents/learner.py) ----------------------------------------------------------------------------
