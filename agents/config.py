@@ -25,7 +25,7 @@ from commformer.validate import ConfigError, require_at_least, require_in_range,
 from envs import custom
 from envs.registry import ENVS, is_custom, make_options
 
-__all__ = ["ConfigError", "ExperimentConfig", "from_mapping", "load_config", "save_config", "to_dict"]
+__all__ = ["ConfigError", "ExperimentConfig", "check_run_name", "from_mapping", "load_config", "save_config", "to_dict"]
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ class RunConfig:
         _positive(self, "run", ("checkpoint_every", "keep_checkpoints", "graph_image_every"))
         require_at_least("run.seed", self.seed, 0)
         if self.name is not None:
-            _check_run_name(self.name)
+            check_run_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ class ExperimentConfig:
 # Strict conversion from plain data (YAML) to the typed tree.
 
 
-def _check_run_name(name: str) -> None:
+def check_run_name(name: str) -> None:
     """A run name is one path component below run.output_dir: `/abs`, `../x` or `a/b` would write elsewhere, and an
     empty name would make the output directory itself the run."""
     separators = [sep for sep in (os.sep, os.altsep, "/") if sep]

@@ -43,7 +43,7 @@ from agents import checkpoints as ckpt
 from agents.config import (
     ConfigError,
     ExperimentConfig,
-    _check_run_name,
+    check_run_name,
     experiment_from_mapping,
     load_config,
     parse_override,
@@ -159,7 +159,7 @@ def plan(config_path: str, seeds: Sequence[int], specs: Sequence[str], name: str
     base = load_config(config_path, fixed)
     sweep_name = name or f"{Path(config_path).stem}-sweep"
     try:
-        _check_run_name(sweep_name)  # one directory name below run.output_dir, as a run's name is
+        check_run_name(sweep_name)  # one directory name below run.output_dir, as a run's name is
     except ConfigError as err:
         raise ConfigError(f"sweep: --name {sweep_name!r}: {err}") from err
     sweep_dir = (Path(base.run.output_dir) / sweep_name).resolve()
