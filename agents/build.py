@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import torch
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
@@ -25,7 +26,7 @@ from agents.config import ConfigError, ExperimentConfig, to_dict
 from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
-from agents.rl_module import CommFormerRLModule, team_dims
+from agents.rl_module import CommFormerRLModule, build_policy, team_dims
 from envs import custom
 from envs.registry import is_custom, is_vectorised, make_team_env, make_team_vector_env
 from envs.team import TeamEnv
@@ -76,7 +77,8 @@ def make_env_from_dict(env_config: dict[str, Any]) -> TeamEnv | gym.vector.Vecto
 @dataclass(frozen=True)
 class TeamSpaces:
     observation_space: gym.spaces.Dict
-    action_space: gym.spaces.MultiDiscrete
+    action_space: gym.spaces.MultiDiscrete | gym.spaces.Box
+    """MultiDiscrete([A] * N), or a float Box (N, A) for continuous actions."""
     n_agents: int
 
 
@@ -100,10 +102,14 @@ def probe_env(config: ExperimentConfig) -> TeamSpaces:
         obs_space, act_space = env.observation_space, env.action_space
     finally:
         env.close()
-    assert isinstance(obs_space, gym.spaces.Dict) and isinstance(act_space, gym.spaces.MultiDiscrete)
-    n_agents = team_dims(obs_space, act_space).n_agents
+    assert isinstance(obs_space, gym.spaces.Dict) and isinstance(act_space, gym.spaces.MultiDiscrete | gym.spaces.Box)
+    dims = team_dims(obs_space, act_space)
+    n_agents = dims.n_agents
     try:
         config.model.graph.senders(n_agents)
+        if dims.continuous:  # the parts that choose among discrete actions refuse a Box (CommFormerPolicy says which)
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                build_policy(config.model, dims)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return TeamSpaces(obs_space, act_space, n_agents)
@@ -143,6 +149,9 @@ def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
             rollout_fragment_length="auto",
             gym_env_vectorize_mode=vectorize_mode,
         )
+        # Continuous actions leave the module unbounded and the team env clips them to each agent's box
+        # (commformer/distributions.py): RLlib's loop must neither rescale them from [-1, 1] nor clip them.
+        .environment(normalize_actions=False, clip_actions=False)
         .fault_tolerance(
             restart_failed_env_runners=faults.restart_env_runners,
             max_num_env_runner_restarts=faults.max_env_runner_restarts,

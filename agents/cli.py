@@ -373,7 +373,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         actor = _actor(policy, use_state, args.early_exit)
         who = f"policy of {checkpoint}" + (" (early exits)" if args.early_exit else "")
     else:
-        actor = random_actor(args.seed)
+        actor = None  # built with the env: a random continuous action needs the env's boxes
         who = "random policy"
     if name not in ENVS or factory is not None:  # an env by import path: the checks training runs before Ray
         try:
@@ -385,6 +385,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         render=args.render is not None,
         policy=policy,
     )
+    if actor is None:
+        actor = random_actor(args.seed, env)
     frames: list[Any] | None = [] if args.render else None
     try:
         _check_output(args.render, "--render")  # before any episode is played

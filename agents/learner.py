@@ -74,6 +74,7 @@ from commformer.early_exit import (
     surrogate_target,
     team_exit_depth,
 )
+from commformer.distributions import categorical_log_prob, gaussian_entropy, gaussian_log_prob
 from commformer.functional import log_softmax
 from commformer.gates import gate_log_prob
 from commformer.policy import PolicyOutput
@@ -108,12 +109,16 @@ def ppo_team_loss(
     clip_param: float,
     prox_logits: Tensor | None = None,
     gates: GateTerms | None = None,
+    dims_mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-agent clipped PPO surrogate; with `prox_logits`, the decoupled form for stale batches.
 
     Args:
         logits: (B, N, A) current masked logits.  old_logits: (B, N, A) the rollout's (behaviour) masked logits.
-        actions: (B, N) int.  advantages: (B,) team advantages (shared by all agents).
+            With `dims_mask` (continuous actions), every "logits" argument is a Gaussian's inputs (B, N, 2A)
+            ``[mean | log_std]`` instead (commformer/distributions.py).
+        actions: (B, N) int; (B, N, A) float, the unclipped samples, for continuous actions.
+        advantages: (B,) team advantages (shared by all agents).
         weight: (B, N) 0/1 - alive agents at valid (non-bootstrap) steps.
         prox_logits: optional (B, N, A) logits of the weights the update started from (the proximal policy).
             Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization"): the ratio is
@@ -124,21 +129,34 @@ def ppo_team_loss(
         gates: optional sampled gate decisions: agent i's log-prob is then that of its joint decision,
             log p(gate_i) + log pi(a_i | gates), so its ratio (and clip) covers both; this is the gates' task
             gradient (the score function). The entropy bonus stays the actions' only.
+        dims_mask: continuous actions: (B, N, A) the entries that are each agent's own (the team env's
+            action_mask); None for discrete actions.
     Returns policy_loss, entropy, approx_kl and clip_fraction (scalars; the last two against the proximal
     policy when given).
     """
-    index = actions.long().unsqueeze(-1)
-    logp_all = log_softmax(logits)  # (B, N, A)
-    logp = logp_all.gather(-1, index).squeeze(-1)  # (B, N)
+    continuous = dims_mask is not None
+
+    def log_prob(inputs: Tensor) -> Tensor:
+        if continuous:
+            return gaussian_log_prob(inputs, actions, dims_mask)
+        return categorical_log_prob(inputs, actions)
+
+    if continuous:
+        logp = log_prob(logits)  # (B, N)
+        entropy = gaussian_entropy(logits, dims_mask)  # (B, N), padded entries excluded
+    else:  # one log-softmax for both (commformer/functional.py says why that counts)
+        logp_all = log_softmax(logits)  # (B, N, A)
+        logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)  # (B, N)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, N); masked actions contribute 0 * finite
     if gates is not None:
         logp = logp + gate_log_prob(gates.logit, gates.decision)
     with torch.no_grad():
-        old_logp = log_softmax(old_logits).gather(-1, index).squeeze(-1)
+        old_logp = log_prob(old_logits)
         if gates is not None:
             old_logp = old_logp + gate_log_prob(gates.old_logit, gates.decision)
         behaviour_weight = torch.ones_like(old_logp)
         if prox_logits is not None:
-            prox_logp = log_softmax(prox_logits).gather(-1, index).squeeze(-1)
+            prox_logp = log_prob(prox_logits)
             if gates is not None:
                 if gates.prox_logit is None:
                     raise ValueError("prox_logits were given without the proximal gate logits (GateTerms.prox_logit)")
@@ -150,7 +168,6 @@ def ppo_team_loss(
     adv = advantages.unsqueeze(-1)  # (B, 1): every agent shares the team advantage
     clipped = torch.min(ratio * adv, ratio.clamp(1.0 - clip_param, 1.0 + clip_param) * adv)
     surrogate = behaviour_weight * clipped
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, N); masked actions contribute 0 * finite
     with torch.no_grad():
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, weight)  # Schulman's k3 estimator
         clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_param).to(ratio.dtype), weight)
@@ -472,10 +489,11 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         """
         n, a = module.n_agents, module.n_actions
         out: PolicyOutput = fwd_out[POLICY_OUTPUT]
-        old_logits = batch[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A), the behaviour policy
+        old_logits = module.dist_inputs(batch[Columns.ACTION_DIST_INPUTS])  # (B, N, W), the behaviour policy
         prox = batch.get(PROX_LOGITS) if self._decoupled else None
-        prox = None if prox is None else prox.view(-1, n, a)
+        prox = None if prox is None else module.dist_inputs(prox)
         actions, advantages = batch[Columns.ACTIONS], batch[Postprocessing.ADVANTAGES]
+        dims_mask = batch[Columns.OBS]["action_mask"] if module.continuous else None
         gates = None
         if GATE_OPEN in batch and out.gate_logit is not None:
             gates = GateTerms(
@@ -486,9 +504,17 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
             )
         recorded = batch.get(EXIT_DEPTH) if module.acts_with_exits else None
         if recorded is None or out.exits is None:
-            logits = fwd_out[Columns.ACTION_DIST_INPUTS].view(-1, n, a)  # (B, N, A)
+            logits = module.dist_inputs(fwd_out[Columns.ACTION_DIST_INPUTS])  # (B, N, W)
             return ppo_team_loss(
-                logits, old_logits, actions, advantages, weight, config.clip_param, prox_logits=prox, gates=gates
+                logits,
+                old_logits,
+                actions,
+                advantages,
+                weight,
+                config.clip_param,
+                prox_logits=prox,
+                gates=gates,
+                **({} if dims_mask is None else {"dims_mask": dims_mask}),  # continuous actions only
             )
         terms = ppo_team_loss(
             out.exits.final_logits,

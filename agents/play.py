@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from commformer.distributions import gaussian_mean
 from commformer.early_exit import ece, exit_macs
 from commformer.policy import CommFormerPolicy
 from envs.registry import make_team_env
@@ -68,6 +69,7 @@ def check_policy_fits(policy: CommFormerPolicy, env: TeamEnv, env_section: dict[
         ("agents", policy.n_agents, env.n_agents),
         ("observation size", policy.obs_dim, env.obs_dim),
         ("actions", policy.n_actions, env.n_actions),
+        ("continuous actions", int(policy.continuous), int(getattr(env, "continuous", False))),
         ("history window", policy.config.env_history, env_history),
     ]
     if policy.state_dim is not None:  # a critic that reads the state needs one of its size; otherwise none is read
@@ -83,7 +85,8 @@ def check_policy_fits(policy: CommFormerPolicy, env: TeamEnv, env_section: dict[
 
 
 def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
-    """Argmax of the masked logits of an exported policy (batch of one team).
+    """Argmax of the masked logits of an exported policy (batch of one team); for continuous actions the
+    Gaussian's mean, which the env clips to each agent's box.
 
     A policy with a sequence encoder reads `obs["history"]`: play it on an env from `make_play_env`. With the
     autoregressive decoder the agents choose one after another (`CommFormerPolicy.act`), and the forward pass
@@ -101,6 +104,8 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
             "gate_open_rate": float((out.gate_open * alive).sum()) / receivers,
             GATE_DECISIONS: out.gate_open.numpy(),
         }
+        if policy.continuous:
+            return gaussian_mean(out.logits).numpy(), stats
         return out.logits.argmax(-1).numpy(), stats
 
     return act
@@ -199,9 +204,20 @@ class EarlyExitActor:
         }
 
 
-def random_actor(seed: int | None) -> Actor:
-    """Uniform over each agent's available actions."""
+def random_actor(seed: int | None, env: TeamEnv | None = None) -> Actor:
+    """Uniform over each agent's available actions; for an env with continuous actions, uniform in each agent's box
+    (a standard normal in an entry without finite bounds)."""
     rng = np.random.default_rng(seed)
+    if env is not None and getattr(env, "continuous", False):
+        low, high = env.action_space.low, env.action_space.high  # (N, A), padded entries [0, 0]
+        bounded = np.isfinite(low) & np.isfinite(high)
+        low0, high0 = np.where(bounded, low, 0.0), np.where(bounded, high, 0.0)
+
+        def act_box(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+            uniform = low0 + rng.random(low.shape) * (high0 - low0)
+            return np.where(bounded, uniform, rng.standard_normal(low.shape)).astype(np.float32), {}
+
+        return act_box
 
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         mask = obs["action_mask"] > 0  # (N, A)

@@ -25,6 +25,13 @@ the acting forwards return `ACTIONS` and their joint log-prob `ACTION_LOGP` besi
 (RLlib's GetActions and our EnvRunner take module-chosen actions as they are), and `_forward_train` recomputes the
 logits teacher-forced on the batch's `ACTIONS`: agent i's logits given the recorded actions of agents 0..i-1, the
 very logits it was sampled from.
+
+Continuous actions (a team env whose action space is a float Box (N, A)): the policy head gives each agent a diagonal
+Gaussian (commformer/distributions.py) and the acting forwards choose the actions themselves, as the decoder does:
+an unbounded sample with its log-prob when exploring, the mean otherwise (the env clips either to the box). The
+distribution inputs leave as (B, 2 N A), all the agents' means first, then all their log-stds: the layout of RLlib's
+`TorchDiagGaussian`, which is the module's action distribution class, so RLlib's own connectors read them right.
+`team_dist_inputs` turns them back into (B, N, 2A) for the learner.
 """
 
 from __future__ import annotations
@@ -33,16 +40,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian, TorchMultiCategorical
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import Tensor
 
 from commformer.config import ModelConfig
-from commformer.functional import log_softmax
+from commformer.distributions import categorical_log_prob, gaussian_log_prob, split_gaussian
 from commformer.policy import CommFormerPolicy, PolicyOutput
 from commformer.typed import from_mapping
 from commformer.value_norm import ValueNorm
@@ -68,27 +76,68 @@ class TeamDims:
     state_dim: int | None
     history: int = 0
     """L of the `history` entry (L, N, D); 0 when the observation has none."""
+    action_kind: str = "discrete"
+    """`discrete` (A actions per agent) or `continuous` (a real vector of A entries per agent, a float Box)."""
+
+    @property
+    def continuous(self) -> bool:
+        return self.action_kind == "continuous"
+
+
+ACTION_KINDS = ("discrete", "continuous")
 
 
 def team_dims(observation_space: gym.Space | None, action_space: gym.Space | None) -> TeamDims:
-    """Reads N, D, A, S and L off the team env's spaces, refusing spaces that are not a team env's."""
+    """Reads N, D, A, S, L and the kind of actions off the team env's spaces, refusing spaces that are not a team
+    env's."""
     if not isinstance(observation_space, gym.spaces.Dict) or "obs" not in observation_space.spaces:
         raise ValueError(
             f"CommFormerRLModule expects the team env's Dict observation space with an 'obs' entry, "
             f"got {observation_space}"
         )
-    if not isinstance(action_space, gym.spaces.MultiDiscrete) or len(set(action_space.nvec.tolist())) != 1:
-        raise ValueError(f"CommFormerRLModule expects MultiDiscrete([A] * N) actions, got {action_space}")
     n_agents, obs_dim = observation_space["obs"].shape or (0, 0)
+    continuous = isinstance(action_space, gym.spaces.Box)
+    if continuous:
+        assert isinstance(action_space, gym.spaces.Box)
+        shape = action_space.shape or ()
+        if len(shape) != 2 or shape[0] != n_agents or not np.issubdtype(action_space.dtype, np.floating):
+            raise ValueError(
+                f"CommFormerRLModule expects continuous team actions as a float Box ({n_agents}, A), got {action_space}"
+            )
+        n_actions = int(shape[1])
+    elif isinstance(action_space, gym.spaces.MultiDiscrete) and len(set(action_space.nvec.tolist())) == 1:
+        n_actions = int(action_space.nvec[0])
+    else:
+        raise ValueError(
+            f"CommFormerRLModule expects MultiDiscrete([A] * N) actions or a float Box (N, A), got {action_space}"
+        )
     state_space = observation_space.spaces.get("state")
     history_space = observation_space.spaces.get("history")
     return TeamDims(
         n_agents=int(n_agents),
         obs_dim=int(obs_dim),
-        n_actions=int(action_space.nvec[0]),
+        n_actions=n_actions,
         state_dim=int(state_space.shape[0]) if state_space is not None and state_space.shape else None,
         history=int(history_space.shape[0]) if history_space is not None and history_space.shape else 0,
+        action_kind="continuous" if continuous else "discrete",
     )
+
+
+def flat_dist_inputs(inputs: Tensor, continuous: bool) -> Tensor:
+    """The policy's distribution inputs (B, N, W) as the module outputs them, (B, N * W): per agent for logits;
+    for a Gaussian all means, then all log-stds (RLlib's TorchDiagGaussian layout)."""
+    if not continuous:
+        return inputs.flatten(-2)
+    mean, log_std = split_gaussian(inputs)
+    return torch.cat([mean.flatten(-2), log_std.flatten(-2)], dim=-1)
+
+
+def team_dist_inputs(flat: Tensor, n_agents: int, n_actions: int, continuous: bool) -> Tensor:
+    """The inverse of `flat_dist_inputs`: (B, N * W) -> (B, N, W)."""
+    if not continuous:
+        return flat.view(-1, n_agents, n_actions)
+    mean, log_std = flat.view(-1, 2, n_agents, n_actions).unbind(1)
+    return torch.cat([mean, log_std], dim=-1)
 
 
 def build_policy(config: ModelConfig, dims: TeamDims) -> CommFormerPolicy:
@@ -109,6 +158,7 @@ def build_policy(config: ModelConfig, dims: TeamDims) -> CommFormerPolicy:
         obs_dim=dims.obs_dim,
         n_actions=dims.n_actions,
         state_dim=dims.state_dim if config.use_state else None,
+        continuous=dims.continuous,
     )
 
 
@@ -123,6 +173,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
     def setup(self) -> None:
         dims = team_dims(self.observation_space, self.action_space)
         self.n_agents, self.n_actions = dims.n_agents, dims.n_actions
+        self.continuous = dims.continuous
         model_config = self.model_config if isinstance(self.model_config, dict) else {}
         self.model_cfg: ModelConfig = from_mapping(ModelConfig, model_config.get("model"), "model")
         self.policy = build_policy(self.model_cfg, dims)
@@ -130,8 +181,11 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         # gradient (`model.graph.gumbel`); the learner sets it before every gradient step. Never changes outputs.
         self.graph_noise = False
         self.value_norm = ValueNorm()
-        lens = [self.n_actions] * self.n_agents
-        self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=lens)  # type: ignore[misc]
+        if self.continuous:
+            self.action_dist_cls = TorchDiagGaussian
+        else:
+            lens = [self.n_actions] * self.n_agents
+            self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=lens)  # type: ignore[misc]
 
     def policy_output(
         self,
@@ -173,6 +227,10 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         """Whether the policy chooses the actions itself, agent after agent (`model.decoder=autoregressive`)."""
         return self.policy.decoder is not None
 
+    def dist_inputs(self, flat: Tensor) -> Tensor:
+        """A batch's `ACTION_DIST_INPUTS` (B, N * W) as the policy's (B, N, W) (`team_dist_inputs`)."""
+        return team_dist_inputs(flat, self.n_agents, self.n_actions, self.continuous)
+
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._act(batch, explore=False)
@@ -202,10 +260,13 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             sample_gates=sample_gates,
             sample_actions=explore,
         )
-        out = {Columns.ACTION_DIST_INPUTS: acted.logits.flatten(-2)}  # (B, N, A) -> (B, N * A)
-        if acted.actions is not None:  # the decoder chose them; the joint log-prob is the sum of the agents'
-            out[Columns.ACTIONS] = acted.actions  # (B, N)
-            logp = log_softmax(acted.logits).gather(-1, acted.actions.unsqueeze(-1)).squeeze(-1)  # (B, N)
+        out = {Columns.ACTION_DIST_INPUTS: flat_dist_inputs(acted.logits, self.continuous)}  # (B, N * W)
+        if acted.actions is not None:  # the decoder or the Gaussian chose them; the joint log-prob sums the agents'
+            out[Columns.ACTIONS] = acted.actions  # (B, N) int, or (B, N, A) float
+            if self.continuous:  # padded entries of smaller boxes do not count (the mask marks each agent's own)
+                logp = gaussian_log_prob(acted.logits, acted.actions, obs["action_mask"])  # (B, N)
+            else:
+                logp = categorical_log_prob(acted.logits, acted.actions)  # (B, N)
             out[Columns.ACTION_LOGP] = logp.sum(-1)
         if exits:
             out[EXIT_DEPTH] = acted.depth  # (B,)
@@ -229,7 +290,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             actions=batch[Columns.ACTIONS] if self.decodes else None,  # teacher forcing on the rollout's actions
         )
         return {
-            Columns.ACTION_DIST_INPUTS: out.logits.flatten(-2),  # (B, N * A), along the recorded exit path
+            Columns.ACTION_DIST_INPUTS: flat_dist_inputs(out.logits, self.continuous),  # (B, N * W), recorded path
             VALUES_NORMALIZED: out.values,  # (B, N), in ValueNorm units
             POLICY_OUTPUT: out,
         }

@@ -41,10 +41,11 @@ from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 
-from agents.rl_module import EXIT_DEPTH, GATE_OPEN
+from agents.rl_module import EXIT_DEPTH, GATE_OPEN, flat_dist_inputs
 
 PROX_LOGITS = "prox_action_dist_inputs"
-"""The column of the proximal policy's logits (`proximal=True`): decoupled PPO's (agents/learner.py)."""
+"""The column of the proximal policy's logits (`proximal=True`): decoupled PPO's (agents/learner.py); a Gaussian's
+inputs for continuous actions, in the layout of `ACTION_DIST_INPUTS`."""
 PROX_GATE_LOGITS = "prox_gate_logits"
 """The gate logits (B, N) at the start of the update, for the recorded gate decisions (whenever this forward runs
 and the EnvRunners sampled gates)."""
@@ -126,7 +127,7 @@ class TeamPPOBatch(ConnectorV2):
                     obs_batch, exit_depth, self._recorded(chunks, GATE_OPEN), actions=actions
                 )
                 if self.proximal:
-                    proximal[PROX_LOGITS] = out.logits.flatten(-2)[keep]
+                    proximal[PROX_LOGITS] = flat_dist_inputs(out.logits, module.continuous)[keep]
                 if GATE_OPEN in chunks[0].extra_model_outputs and out.gate_logit is not None:
                     proximal[PROX_GATE_LOGITS] = out.gate_logit[keep]
                 if exit_depth is not None and out.exits is not None:

@@ -61,6 +61,8 @@ EncoderName = Literal["mlp", "orchid", "attention"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
 DecoderName = Literal["none", "autoregressive"]
 DECODERS: tuple[str, ...] = get_args(DecoderName)
+LogStdName = Literal["parameter", "state"]
+LOG_STDS: tuple[str, ...] = get_args(LogStdName)
 
 MoEGateName = Literal["topk", "dense_to_sparse", "activation"]
 MOE_GATES: tuple[str, ...] = get_args(MoEGateName)
@@ -338,6 +340,12 @@ class ModelConfig:
     reads, along its graph edges, the actions of those before it (commformer/layers/decoder.py)."""
     decoder_blocks: int = 1
     """Blocks of the autoregressive decoder (the official code uses as many as encoder blocks, 1 on SMAC)."""
+    log_std: LogStdName = "parameter"
+    """Continuous (Box) actions only: the Gaussian's log-std is ``parameter``, one learned value per action entry
+    shared by every state and agent (PPO practice), or ``state``, a second output of the policy head, clamped to
+    ``commformer.distributions.LOG_STD_BOUNDS``. Discrete actions ignore it."""
+    log_std_init: float = 0.0
+    """Continuous actions only: the initial log-std (0: std 1; for a box [0, 1] about -1 explores within it)."""
 
     def __post_init__(self) -> None:
         require_int("model.embed_dim", self.embed_dim, 1, MAX_WIDTH)
@@ -357,6 +365,13 @@ class ModelConfig:
         require_choice("model.value_head", self.value_head, HEADS)
         require_choice("model.decoder", self.decoder, DECODERS)
         require_int("model.decoder_blocks", self.decoder_blocks, 1, MAX_DEPTH)
+        require_choice("model.log_std", self.log_std, LOG_STDS)
+        require_float("model.log_std_init", self.log_std_init)
+        if not -5.0 <= self.log_std_init <= 2.0:
+            raise ValueError(
+                f"model.log_std_init={self.log_std_init}; expected a log-std in [-5, 2] (std 0.0067 .. 7.4), the "
+                "range the state-dependent log-std is clamped to"
+            )
         parts: dict[str, type] = {
             "graph": GraphConfig,
             "gates": GateConfig,

@@ -2,7 +2,10 @@
 
 A policy directory holds `policy.safetensors` (the `CommFormerPolicy` state dict) and `policy.json`:
 `{"format": "commformer-policy", "version": 2, "model": <ModelConfig>, "dims": {n_agents, obs_dim, n_actions,
-state_dim[, history]}, "metadata": {...}, "weights_sha256": <hex>}`. Loading it rebuilds the policy without RLlib,
+state_dim[, history][, action_kind]}, "metadata": {...}, "weights_sha256": <hex>}`. `action_kind` is `discrete`
+(n_actions actions per agent) or `continuous` (a Box action of n_actions entries per agent, a Gaussian head); files
+without it are discrete. A reader that does not know the key would build a discrete policy, whose weights' shapes
+differ from a continuous one's (the log-std), so it refuses such a file rather than misreading it. Loading it rebuilds the policy without RLlib,
 Ray or pickle.
 
 Loading checks before it builds: the description (a JSON object, at most `MAX_SPEC_BYTES`), the dims (integers
@@ -67,7 +70,7 @@ class PolicyFileError(ValueError):
 
 
 def save_policy(
-    policy: CommFormerPolicy, directory: str | Path, dims: dict[str, int | None], metadata: dict[str, Any]
+    policy: CommFormerPolicy, directory: str | Path, dims: dict[str, Any], metadata: dict[str, Any]
 ) -> Path:
     """Writes the policy to `directory` (created), each file via a temporary name and an atomic rename; the
     description, written last, records the sha256 of the weights file it describes."""
@@ -156,7 +159,7 @@ def _read_spec(spec_path: Path) -> dict[str, Any]:
     return spec
 
 
-def _check_dims(dims: Any, config: ModelConfig) -> dict[str, int | None]:
+def _check_dims(dims: Any, config: ModelConfig) -> dict[str, Any]:
     """`dims` as integers within `DIM_BOUNDS` (state_dim may be null) and a history window that is the model's.
 
     Raises:
@@ -164,7 +167,7 @@ def _check_dims(dims: Any, config: ModelConfig) -> dict[str, int | None]:
     """
     if not isinstance(dims, dict):
         raise ValueError(f"dims is {_brief(dims)}; expected an object with n_agents, obs_dim, n_actions, state_dim")
-    checked: dict[str, int | None] = {}
+    checked: dict[str, Any] = {}
     for name, bound in DIM_BOUNDS.items():
         if name not in dims:
             if name == "state_dim":
@@ -178,6 +181,10 @@ def _check_dims(dims: Any, config: ModelConfig) -> dict[str, int | None]:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
             raise ValueError(f"dims.{name}={_brief(value)}; expected an integer in [1, {bound}]")
         checked[name] = value
+    kind = dims.get("action_kind", "discrete")
+    if kind not in ("discrete", "continuous"):
+        raise ValueError(f"dims.action_kind={_brief(kind)}; expected 'discrete' or 'continuous'")
+    checked["action_kind"] = kind
     history = dims.get("history", config.env_history)
     if history != config.env_history:
         raise ValueError(
@@ -187,14 +194,15 @@ def _check_dims(dims: Any, config: ModelConfig) -> dict[str, int | None]:
     return checked
 
 
-def _build(config: ModelConfig, dims: dict[str, int | None]) -> CommFormerPolicy:
+def _build(config: ModelConfig, dims: dict[str, Any]) -> CommFormerPolicy:
     """The policy these dims describe (on the default device; under `torch.device("meta")`, shapes only)."""
     n_agents, obs_dim, n_actions = dims["n_agents"], dims["obs_dim"], dims["n_actions"]
     assert n_agents is not None and obs_dim is not None and n_actions is not None  # _check_dims
-    return CommFormerPolicy(config, n_agents, obs_dim, n_actions, dims["state_dim"])
+    continuous = dims.get("action_kind", "discrete") == "continuous"
+    return CommFormerPolicy(config, n_agents, obs_dim, n_actions, dims["state_dim"], continuous=continuous)
 
 
-def _check_shapes(config: ModelConfig, dims: dict[str, int | None], spec_path: Path, weights_path: Path) -> None:
+def _check_shapes(config: ModelConfig, dims: dict[str, Any], spec_path: Path, weights_path: Path) -> None:
     """Compares the name and shape of every tensor the described policy holds with the weights file's header,
     read without loading a tensor; the policy is built on the meta device, which allocates nothing."""
     try:

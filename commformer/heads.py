@@ -1,7 +1,9 @@
-"""The heads on the trunk's features, shared by the agents: ``PolicyHead`` (masked action logits) and ``ValueHead``
-(per-agent values, with the embedded global state beside each agent's features when the policy reads one).
+"""The heads on the trunk's features, shared by the agents: ``PolicyHead`` (masked action logits, or a Gaussian's
+mean and log-std for Box actions) and ``ValueHead`` (per-agent values, with the embedded global state beside each
+agent's features when the policy reads one).
 
     features (B, N, d) --MLP or MoEHead, 0.01-scaled last layer--> logits (B, N, A), masked by action_mask
+                                                                or [mean | log_std] (B, N, 2A) (Box actions)
     features (B, N, d) [, embed(state) (B, d) beside every agent] --MLP or MoEHead--> values (B, N)
 
 Each head is an ``MLP`` (Linear, activation, Linear; ``model.head`` / ``model.value_head`` = ``linear``) or a
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from commformer.config import HeadName, MoEConfig
+from commformer.config import HeadName, LogStdName, MoEConfig
+from commformer.distributions import LOG_STD_BOUNDS
 from commformer.functional import activation, mask_logits
 from commformer.layers.moe import MoEHead, MoEOutput
 
@@ -49,47 +52,85 @@ class MLP(nn.Module):
 
 
 class PolicyHead(nn.Module):
-    """Action logits from each agent's features, near-uniform at initialisation.
+    """Action logits from each agent's features, near-uniform at initialisation; or, for Box actions (``log_std``
+    given), the diagonal Gaussian's inputs ``[mean | log_std]`` (commformer/distributions.py), mean near 0 and
+    log-std near ``log_std_init`` at initialisation.
 
     Args:
-        kind: ``linear`` (an ``MLP`` d -> d -> A) or ``moe`` (a ``MoEHead`` d -> A).
-        embed_dim: d.  n_actions: A.  activation_name: the MLP's nonlinearity.  moe: the MoE head's settings.
+        kind: ``linear`` (an ``MLP`` d -> d -> out) or ``moe`` (a ``MoEHead`` d -> out).
+        embed_dim: d.  n_actions: A (discrete actions, or the entries of a Box action).
+        activation_name: the MLP's nonlinearity.  moe: the MoE head's settings.
+        log_std: None for discrete actions; ``parameter`` (out = A, a learned log-std vector ``log_std`` (A,)
+            shared by all states and agents) or ``state`` (out = 2A: the head's second half, clamped to
+            ``LOG_STD_BOUNDS``).
+        log_std_init: the initial log-std of either kind.
     """
 
-    def __init__(self, kind: HeadName, embed_dim: int, n_actions: int, activation_name: str, moe: MoEConfig) -> None:
+    def __init__(
+        self,
+        kind: HeadName,
+        embed_dim: int,
+        n_actions: int,
+        activation_name: str,
+        moe: MoEConfig,
+        log_std: LogStdName | None = None,
+        log_std_init: float = 0.0,
+    ) -> None:
         super().__init__()
         d = embed_dim
+        self.n_actions = n_actions
+        self.log_std_kind = log_std
+        out = 2 * n_actions if log_std == "state" else n_actions
         self.mlp: MLP | None = None
         self.moe: MoEHead | None = None
         last_weight: Tensor
         last_bias: Tensor
         if kind == "moe":
-            self.moe = MoEHead(d, n_actions, moe)
+            self.moe = MoEHead(d, out, moe)
             last_weight, last_bias = self.moe.w2, self.moe.b2
         else:
             # The logits layer is built (draws its initial weights) before the hidden one: the order of the
             # policy's first versions, so that a seed keeps giving the same initial policy.
-            logits = nn.Linear(d, n_actions)
+            logits = nn.Linear(d, out)
             self.mlp = MLP(nn.Linear(d, d), activation(activation_name), logits)
             last_weight, last_bias = logits.weight, logits.bias
         # Near-uniform initial policy (as the 0.01-gain output layer of PPO practice), for early exploration.
         with torch.no_grad():
             last_weight.mul_(0.01)
             last_bias.zero_()
+            if log_std == "state":
+                last_bias[..., n_actions:] = log_std_init  # the MoE's b2 is (experts, out): every expert's
+        self.log_std: nn.Parameter | None = (
+            nn.Parameter(torch.full((n_actions,), float(log_std_init))) if log_std == "parameter" else None
+        )
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the head parametrises a Gaussian over Box actions."""
+        return self.log_std_kind is not None
 
     def forward(self, h: Tensor, action_mask: Tensor | None = None) -> tuple[Tensor, MoEOutput | None]:
-        """Masked logits (B, N, A) from the features h (B, N, d), with the MoE head's output (None for an MLP).
+        """Distribution inputs from the features h (B, N, d), with the MoE head's output (None for an MLP): masked
+        logits (B, N, A), or for Box actions ``[mean | log_std]`` (B, N, 2A).
 
-        ``action_mask``: optional (B, N, A), nonzero = available; masked actions get the dtype's finfo.min.
+        ``action_mask``: optional (B, N, A), nonzero = available; masked actions get the dtype's finfo.min. A Box
+        action's mask says which entries are the agent's own; it is applied in the log-prob, not here.
         """
         moe = None
         if self.moe is not None:
             moe = self.moe(h)
-            logits = moe.out
+            out = moe.out
         else:
             assert self.mlp is not None
-            logits = self.mlp(h)
-        return mask_logits(logits, action_mask), moe
+            out = self.mlp(h)
+        if self.log_std_kind is None:
+            return mask_logits(out, action_mask), moe
+        a = self.n_actions
+        if self.log_std is not None:
+            mean, log_std = out, self.log_std.expand_as(out)
+        else:
+            mean, log_std = out[..., :a], out[..., a:].clamp(*LOG_STD_BOUNDS)
+        return torch.cat([mean, log_std], dim=-1), moe
 
 
 class ValueHead(nn.Module):

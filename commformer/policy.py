@@ -4,6 +4,7 @@
     h --CommTrunk: gates, graph, communication blocks, LN--> features (B, N, d)       commformer/trunk.py
     features [--ActionDecoder, given the earlier agents' actions--> decoded]          commformer/layers/decoder.py
     features or decoded --PolicyHead--> logits (*B, N, A), masked by action_mask      commformer/heads.py
+                                   or, for Box actions, [mean | log_std] (*B, N, 2A)   commformer/distributions.py
     features (greedy gates) --ValueHead (+ embedded global state)--> values (*B, N)   commformer/heads.py
     the residual stream before each block --EarlyExits--> exit logits and gates       commformer/early_exit.py
 
@@ -11,7 +12,8 @@ B = prod(*B): the parts work on the flattened batch; the policy checks the input
 dims *B and restores them on the way out. ``forward`` is the full-depth pass of the learner (every part, every exit);
 ``act`` is the acting path of the EnvRunners (no value head, and with early exits the blocks a team no longer needs
 are not run). With the autoregressive decoder, ``forward`` is teacher-forced on given actions and ``act`` chooses
-them agent after agent.
+them agent after agent. With Box actions (``continuous=True``) the head gives a diagonal Gaussian per agent and ``act``
+returns the actions too: sampled (unbounded) or the mean; the team env clips them to the box.
 
 The graph logits are the upper level of CommFormer's bi-level optimisation (``graph_parameters``); all
 other parameters are the lower level (``model_parameters``).
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from commformer.config import ModelConfig
+from commformer.distributions import gaussian_mean, gaussian_sample
 from commformer.early_exit import EarlyExits, ExitOutput, select_depth
 from commformer.encoder import AgentEncoder
 from commformer.heads import PolicyHead, ValueHead
@@ -43,7 +46,8 @@ class PolicyOutput:
     """Everything one forward pass produces; ``*B`` are the caller's leading batch dims."""
 
     logits: Tensor
-    """(*B, N, A) action logits; masked actions hold the dtype's finfo.min."""
+    """(*B, N, W) the action distribution's inputs: W = A masked action logits (masked actions hold the dtype's
+    finfo.min), or for Box actions W = 2A, ``[mean | log_std]`` (commformer/distributions.py)."""
     values: Tensor
     """(*B, N) per-agent value estimates."""
     senders: Senders
@@ -81,7 +85,7 @@ class Acted:
     """What ``CommFormerPolicy.act`` returns; ``*B`` are the caller's leading batch dims."""
 
     logits: Tensor
-    """(*B, N, A) masked logits of the head the team acted with."""
+    """(*B, N, W) distribution inputs of the head the team acted with (``PolicyOutput.logits``)."""
     depth: Tensor
     """(*B,) int64, the depth of that head (G = ``num_blocks`` for the final head)."""
     gate_open: Tensor
@@ -90,7 +94,8 @@ class Acted:
     """(*B, N) gate logits, the behaviour policy of the decisions; None without learned gates."""
     actions: Tensor | None = None
     """(*B, N) int64, the actions the autoregressive decoder chose (agent i from ``logits[..., i, :]``, which were
-    computed given the actions of agents 0..i-1); None without the decoder: the caller draws from ``logits``."""
+    computed given the actions of agents 0..i-1); for Box actions (*B, N, A) float, the unbounded Gaussian sample
+    (``sample_actions``) or the mean; None otherwise: the caller draws from ``logits``."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,24 @@ class CommFormerPolicy(nn.Module):
         config: the model config.
         n_agents: N, fixed for the whole run.
         obs_dim: D, per-agent observation size.
-        n_actions: A, per-agent number of discrete actions.
+        n_actions: A, per-agent number of discrete actions, or of entries of a Box action.
         state_dim: S, size of the global state, or None when the environment has none.
+        continuous: Box actions: a diagonal Gaussian head (``model.log_std``, ``model.log_std_init``).
+
+    Raises:
+        ValueError: a size < 1; continuous actions with the autoregressive decoder or early exits (both choose
+            among discrete actions: the decoder embeds the chosen action, the exits distil categorical heads).
     """
 
     def __init__(
-        self, config: ModelConfig, n_agents: int, obs_dim: int, n_actions: int, state_dim: int | None = None
+        self,
+        config: ModelConfig,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int,
+        state_dim: int | None = None,
+        *,
+        continuous: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("n_agents", n_agents), ("obs_dim", obs_dim), ("n_actions", n_actions)):
@@ -172,15 +189,37 @@ class CommFormerPolicy(nn.Module):
                 raise ValueError(f"{name}={value}; expected an integer >= 1")
         if state_dim is not None and state_dim < 1:
             raise ValueError(f"state_dim={state_dim}; expected None or an integer >= 1")
+        if continuous and config.decoder != "none":
+            raise ValueError(
+                "continuous (Box) actions with model.decoder='autoregressive': the decoder embeds each agent's chosen "
+                "discrete action; expected model.decoder='none' for an env with continuous actions"
+            )
+        if continuous and config.early_exit.enabled:
+            raise ValueError(
+                "continuous (Box) actions with model.early_exit.enabled=true: the exits distil categorical heads and "
+                "measure calibration over discrete choices; expected model.early_exit.enabled=false for an env with "
+                "continuous actions"
+            )
         d, act = config.embed_dim, config.activation
         self.config = config
+        self.continuous = continuous
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
+        self.dist_dim = 2 * n_actions if continuous else n_actions
+        """W, the width of each agent's distribution inputs (``PolicyOutput.logits``)."""
         self.state_dim = state_dim if config.use_state else None
         # The parts are built in the order of their first random draws in earlier versions, so that a seed keeps
         # giving the same initial weights.
         self.encoder = AgentEncoder(config, n_agents, obs_dim)
         self.trunk = CommTrunk(config, n_agents)
-        self.policy_head = PolicyHead(config.head, d, n_actions, act, config.moe)
+        self.policy_head = PolicyHead(
+            config.head,
+            d,
+            n_actions,
+            act,
+            config.moe,
+            log_std=config.log_std if continuous else None,
+            log_std_init=config.log_std_init,
+        )
         self.value_head = ValueHead(config.value_head, d, self.state_dim, act, config.moe)
         # Built last, so that every other module draws the same initial weights with exits on or off.
         self.exits = (
@@ -291,7 +330,7 @@ class CommFormerPolicy(nn.Module):
         batch, n, gates = inputs.batch, self.n_agents, connection.gates
         gate_prob = gates.prob if gates is not None else connection.gate_open
         return PolicyOutput(
-            logits=logits.reshape(*batch, n, self.n_actions),
+            logits=logits.reshape(*batch, n, self.dist_dim),
             values=values.reshape(*batch, n),
             senders=connection.adjacency.reshape(*batch),
             gate_open=connection.gate_open.reshape(*batch, n),
@@ -343,7 +382,8 @@ class CommFormerPolicy(nn.Module):
         for a uniform signature and unused (only the critic reads it).
 
         With the autoregressive decoder the policy chooses the actions itself (``Acted.actions``), agent after agent
-        (``ActionDecoder.decode``): drawn from each agent's logits with ``sample_actions``, else their argmax.
+        (``ActionDecoder.decode``): drawn from each agent's logits with ``sample_actions``, else their argmax. With
+        Box actions it chooses them too: an unbounded Gaussian sample with ``sample_actions``, else the mean.
         """
         del state
         inputs = self._inputs(obs, action_mask, alive)
@@ -359,14 +399,16 @@ class CommFormerPolicy(nn.Module):
                 chosen, logits = self._decode(features, adjacency, inputs.action_mask, sample_actions)
             else:
                 logits, _ = self.policy_head(features, inputs.action_mask)
+                if self.continuous:
+                    chosen = gaussian_sample(logits) if sample_actions else gaussian_mean(logits)
             depth = torch.full(h.shape[:1], len(self.trunk.blocks), dtype=torch.long, device=h.device)
         batch, n, gates = inputs.batch, self.n_agents, connection.gates
         return Acted(
-            logits=logits.reshape(*batch, n, self.n_actions),
+            logits=logits.reshape(*batch, n, self.dist_dim),
             depth=depth.reshape(batch),
             gate_open=connection.gate_open.reshape(*batch, n),
             gate_logit=None if gates is None else gates.logit.reshape(*batch, n),
-            actions=None if chosen is None else chosen.reshape(*batch, n),
+            actions=None if chosen is None else chosen.reshape(*batch, n, *chosen.shape[2:]),
         )
 
     def _decode(

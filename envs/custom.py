@@ -17,8 +17,8 @@ to say: an unknown keyword makes the factory raise, and `build_raw_env` reports 
 
 Before Ray starts, `probe` builds the env once and runs PettingZoo's own API checks on a fresh copy for a bounded
 number of cycles (`API_TEST_CYCLES`): `parallel_api_test` on the ParallelEnv (and `api_test` first on an AEC env),
-and refuses spaces the team adapter cannot take (continuous actions: not supported yet). Every error is a
-`CustomEnvError` that starts with the env's name.
+and refuses spaces the team adapter cannot take (anything but Discrete or float Box actions, or a team mixing the
+two). Every error is a `CustomEnvError` that starts with the env's name.
 
 Where the module must be importable (the rule README.md states): every process that builds the env imports it by
 name, the driver before Ray starts and each EnvRunner. A module installed in the environment, or on PYTHONPATH, is
@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from gymnasium import spaces
 
 API_TEST_CYCLES = 25
@@ -264,21 +265,26 @@ def _close(env: Any) -> None:
 
 
 def check_spaces(label: str, env: Any) -> None:
-    """Refuses action spaces the team adapter cannot take, naming the agent: continuous actions (not supported
-    yet) and any other non-Discrete space."""
+    """Refuses action spaces the team adapter cannot take, naming the agent: anything but Discrete actions or
+    continuous actions in a float Box, and a team that mixes the two kinds."""
+    kinds: dict[str, list[str]] = {"continuous": [], "discrete": []}
     for agent in env.possible_agents:
         space = env.action_space(agent)
-        if isinstance(space, spaces.Box):
-            raise CustomEnvError(
-                f"env '{label}': agent {agent!r} has continuous actions ({space}); continuous actions are not "
-                "supported yet, expected Discrete actions (many envs have an option for them, e.g. "
-                "continuous_actions=false)"
-            )
-        if not isinstance(space, spaces.Discrete):
+        if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+            kinds["continuous"].append(agent)
+        elif isinstance(space, spaces.Discrete):
+            kinds["discrete"].append(agent)
+        else:
             raise CustomEnvError(
                 f"env '{label}': agent {agent!r} has action space {space}; expected Discrete actions (one choice per "
-                "agent and step)"
+                "agent and step) or continuous actions in a float Box"
             )
+    if kinds["continuous"] and kinds["discrete"]:
+        raise CustomEnvError(
+            f"env '{label}': agents {kinds['continuous']} have continuous (Box) actions and agents "
+            f"{kinds['discrete']} discrete ones; expected one kind for the whole team (many envs have an option for "
+            "it, e.g. continuous_actions)"
+        )
 
 
 def api_test(label: str, factory: str | None, options: Mapping[str, Any] | None) -> None:

@@ -28,7 +28,13 @@ Decisions written down here (not in the architecture notes):
 - The episode is `terminated` when every agent has terminated, or no agent is left and none was truncated;
   otherwise it is `truncated` as soon as any agent is truncated (a team cannot continue without one of its
   members, and PettingZoo time limits truncate all agents at once).
-- Actions: `action_space` is `MultiDiscrete([A] * N)`. An action that is padded (beyond the agent's own count)
+- Continuous actions (every agent with a float Box action space; a team mixing Box and Discrete agents is refused):
+  `action_space` is a float32 Box (N, A) of the agents' bounds, A the largest flattened action (padded entries have
+  bounds [0, 0] and `action_mask` 0 there: the mask then says which entries are an agent's own). `step` takes any
+  finite (N, A) array and *clips* each agent's row to its box before the raw env sees it (the policy samples an
+  unbounded Gaussian and keeps the log-prob of the unclipped sample: commformer/distributions.py); a dead agent is
+  sent zeros clipped into its box. A non-finite action raises.
+- Discrete actions: `action_space` is `MultiDiscrete([A] * N)`. An action that is padded (beyond the agent's own count)
   or masked out for a live agent raises; a dead agent's action is ignored (its no-op is sent if the raw env
   still lists it). So that random policies (including gymnasium's `check_env`) stay valid on heterogeneous or
   masked teams, `action_space.sample()` draws only from the actions available now (see `TeamActionSpace`).
@@ -109,7 +115,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
 
     Raises:
         ValueError: unknown `team_reward`, a negative or non-integer `history`, a raw env without agents,
-            non-Discrete actions, a render mode the raw env does not declare, or `use_state` on an env without a
+            actions neither Discrete nor a float Box, a team mixing the two, a render mode the raw env does not declare, or `use_state` on an env without a
             state.
     """
 
@@ -138,6 +144,17 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         )
         self.agents: tuple[str, ...] = tuple(names)
         """Agent names in row order (the raw env's `possible_agents`)."""
+        kinds = {spec.continuous for spec in self.specs}
+        if len(kinds) > 1:
+            boxes = [s.name for s in self.specs if s.continuous]
+            others = [s.name for s in self.specs if not s.continuous]
+            raise ValueError(
+                f"raw env {self._env} mixes continuous (Box) actions ({boxes}) with discrete ones ({others}); "
+                "expected every agent's actions of one kind (many envs have an option for it, e.g. "
+                "continuous_actions)"
+            )
+        self.continuous = kinds == {True}
+        """Box actions: the team action is a float (N, A) array, clipped to each agent's box when stepping."""
         self.agent_types: tuple[int, ...] = tuple(type_ids)
         self.n_types = max(type_ids) + 1
         self.heterogeneous = self.n_types > 1
@@ -160,8 +177,21 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             if self.heterogeneous:
                 self._obs_template[spec.index, d - self.n_types + spec.type_id] = 1.0
                 obs_high[spec.index, d - self.n_types :] = 1.0
-        self._noop_mask = np.zeros(a, dtype=np.float32)
-        self._noop_mask[NOOP_ACTION] = 1.0
+        # The mask row of a dead agent: its no-op only (discrete); its own entries, left as they are (continuous:
+        # nothing is chosen among entries, and a dead agent's log-prob counts nowhere).
+        self._dead_mask = self._mask_template.copy()
+        if not self.continuous:
+            self._dead_mask[:] = 0.0
+            self._dead_mask[:, NOOP_ACTION] = 1.0
+        self._action_low = np.zeros((n, a), dtype=np.float32)
+        self._action_high = np.zeros((n, a), dtype=np.float32)
+        for spec in self.specs:
+            if spec.continuous:
+                assert spec.action_low is not None and spec.action_high is not None
+                self._action_low[spec.index, : spec.n_actions] = spec.action_low
+                self._action_high[spec.index, : spec.n_actions] = spec.action_high
+        # What a dead agent sends when the raw env still lists it: 0 clipped into its box.
+        self._dead_action = np.clip(np.zeros((n, a), dtype=np.float32), self._action_low, self._action_high)
 
         # Preallocated buffers, rewritten in place each step and copied on return.
         self._obs = self._obs_template.copy()  # (N, D)
@@ -192,7 +222,11 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         if self._window is not None:
             space_dict["history"] = self._window.space(obs_low, obs_high)
         self.observation_space: spaces.Dict = spaces.Dict(space_dict)
-        self.action_space: TeamActionSpace = TeamActionSpace(n, a, self._mask)
+        self.action_space: TeamActionSpace | spaces.Box = (
+            spaces.Box(self._action_low, self._action_high, dtype=np.float32)
+            if self.continuous
+            else TeamActionSpace(n, a, self._mask)
+        )
 
         raw_metadata = getattr(self._env, "metadata", {}) or {}
         self.metadata = {
@@ -240,10 +274,16 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         """Step every live agent with its entry of `action` (ints (N,)); return the team transition."""
         if self._needs_reset:
             raise RuntimeError("TeamEnv.step() called before reset() or after the episode ended; call reset()")
-        actions = self._check_actions(action)
         index = self._index
         alive = self._alive_flags
-        raw_actions = {name: actions[index[name]] if alive[index[name]] else NOOP_ACTION for name in self._env.agents}
+        if self.continuous:
+            rows = self._box_actions(action)
+            raw_actions = {name: rows[index[name]] for name in self._env.agents}
+        else:
+            actions = self._check_actions(action)
+            raw_actions = {
+                name: actions[index[name]] if alive[index[name]] else NOOP_ACTION for name in self._env.agents
+            }
         raw_obs, raw_rewards, terminations, truncations, raw_infos = self._env.step(raw_actions)
 
         agent_rewards = np.zeros(self.n_agents, dtype=np.float64)
@@ -301,6 +341,26 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
                 self._raise_invalid_action(i, act)
         return values
 
+    def _box_actions(self, action: Any) -> list[np.ndarray]:
+        """Each agent's action for the raw env: its row clipped to its box, in the Box's shape and dtype (a dead
+        agent's: zeros clipped into the box). Raises unless `action` is a finite (N, A) array."""
+        acts = np.asarray(action)
+        shape = (self.n_agents, self.n_actions)
+        if acts.shape != shape or acts.dtype.kind not in "fiu":
+            raise ValueError(
+                f"action must be a real array of shape {shape}, one row per agent in the order {list(self.agents)} "
+                f"(continuous actions); got shape {acts.shape}, dtype {acts.dtype}"
+            )
+        if not np.isfinite(acts).all():
+            bad = sorted({self.specs[i].name for i in np.flatnonzero(~np.isfinite(acts).all(axis=1))})
+            raise ValueError(f"action has non-finite entries for agents {bad}; expected finite continuous actions")
+        clipped = np.clip(acts.astype(np.float32, copy=False), self._action_low, self._action_high)
+        rows = []
+        for spec in self.specs:
+            row = clipped[spec.index] if self._alive_flags[spec.index] else self._dead_action[spec.index]
+            rows.append(row[: spec.n_actions].reshape(spec.action_shape).astype(spec.action_dtype))
+        return rows
+
     def _raise_invalid_action(self, i: int, act: int) -> None:
         spec = self.specs[i]
         if not 0 <= act < spec.n_actions:
@@ -336,7 +396,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             if not is_alive:
                 if self._alive_flags[i]:
                     self._obs[i] = 0.0
-                    self._mask[i] = self._noop_mask
+                    self._mask[i] = self._dead_mask[i]
                     self._alive[i] = 0.0
                     self._alive_flags[i] = False
                     self._dynamic_mask[i] = False

@@ -31,11 +31,22 @@ class AgentSpec:
     obs_shape: tuple[int, ...]
     obs_dim: int
     n_actions: int
+    """Discrete: the number of actions. Box (``continuous``): the number of entries of the flattened action."""
     type_id: int
     box_obs: bool
     """A Box observation is copied with a reshape (fast path); other spaces go through `spaces.flatten`."""
     mask_in_obs: bool
     """The raw observation is {"observation": ..., "action_mask": ...} (PettingZoo's masking convention)."""
+    continuous: bool = False
+    """A Box action space (a real vector); otherwise Discrete."""
+    action_shape: tuple[int, ...] = ()
+    """The Box action's shape (the raw env receives this shape); () for Discrete."""
+    action_low: np.ndarray | None = None
+    """(n_actions,) float32 lower bounds of the flattened Box action (may be -inf); None for Discrete."""
+    action_high: np.ndarray | None = None
+    """(n_actions,) float32 upper bounds (may be +inf); None for Discrete."""
+    action_dtype: Any = None
+    """The Box's dtype, which the raw env receives; None for Discrete."""
 
 
 class TeamActionSpace(spaces.MultiDiscrete):
@@ -90,21 +101,23 @@ def agent_spec(env: RawEnv, name: str, index: int, type_id: int) -> AgentSpec:
     """The fixed facts about agent `name` of `env`.
 
     Raises:
-        ValueError: a non-Discrete action space, or one whose actions do not start at 0.
+        ValueError: an action space that is neither Discrete (starting at 0) nor a float Box with low <= high.
     """
     obs_space = env.observation_space(name)
     mask_in_obs = isinstance(obs_space, spaces.Dict) and set(obs_space.spaces) == MASKED_OBS_KEYS
     if mask_in_obs:
         obs_space = obs_space["observation"]
     act_space = env.action_space(name)
+    box = isinstance(obs_space, spaces.Box)
+    if isinstance(act_space, spaces.Box):
+        return _box_agent_spec(name, index, type_id, obs_space, box, mask_in_obs, act_space)
     if not isinstance(act_space, spaces.Discrete):
         raise ValueError(
-            f"agent {name!r} has action space {act_space}; TeamEnv expects Discrete actions "
-            "(build the raw env with discrete actions)"
+            f"agent {name!r} has action space {act_space}; TeamEnv expects Discrete actions or continuous actions "
+            "in a float Box"
         )
     if int(act_space.start) != 0:
         raise ValueError(f"agent {name!r} has action space {act_space}; expected actions starting at 0")
-    box = isinstance(obs_space, spaces.Box)
     return AgentSpec(
         name=name,
         index=index,
@@ -115,6 +128,43 @@ def agent_spec(env: RawEnv, name: str, index: int, type_id: int) -> AgentSpec:
         type_id=type_id,
         box_obs=box,
         mask_in_obs=mask_in_obs,
+    )
+
+
+def _box_agent_spec(
+    name: str,
+    index: int,
+    type_id: int,
+    obs_space: spaces.Space[Any],
+    box_obs: bool,
+    mask_in_obs: bool,
+    act_space: spaces.Box,
+) -> AgentSpec:
+    """The spec of an agent with continuous actions (a float Box of any shape, flattened in the team layout)."""
+    if not np.issubdtype(act_space.dtype, np.floating):
+        raise ValueError(
+            f"agent {name!r} has action space {act_space} of dtype {act_space.dtype}; expected a float Box for "
+            "continuous actions (an integer Box is not a continuous action)"
+        )
+    low = act_space.low.reshape(-1).astype(np.float32)
+    high = act_space.high.reshape(-1).astype(np.float32)
+    if low.size == 0 or not np.all(low <= high) or np.isnan(low).any() or np.isnan(high).any():
+        raise ValueError(f"agent {name!r} has action space {act_space}; expected at least one entry and low <= high")
+    return AgentSpec(
+        name=name,
+        index=index,
+        observation_space=obs_space,
+        obs_shape=tuple(obs_space.shape) if box_obs else (),
+        obs_dim=spaces.flatdim(obs_space),
+        n_actions=int(low.size),
+        type_id=type_id,
+        box_obs=box_obs,
+        mask_in_obs=mask_in_obs,
+        continuous=True,
+        action_shape=tuple(act_space.shape),
+        action_low=low,
+        action_high=high,
+        action_dtype=act_space.dtype,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -105,13 +106,34 @@ def _refused(overrides: list[str], *expected: str) -> str:
     return message
 
 
-def test_continuous_actions_are_refused_as_not_supported_yet():
+def test_continuous_actions_pass_the_probe_and_give_a_box_per_agent():
+    spaces = probe_env(load_config(None, ["env.name=mpe2.simple_tag_v3", "env.options.continuous_actions=true"]))
+    assert isinstance(spaces.action_space, gym.spaces.Box) and spaces.action_space.shape == (4, 5)  # 3 + 1 agents
+
+
+def test_a_team_mixing_continuous_and_discrete_actions_is_refused(tmp_path, monkeypatch):
+    mixed = tmp_path / "mixed_actions_env.py"
+    mixed.write_text(
+        "from gymnasium import spaces\n"
+        "from mpe2 import simple_spread_v3\n"
+        "def make():\n"
+        "    env = simple_spread_v3.parallel_env(N=2, continuous_actions=True)\n"
+        "    box = env.action_space\n"
+        "    env.action_space = lambda agent: spaces.Discrete(5) if agent == 'agent_0' else box(agent)\n"
+        "    return env\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     _refused(
-        ["env.name=mpe2.simple_tag_v3", "env.options.continuous_actions=true"],
-        "env 'mpe2.simple_tag_v3'",
-        "continuous actions",
-        "not supported yet",
-        "Discrete",
+        ["env.name=mixed", "env.factory=mixed_actions_env:make"],
+        "env 'mixed'",
+        "agents ['agent_1'] have continuous (Box) actions and agents ['agent_0'] discrete ones",
+    )
+
+
+def test_continuous_actions_with_the_autoregressive_decoder_are_refused_before_training():
+    _refused(
+        ["env.name=mpe2.simple_tag_v3", "env.options.continuous_actions=true", "model.decoder=autoregressive"],
+        "continuous (Box) actions with model.decoder='autoregressive'",
     )
 
 

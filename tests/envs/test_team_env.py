@@ -337,13 +337,22 @@ def test_use_state_needs_a_state() -> None:
         TeamEnv(ScriptedEnv(), use_state=True)
 
 
-def test_continuous_actions_are_rejected_naming_the_agent() -> None:
-    class Continuous(ScriptedEnv):
+def test_a_team_mixing_continuous_and_discrete_actions_is_refused_naming_the_agents() -> None:
+    class Mixed(ScriptedEnv):
         def action_space(self, agent: str) -> spaces.Space[Any]:
-            return spaces.Box(-1.0, 1.0, shape=(2,))
+            return spaces.Box(-1.0, 1.0, shape=(2,)) if agent == "a" else spaces.Discrete(2)
 
-    with pytest.raises(ValueError, match="agent 'a' has action space Box"):
-        TeamEnv(Continuous())
+    with pytest.raises(ValueError, match=r"mixes continuous \(Box\) actions \(\['a'\]\) with discrete ones"):
+        TeamEnv(Mixed())
+
+
+def test_an_integer_box_is_not_a_continuous_action() -> None:
+    class IntegerBox(ScriptedEnv):
+        def action_space(self, agent: str) -> spaces.Space[Any]:
+            return spaces.Box(0, 3, shape=(2,), dtype=np.int64)
+
+    with pytest.raises(ValueError, match="agent 'a' has action space Box.*expected a float Box"):
+        TeamEnv(IntegerBox())
 
 
 # ---------------------------------------------------------------------------------------------- history window
