@@ -65,6 +65,7 @@ from agents.rllib_private import (
     steps_through_scaler_or_schedulers,
 )
 from agents.team_batch import PROX_FINAL_LOGITS, PROX_GATE_LOGITS, PROX_LOGITS, TeamPPOBatch
+from commformer.distributions import categorical_log_prob, gaussian_entropy, gaussian_log_prob
 from commformer.early_exit import (
     EarlyExitConfig,
     distill_kl,
@@ -74,7 +75,6 @@ from commformer.early_exit import (
     surrogate_target,
     team_exit_depth,
 )
-from commformer.distributions import categorical_log_prob, gaussian_entropy, gaussian_log_prob
 from commformer.functional import log_softmax
 from commformer.gates import gate_log_prob
 from commformer.policy import PolicyOutput

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from commformer.distributions import gaussian_mean
 from commformer.early_exit import ece, exit_macs
@@ -209,7 +210,9 @@ def random_actor(seed: int | None, env: TeamEnv | None = None) -> Actor:
     (a standard normal in an entry without finite bounds)."""
     rng = np.random.default_rng(seed)
     if env is not None and getattr(env, "continuous", False):
-        low, high = env.action_space.low, env.action_space.high  # (N, A), padded entries [0, 0]
+        box = env.action_space
+        assert isinstance(box, spaces.Box)
+        low, high = box.low, box.high  # (N, A), padded entries [0, 0]
         bounded = np.isfinite(low) & np.isfinite(high)
         low0, high0 = np.where(bounded, low, 0.0), np.where(bounded, high, 0.0)
 

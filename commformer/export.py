@@ -5,8 +5,8 @@ A policy directory holds `policy.safetensors` (the `CommFormerPolicy` state dict
 state_dim[, history][, action_kind]}, "metadata": {...}, "weights_sha256": <hex>}`. `action_kind` is `discrete`
 (n_actions actions per agent) or `continuous` (a Box action of n_actions entries per agent, a Gaussian head); files
 without it are discrete. A reader that does not know the key would build a discrete policy, whose weights' shapes
-differ from a continuous one's (the log-std), so it refuses such a file rather than misreading it. Loading it rebuilds the policy without RLlib,
-Ray or pickle.
+differ from a continuous one's (the log-std), so it refuses such a file rather than misreading it. Loading it
+rebuilds the policy without RLlib, Ray or pickle.
 
 Loading checks before it builds: the description (a JSON object, at most `MAX_SPEC_BYTES`), the dims (integers
 within `DIM_BOUNDS`), the name and shape of every tensor against the weights file's header (read without loading

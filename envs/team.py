@@ -115,7 +115,8 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
 
     Raises:
         ValueError: unknown `team_reward`, a negative or non-integer `history`, a raw env without agents,
-            actions neither Discrete nor a float Box, a team mixing the two, a render mode the raw env does not declare, or `use_state` on an env without a
+            actions neither Discrete nor a float Box, a team mixing the two, a render mode the raw env does not
+            declare, or `use_state` on an env without a
             state.
     """
 
@@ -276,6 +277,7 @@ class TeamEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             raise RuntimeError("TeamEnv.step() called before reset() or after the episode ended; call reset()")
         index = self._index
         alive = self._alive_flags
+        raw_actions: dict[str, Any]
         if self.continuous:
             rows = self._box_actions(action)
             raw_actions = {name: rows[index[name]] for name in self._env.agents}

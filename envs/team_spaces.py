@@ -161,7 +161,7 @@ def _box_agent_spec(
         box_obs=box_obs,
         mask_in_obs=mask_in_obs,
         continuous=True,
-        action_shape=tuple(act_space.shape),
+        action_shape=tuple(act_space.shape or ()),
         action_low=low,
         action_high=high,
         action_dtype=act_space.dtype,

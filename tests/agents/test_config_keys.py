@@ -176,7 +176,9 @@ def _train_batch(module: CommFormerRLModule) -> dict[str, Any]:
     return {
         **recorded,
         Columns.OBS: obs,
-        Columns.ACTIONS: torch.randint(0, a, (rows, n), generator=g),
+        Columns.ACTIONS: (
+            torch.randn(rows, n, a, generator=g) if module.continuous else torch.randint(0, a, (rows, n), generator=g)
+        ),
         Postprocessing.ADVANTAGES: torch.randn(rows, generator=g),
         Postprocessing.VALUE_TARGETS: 5.0 * torch.randn(rows, generator=g),
     }
@@ -514,6 +516,7 @@ class Case:
 
 
 MOE = ("model.head=moe",)
+CONTINUOUS = ("env.name=mpe2.simple_spread_v3", "env.options={N: 2, continuous_actions: true}")
 ORCHID = ("model.encoder=orchid", "model.history=4")
 EXITS = ("model.early_exit.enabled=true", "model.num_blocks=2")
 GATE_PHASE = (*EXITS, "model.early_exit.warmup_steps=0")  # the exits' gates learn from the first step
@@ -543,6 +546,9 @@ CASES: dict[str, Case] = {
     "model.history": Case("6", parameters(), ("model.encoder=attention", "model.history=4")),
     "model.decoder": Case("autoregressive", exploration()),  # the module chooses and returns the actions
     "model.decoder_blocks": Case("2", parameters(), ("model.decoder=autoregressive",)),
+    # continuous actions only: mpe2's simple_spread with continuous_actions, by import path
+    "model.log_std": Case("state", parameters(), CONTINUOUS),
+    "model.log_std_init": Case("-1.0", forward("logits"), CONTINUOUS),
     # model.graph
     "model.graph.sparsity": Case("0.9", forward("adjacency")),
     "model.graph.k": Case("2", forward("adjacency")),

@@ -76,8 +76,10 @@ def test_a_policy_not_known_to_be_yours_builds_no_env_by_import_path_unless_trus
         (["train", CONFIG, "env.name=nopkg.team_v0"], "module 'nopkg.team_v0' cannot be imported"),
         (["train", CONFIG, "env.options.continuous=1"], "unexpected keyword argument 'continuous'"),
         (
-            ["train", CONFIG, "env.name=mpe2.simple_tag_v3", "env.options={continuous_actions: true}"]
-            + ["model.early_exit.enabled=true", "model.num_blocks=2"],
+            [
+                *["train", CONFIG, "env.name=mpe2.simple_tag_v3", "env.options={continuous_actions: true}"],
+                *["model.early_exit.enabled=true", "model.num_blocks=2"],
+            ],
             "continuous (Box) actions with model.early_exit.enabled=true",
         ),
         (["rollout", "pettingzoo.classic.tictactoe_v3"], "is_parallelizable"),

@@ -351,7 +351,7 @@ def test_an_integer_box_is_not_a_continuous_action() -> None:
         def action_space(self, agent: str) -> spaces.Space[Any]:
             return spaces.Box(0, 3, shape=(2,), dtype=np.int64)
 
-    with pytest.raises(ValueError, match="agent 'a' has action space Box.*expected a float Box"):
+    with pytest.raises(ValueError, match=r"agent 'a' has action space Box.*expected a float Box"):
         TeamEnv(IntegerBox())
 
 

@@ -36,7 +36,9 @@ def test_gaussian_log_prob_and_entropy_equal_torch_normal_in_float64():
     # Far outside any [0, 1] box too: the log-prob is the unclipped sample's.
     actions = 3.0 * torch.randn(B, N, A, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     reference = Normal(mean, log_std.exp())
-    torch.testing.assert_close(gaussian_log_prob(inputs, actions), reference.log_prob(actions).sum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        gaussian_log_prob(inputs, actions), reference.log_prob(actions).sum(-1), rtol=0, atol=1e-12
+    )
     torch.testing.assert_close(gaussian_entropy(inputs), reference.entropy().sum(-1), rtol=0, atol=1e-12)
 
 
@@ -143,7 +145,7 @@ def test_parts_that_choose_among_discrete_actions_refuse_a_box(model, message):
 
 
 def test_model_log_std_keys_are_checked():
-    with pytest.raises(ValueError, match="model.log_std"):
+    with pytest.raises(ValueError, match=r"model\.log_std='tanh'"):
         ModelConfig(log_std="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"model.log_std_init=3.0; expected a log-std in \[-5, 2\]"):
         ModelConfig(log_std_init=3.0)

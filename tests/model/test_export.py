@@ -180,3 +180,35 @@ def test_an_absurd_number_of_blocks_is_refused_before_a_module_is_built(
     monkeypatch.setattr(export, "CommFormerPolicy", None)  # building would fail with a TypeError
     with pytest.raises(PolicyFileError, match=r"model\.num_blocks=10000000; expected an integer in \[1, 64\]"):
         load_policy(saved)
+
+
+# ---------------------------------------------------------------------------------------------- continuous actions
+
+
+@pytest.mark.parametrize("log_std", ["parameter", "state"])
+def test_a_continuous_policy_round_trips_with_its_action_kind_and_acts_the_same(tmp_path: Path, log_std: str) -> None:
+    config = ModelConfig(embed_dim=8, log_std=log_std, log_std_init=-0.5)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    policy = CommFormerPolicy(config, n_agents=N, obs_dim=D, n_actions=A, state_dim=S, continuous=True).eval()
+    with torch.no_grad():  # weights that differ from the initial ones, so a rebuilt default could not pass
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    saved = save_policy(policy, tmp_path / "c", {**DIMS, "action_kind": "continuous"}, {})
+    assert json.loads((saved / SPEC).read_text())["dims"]["action_kind"] == "continuous"
+    loaded, _ = load_policy(saved)
+    assert loaded.continuous and loaded.config.log_std == log_std and loaded.dist_dim == 2 * A
+    obs = torch.randn(4, N, D)
+    torch.testing.assert_close(loaded.act(obs).actions, policy.act(obs).actions, rtol=0, atol=0)
+    state = torch.randn(4, S)
+    torch.testing.assert_close(loaded(obs, state=state).logits, policy(obs, state=state).logits, rtol=0, atol=0)
+
+
+def test_a_continuous_policy_described_as_discrete_or_of_an_unknown_kind_is_refused(tmp_path: Path) -> None:
+    policy = CommFormerPolicy(ModelConfig(embed_dim=8), n_agents=N, obs_dim=D, n_actions=A, continuous=True)
+    saved = save_policy(policy, tmp_path / "c", {**DIMS, "state_dim": None, "action_kind": "continuous"}, {})
+    _edit_spec(saved, dims={**DIMS, "state_dim": None})  # a reader that does not know action_kind builds discrete
+    with pytest.raises(PolicyFileError, match=r"unexpected \['policy_head.log_std'\]"):
+        load_policy(saved)
+    _edit_spec(saved, dims={**DIMS, "state_dim": None, "action_kind": "box"})
+    with pytest.raises(PolicyFileError, match=r"dims\.action_kind='box'; expected 'discrete' or 'continuous'"):
+        load_policy(saved)
