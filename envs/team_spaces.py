@@ -154,7 +154,7 @@ def _box_agent_spec(
         name=name,
         index=index,
         observation_space=obs_space,
-        obs_shape=tuple(obs_space.shape) if box_obs else (),
+        obs_shape=tuple(obs_space.shape or ()) if box_obs else (),
         obs_dim=spaces.flatdim(obs_space),
         n_actions=int(low.size),
         type_id=type_id,
