@@ -1,9 +1,8 @@
 """Learning test for continuous actions: mpe2's simple_spread with `continuous_actions=True` (2 agents, 2 landmarks,
-25 steps), by import path. After a short run the greedy policy (the Gaussian's mean, clipped by the env) must beat a
-uniform random policy over the [0, 1] action boxes by a clear margin: the agents learn to move towards the landmarks.
-
-Not yet measured on this machine (written at the end of the session that built continuous actions); the budget
-(30k env steps) is a guess from the discrete spread, which improves within a few iterations.
+25 steps), by import path, with the ready config's training settings (only the sizes shrunk). After 60k env steps
+the greedy policy (the Gaussian's mean, clipped by the env) must beat a uniform random policy over the [0, 1] action
+boxes by 15% of the random return over 40 episodes each: the agents learn to move towards the landmarks. Measured:
+greedy -15.4 (std 4.6) against random -19.8 (std 6.8), a 22% gain; at 30k env steps the gain was 14%.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ SMALL = [
     "model.embed_dim=32",
     "training.train_batch_size=2000",
     "training.minibatch_size=500",
-    "training.lr=0.001",
     "resources.num_env_runners=0",
     "resources.num_envs_per_env_runner=16",
     "training.sample_ahead=false",
-    "stop.env_steps=30000",
+    "stop.env_steps=60000",
     "run.checkpoint_every=1000",
 ]
 
@@ -38,8 +36,8 @@ def test_the_gaussian_policy_beats_a_random_one_on_continuous_spread(tmp_path):
     policy, metadata = load_policy(ckpt.latest_checkpoint(tmp_path / "c") / ckpt.POLICY)
     env = make_play_env(metadata["env"], policy)
     try:
-        learned = np.mean(play(env, greedy_actor(policy, use_state=True), 20, seed=100).returns)
-        chance = np.mean(play(env, random_actor(0, env), 20, seed=100).returns)
+        learned = np.asarray(play(env, greedy_actor(policy, use_state=True), 40, seed=100).returns)
+        chance = np.asarray(play(env, random_actor(0, env), 40, seed=100).returns)
     finally:
         env.close()
-    assert learned > chance + 0.15 * abs(chance), (learned, chance)
+    assert learned.mean() > chance.mean() + 0.15 * abs(chance.mean()), (learned.mean(), chance.mean())
