@@ -29,6 +29,7 @@ dropped; nothing in it was counted.
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
@@ -54,29 +55,55 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
-from agents.rllib_private import config_value_error, sync_env_runner_states_in_training_step
+from agents.rllib_private import sync_env_runner_states_in_training_step
 
 SAMPLE_TAG = "commformer_sample"
 POLICY_LAG = "policy_lag"
 
 
+@dataclass(frozen=True)
+class LearnerSettings:
+    """What CommFormer's Learner (agents/learner.py) reads beyond PPOConfig's own fields, as one typed object.
+
+    agents/build.py fills it from the experiment config, whose validation has already checked every value; RLlib
+    hands a Learner nothing but its AlgorithmConfig, so the object rides there (`CommFormerPPOConfig.learner`).
+    """
+
+    graph_lr: float  # training.graph_lr: the upper level's (graph logits') Adam
+    adam_eps: float  # training.adam_eps: every optimizer's epsilon
+    graph_every: int  # training.graph_every: every graph_every-th gradient step is an upper-level step
+    graph_freeze_env_steps: int  # training.graph_freeze_fraction x stop.env_steps: the graph stops moving here
+    total_env_steps: int  # stop.env_steps: the run's length, for schedules over its progress (the MoE temperature)
+    huber_delta: float  # training.huber_delta: the value loss's Huber threshold (normalised units)
+    value_norm: bool  # training.value_norm: whether ValueNorm's statistics follow the targets
+    threads: int  # resources.learner_threads: torch threads during an update
+
+
 class CommFormerPPOConfig(PPOConfig):
-    """PPOConfig plus `sample_ahead` (module docstring); builds `CommFormerPPO`."""
+    """PPOConfig plus `sample_ahead` (module docstring) and the Learner's `LearnerSettings`; builds
+    `CommFormerPPO`."""
 
     @override(PPOConfig)
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or CommFormerPPO)
         self.sample_ahead = False
+        self.learner: LearnerSettings | None = None  # agents/build.py sets it
+
+    def learner_settings(self) -> LearnerSettings:
+        """The Learner's settings; a clear error for a config that was not made by agents/build.py."""
+        if not isinstance(self.learner, LearnerSettings):
+            raise TypeError(
+                f"CommFormerPPOConfig.learner is {self.learner!r}; expected a LearnerSettings "
+                "(agents/build.build_ppo_config sets it)"
+            )
+        return self.learner
 
     @override(PPOConfig)
     def validate(self) -> None:
+        """RLlib's checks, and the Learner's settings present. `sample_ahead` without remote EnvRunners is refused
+        by the experiment config (agents/config.py), in the user's words, before anything is built."""
         super().validate()
-        if self.sample_ahead and not self.in_evaluation and self.num_env_runners < 1:
-            config_value_error(
-                self,
-                "sample_ahead needs remote EnvRunners (num_env_runners >= 1): sampling in the driver would run "
-                "on the Learner's thread",
-            )
+        self.learner_settings()
         # training_step sends the connector states itself (module docstring, step 4).
         sync_env_runner_states_in_training_step(self, bool(self.sample_ahead))
 
@@ -116,13 +143,13 @@ class CommFormerPPO(PPO):
 
     @override(PPO)
     def training_step(self) -> None:
-        if not getattr(self.config, "sample_ahead", False):
+        config = self.config
+        assert isinstance(config, CommFormerPPOConfig)
+        if not config.sample_ahead:
             super().training_step()
             return
         runners, learners, metrics = self.env_runner_group, self.learner_group, self.metrics
         assert runners is not None and learners is not None and metrics is not None
-        config = self.config
-        assert isinstance(config, CommFormerPPOConfig)
         with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             runners.foreach_env_runner_async(_sample_with_states, tag=SAMPLE_TAG)  # only runners without one
             ready: list[tuple[int, Any]] = runners.fetch_ready_async_reqs(

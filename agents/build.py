@@ -21,7 +21,7 @@ import torch
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
-from agents.algorithm import CommFormerPPOConfig
+from agents.algorithm import CommFormerPPOConfig, LearnerSettings
 from agents.config import ConfigError, ExperimentConfig, to_dict
 from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
@@ -132,11 +132,20 @@ def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
             f"training.train_batch_size={train.train_batch_size} is not divisible by "
             f"resources.num_learners={res.num_learners}; expected a multiple"
         )
-    freeze_steps = int(train.graph_freeze_fraction * config.stop.env_steps)
     faults = config.faults
     vectorize_mode = "vector_entry_point" if is_vectorised(config.env.name, config.env.factory) else "sync"
     ppo = CommFormerPPOConfig()
     ppo.sample_ahead = train.sample_ahead
+    ppo.learner = LearnerSettings(
+        graph_lr=train.graph_lr,
+        adam_eps=train.adam_eps,
+        graph_every=train.graph_every,
+        graph_freeze_env_steps=int(train.graph_freeze_fraction * config.stop.env_steps),
+        total_env_steps=config.stop.env_steps,
+        huber_delta=train.huber_delta,
+        value_norm=train.value_norm,
+        threads=res.learner_threads,
+    )
     return (
         ppo.framework("torch")
         .environment(env=ENV_ID, env_config=env_config_dict(config))
@@ -164,16 +173,6 @@ def build_ppo_config(config: ExperimentConfig) -> CommFormerPPOConfig:
             num_cpus_per_learner=res.num_cpus_per_learner,
             num_gpus_per_learner=res.num_gpus_per_learner,
             learner_class=CommFormerPPOLearner,
-            learner_config_dict={
-                "graph_lr": train.graph_lr,
-                "adam_eps": train.adam_eps,
-                "graph_every": train.graph_every,
-                "graph_freeze_env_steps": freeze_steps,
-                "total_env_steps": config.stop.env_steps,
-                "huber_delta": train.huber_delta,
-                "value_norm": train.value_norm,
-                "threads": res.learner_threads,
-            },
         )
         .training(
             lr=_linear(train.lr, train.lr_end, config.stop.env_steps),

@@ -47,6 +47,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from torch import Tensor
 
+from agents.algorithm import CommFormerPPOConfig
 from agents.rl_module import (
     EXIT_DEPTH,
     GATE_LOGIT,
@@ -225,34 +226,59 @@ def huber_value_loss(values_norm: Tensor, targets_norm: Tensor, weight: Tensor, 
     return masked_mean(err, weight)
 
 
-class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
-    """PPO learner with the bi-level graph schedule. Settings come from `learner_config_dict`:
+def loss_terms(
+    policy: dict[str, Tensor],
+    value_loss: Tensor,
+    out: PolicyOutput,
+    vf_loss_coeff: float,
+    entropy_coeff: float,
+    exit_loss: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The training loss as named terms, each with its coefficient applied, so that their sum is the loss (TorchRL's
+    `loss_*` convention): PPO's clipped surrogate (`ppo_team_loss`), the value loss (`huber_value_loss`), the entropy
+    bonus, the temporal gates' communication cost, the MoE heads' balance and z losses (0 without MoE heads) and,
+    with early exits, the exits' loss (`early_exit_loss`)."""
+    terms = {
+        "loss_policy": policy["policy_loss"],
+        "loss_value": vf_loss_coeff * value_loss,
+        "loss_entropy": -entropy_coeff * policy["entropy"],
+        "loss_comm": out.comm_cost,
+        "loss_moe": out.aux_loss,
+    }
+    if exit_loss is not None:
+        terms["loss_exit"] = exit_loss
+    return terms
 
-    graph_lr, adam_eps, graph_every, graph_freeze_env_steps, total_env_steps, huber_delta, value_norm, threads.
-    With the algorithm's `sample_ahead` (agents/algorithm.py) the batches are one update stale: decoupled PPO
-    around the proximal logits `TeamPPOBatch` computes.
+
+def sum_of_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The loss: the terms added in their order (one fixed order, so the sum is the same to the last bit)."""
+    total, *rest = terms.values()
+    for term in rest:
+        total = total + term
+    return total
+
+
+class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
+    """PPO learner with the bi-level graph schedule. Its settings beyond PPOConfig's are one typed
+    `LearnerSettings` (agents/algorithm.py). With the algorithm's `sample_ahead` the batches are one update stale:
+    decoupled PPO around the proximal logits `TeamPPOBatch` computes.
     """
 
     @override(PPOTorchLearner)
     def build(self) -> None:
+        config = self.config
+        assert isinstance(config, CommFormerPPOConfig)
+        self.settings = config.learner_settings()  # before RLlib's build, which configures the optimizers
         super().build()
-        settings = self.config.learner_config_dict
-        self._graph_every = int(settings["graph_every"])
-        self._graph_freeze_env_steps = int(settings["graph_freeze_env_steps"])
-        self._total_env_steps = max(1, int(settings["total_env_steps"]))
-        self._huber_delta = float(settings["huber_delta"])
-        self._threads = int(settings["threads"])
-        self._use_value_norm = bool(settings["value_norm"])
-        self._decoupled = bool(getattr(self.config, "sample_ahead", False))  # stale batches (ppo_team_loss)
+        self._decoupled = bool(config.sample_ahead)  # stale batches (ppo_team_loss)
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
-        if learner_connector(self) is not None and self.config.add_default_connectors_to_learner_pipeline:
+        if learner_connector(self) is not None and config.add_default_connectors_to_learner_pipeline:
             # RLlib's default pipeline, replaced by one piece that builds the same batch from whole arrays.
-            assert isinstance(self.config, PPOConfig)
             batch = TeamPPOBatch(
-                gamma=self.config.gamma,
-                lambda_=self.config.lambda_,
+                gamma=config.gamma,
+                lambda_=config.lambda_,
                 device=self.device or "cpu",
                 proximal=self._decoupled,
             )
@@ -273,7 +299,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         """RLlib's update (batch preparation and every minibatch step) with `resources.learner_threads` torch
         threads; the process's own setting is restored after, so sampling in the same process keeps one."""
         before = torch.get_num_threads()
-        torch.set_num_threads(self._threads)
+        torch.set_num_threads(self.settings.threads)
         try:
             return super().update(*args, **kwargs)
         finally:
@@ -298,7 +324,6 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
     def configure_optimizers_for_module(self, module_id: ModuleID, config: AlgorithmConfig | None = None) -> None:
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
-        settings = self.config.learner_config_dict
         gate_params = module.policy.gate_parameters()
         gate_ids = {id(p) for p in gate_params}
         model_params = [p for p in module.policy.model_parameters() if id(p) not in gate_ids]
@@ -306,7 +331,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         lr = config.lr if config is not None else self.config.lr
         groups = (
             (MODEL_OPTIMIZER, model_params, lr),
-            (GRAPH_OPTIMIZER, graph_params, float(settings["graph_lr"])),
+            (GRAPH_OPTIMIZER, graph_params, self.settings.graph_lr),
             (GATES_OPTIMIZER, gate_params, module.model_cfg.early_exit.gate_lr),
         )
         for name, params, rate in groups:
@@ -314,19 +339,19 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
                 self.register_optimizer(
                     module_id=module_id,
                     optimizer_name=name,
-                    optimizer=torch.optim.Adam(params, eps=float(settings["adam_eps"]), fused=True),  # one kernel
+                    optimizer=torch.optim.Adam(params, eps=self.settings.adam_eps, fused=True),  # one kernel
                     params=params,
                     lr_or_lr_schedule=rate,
                 )
 
     def is_graph_step(self) -> bool:
         """Whether the next gradient step belongs to the upper level (graph logits only)."""
-        return not self._graph_frozen and (self._grad_steps + 1) % self._graph_every == 0
+        return not self._graph_frozen and (self._grad_steps + 1) % self.settings.graph_every == 0
 
     @override(PPOTorchLearner)
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
-        self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self._graph_freeze_env_steps
+        self._graph_frozen = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) >= self.settings.graph_freeze_env_steps
         self._arm_graph_noise()
 
     @override(PPOTorchLearner)
@@ -334,7 +359,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         """Anneals the MoE temperature *after* the update: the new tau reaches the EnvRunners with the weights,
         so the next rollout and the next update use the same tau (the PPO consistency rule)."""
         super().after_gradient_based_update(timesteps=timesteps)
-        progress = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) / self._total_env_steps
+        progress = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) / max(1, self.settings.total_env_steps)
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             module = self.module[module_id].unwrapped()
             assert isinstance(module, CommFormerRLModule)
@@ -436,40 +461,37 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> Tensor:
-        """PPO (policy, value, entropy) + the communication cost + the MoE heads' auxiliary losses + the exits'."""
+        """The sum of `loss_terms`' named terms; the terms and the batch's statistics are logged in one place."""
         assert isinstance(config, PPOConfig)
         module = self.module[module_id].unwrapped()
         assert isinstance(module, CommFormerRLModule)
         out: PolicyOutput = fwd_out[POLICY_OUTPUT]
         weight = batch[Columns.OBS]["alive"].to(out.values.dtype)  # (B, N); TeamPPOBatch keeps sampled steps only
-        terms = self._policy_terms(module, config, batch, fwd_out, weight)
-        targets = batch[Postprocessing.VALUE_TARGETS]  # (B,) raw return units
-        if self._use_value_norm:
-            module.value_norm.update(targets)
-        targets_norm = module.value_norm.normalize(targets)
-        vf_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self._huber_delta)
-
-        entropy_coeff = float(self.entropy_coeff_schedulers_per_module[module_id].get_current_value())
-        total = terms["policy_loss"] + config.vf_loss_coeff * vf_loss - entropy_coeff * terms["entropy"]
-        total = total + out.comm_cost + out.aux_loss  # aux_loss: the MoE heads' balance and z losses (0 without)
+        policy = self._policy_terms(module, config, batch, fwd_out, weight)
+        targets_norm = self._value_targets(module, batch[Postprocessing.VALUE_TARGETS])
+        value_loss = huber_value_loss(fwd_out[VALUES_NORMALIZED], targets_norm, weight, self.settings.huber_delta)
+        exits = None
         if out.exits is not None:
             exit_cfg = module.model_cfg.early_exit
             if module_id not in self._exit_costs:
                 self._exit_costs[module_id] = exit_macs(module.policy).relative().to(weight.device)
-            exit_total, exit_stats = early_exit_loss(
+            exits = early_exit_loss(
                 out, weight, self._exit_costs[module_id], exit_cfg, exit_cfg.phase(self._grad_steps)
             )
-            total = total + exit_total
-            recorded = batch.get(EXIT_DEPTH)
-            if recorded is not None and module.acts_with_exits:
-                steps = weight.amax(-1)  # (B,) steps that count
-                exit_stats["exit_rollout_depth_mean"] = (recorded.to(steps.dtype) * steps).sum() / steps.sum().clamp(
-                    min=1.0
-                )
-            self.metrics.log_dict(exit_stats, key=module_id, window=1)
+        entropy_coeff = float(self.entropy_coeff_schedulers_per_module[module_id].get_current_value())
+        terms = loss_terms(
+            policy, value_loss, out, config.vf_loss_coeff, entropy_coeff, None if exits is None else exits[0]
+        )
         with torch.no_grad():
-            self._log_loss_stats(module_id, module, out, terms, vf_loss, weight)
-        return cast(Tensor, total)
+            self._log_loss_stats(module_id, module, batch, out, policy, value_loss, terms, exits, weight)
+        return sum_of_terms(terms)
+
+    def _value_targets(self, module: CommFormerRLModule, targets: Tensor) -> Tensor:
+        """The value targets (B,) in ValueNorm's units, after ValueNorm's statistics have taken this batch in
+        (`training.value_norm`; the statistics stay put without it)."""
+        if self.settings.value_norm:
+            module.value_norm.update(targets)
+        return module.value_norm.normalize(targets)
 
     def _policy_terms(
         self,
@@ -537,18 +559,24 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         self,
         module_id: ModuleID,
         module: CommFormerRLModule,
+        batch: dict[str, Any],
         out: PolicyOutput,
+        policy: dict[str, Tensor],
+        value_loss: Tensor,
         terms: dict[str, Tensor],
-        vf_loss: Tensor,
+        exits: tuple[Tensor, dict[str, Tensor]] | None,
         weight: Tensor,
     ) -> None:
+        """Every statistic of one loss computation: the named terms, PPO's diagnostics, the gates', the MoE
+        heads', the exits' and the step counters."""
         receivers = weight.sum().clamp(min=1.0)
         stats = {
-            POLICY_LOSS_KEY: terms["policy_loss"],
-            VF_LOSS_KEY: vf_loss,
-            ENTROPY_KEY: terms["entropy"],
-            "approx_kl": terms["approx_kl"],
-            "clip_fraction": terms["clip_fraction"],
+            **{name: term.detach() for name, term in terms.items()},
+            POLICY_LOSS_KEY: policy["policy_loss"],
+            VF_LOSS_KEY: value_loss,
+            ENTROPY_KEY: policy["entropy"],
+            "approx_kl": policy["approx_kl"],
+            "clip_fraction": policy["clip_fraction"],
             "comm_cost": out.comm_cost,
             "aux_loss": out.aux_loss,
             # The decisions acted on: sampled while exploring, so this is the rollouts' rate.
@@ -560,11 +588,17 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         if out.gate_logit is not None:
             stats["gate_prob_mean"] = (out.gate_prob * weight).sum() / receivers
             stats["gate_greedy_open_rate"] = ((out.gate_logit > 0).to(weight.dtype) * weight).sum() / receivers
-        self.metrics.log_dict(stats, key=module_id, window=1)
+        if exits is not None:
+            stats.update(exits[1])
+            recorded = batch.get(EXIT_DEPTH)
+            if recorded is not None and module.acts_with_exits:
+                steps = weight.amax(-1)  # (B,) steps that count
+                stats["exit_rollout_depth_mean"] = (recorded.to(steps.dtype) * steps).sum() / steps.sum().clamp(min=1.0)
         for name, moe in out.moe.items():
             moe_stats = {"usage_entropy": moe.usage_entropy, "balance_loss": moe.balance_loss, "z_loss": moe.z_loss}
             moe_stats.update({f"usage_{i}": u for i, u in enumerate(moe.usage)})
-            self.metrics.log_dict({f"moe_{name}_{k}": v for k, v in moe_stats.items()}, key=module_id, window=1)
+            stats.update({f"moe_{name}_{k}": v for k, v in moe_stats.items()})
+        self.metrics.log_dict(stats, key=module_id, window=1)
         # compute_gradients runs right after this loss, so the step about to be taken is this one. Data-parallel
         # Learners take the same steps and RLlib sums their metrics: each counts its share.
         share = 1.0 / max(self.config.num_learners, 1)

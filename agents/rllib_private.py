@@ -234,12 +234,6 @@ class MinibatchCountHook(Learner):
 # -- the algorithm's config (agents/algorithm.py) ---------------------------------------------------------------
 
 
-def config_value_error(config: AlgorithmConfig, message: str) -> None:
-    """Refuses a config setting as RLlib's own `validate()` checks do: a ValueError with RLlib's hint on switching
-    validation off, or only a warning when the user switched it off."""
-    config._value_error(message)
-
-
 def sync_env_runner_states_in_training_step(config: AlgorithmConfig, yes: bool) -> None:
     """With `yes`, `Algorithm.step` no longer gathers and broadcasts the EnvRunners' connector states after
     `training_step` (a blocking call): the training step sends them itself, as RLlib's IMPALA does."""
@@ -287,7 +281,6 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "attribute",
         used_by=((AlgorithmConfig, "env_runners"), (AlgorithmConfig, "build_module_to_env_connector")),
     ),
-    PrivateName(AlgorithmConfig, "_value_error", "method", args=1),
     PrivateName(AlgorithmConfig, "_dont_auto_sync_env_runner_states", "attribute", used_by=((Algorithm, "step"),)),
     # Learner
     PrivateName(Learner, "_learner_connector", "attribute", used_by=((Learner, "_make_batch_if_necessary"),)),

@@ -58,9 +58,10 @@ GATE_GIVEN_PREFIX = "gate_open_rate_"
 """EnvRunner metrics `gate_open_rate_if_<fact>` / `gate_open_rate_unless_<fact>` (agents/env_runner.py) go to
 TensorBoard under `comm/`."""
 
-PREFIXED_GROUPS = ("moe", "exit")
-"""Learner metrics named `<group>_<name>` (MoE usage / losses / temperature; early-exit losses and depths) go to
-TensorBoard as `<group>/<name>`."""
+PREFIXED_GROUPS = {"moe": "moe", "exit": "exit", "loss": "loss_terms"}
+"""Learner metrics named `<group>_<name>` (MoE usage / losses / temperature; early-exit losses and depths; the
+loss's named terms, whose sum is the loss, agents/learner.py `loss_terms`) go to TensorBoard as `<tag>/<name>`
+with this tag per group."""
 
 
 def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
@@ -148,11 +149,11 @@ class RunLogger:
             if value is not None:
                 group = "comm" if key in COMM_KEYS else "loss"
                 self.writer.add_scalar(f"{group}/{key}", value, env_steps)
-        for key, raw in learner.items():  # mixture-of-experts and early-exit metrics, in their own groups
+        for key, raw in learner.items():  # MoE, early-exit and loss-term metrics, in their own groups
             group = key.split("_", 1)[0]
             value = _as_float(raw) if group in PREFIXED_GROUPS else None
             if value is not None:
-                self.writer.add_scalar(f"{group}/{key[len(group) + 1 :]}", value, env_steps)
+                self.writer.add_scalar(f"{PREFIXED_GROUPS[group]}/{key[len(group) + 1 :]}", value, env_steps)
         for key, raw in _lookup_dict(result, ("env_runners",)).items():  # the gate open rate given each env fact
             value = _as_float(raw) if key.startswith(GATE_GIVEN_PREFIX) else None
             if value is not None:

@@ -27,8 +27,8 @@ Probes observe the consumer through the real path from the config, cheapest firs
 - ``driver``: the training driver's own code (agents/train.py): `prepare_run`, the start of `train` on a joined
   cluster, and the iteration loop `_Run.loop` around a stand-in algorithm.
 
-Values that travel in `learner_config_dict` are checked once more as a set: every key `build_ppo_config` puts there
-is read by `CommFormerPPOLearner` (`test_the_learner_reads_every_learner_config_key`).
+The learner's own settings are checked once more as a set: every field of the `LearnerSettings` that
+`build_ppo_config` hands over is read by `CommFormerPPOLearner` (`test_the_learner_reads_every_learner_setting`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import os
 import tempfile
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,7 +60,7 @@ from torch import Tensor
 
 import agents.train
 from agents import checkpoints as ckpt
-from agents.algorithm import CommFormerPPOConfig
+from agents.algorithm import CommFormerPPOConfig, LearnerSettings
 from agents.build import build_ppo_config, env_config_dict, make_env_from_dict, probe_env
 from agents.config import ExperimentConfig, load_config, save_config, to_dict
 from agents.faults import FaultLimitError
@@ -690,35 +691,57 @@ def test_the_key_changes_what_its_consumer_does(key: str) -> None:
     assert _differs(before, after), f"{key}={case.value} changed nothing at {probe}: a dead key?\n{before}"
 
 
-class _ReadRecorder(dict[str, Any]):
-    """A learner_config_dict that records which keys are read (class-level: RLlib copies the config deeply)."""
+_SETTINGS_FIELDS = frozenset(field.name for field in dataclasses.fields(LearnerSettings))
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordedSettings(LearnerSettings):
+    """LearnerSettings that record which fields are read (class-level: RLlib copies the config deeply)."""
 
     read: ClassVar[set[str]] = set()
 
-    def __getitem__(self, key: str) -> Any:
-        _ReadRecorder.read.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        _ReadRecorder.read.add(key)
-        return super().get(key, default)
+    def __getattribute__(self, name: str) -> Any:
+        if name in _SETTINGS_FIELDS:
+            _RecordedSettings.read.add(name)
+        return object.__getattribute__(self, name)
 
 
-@pytest.fixture
-def read_recorder() -> Iterator[type[_ReadRecorder]]:
-    _ReadRecorder.read = set()
-    yield _ReadRecorder
-    _ReadRecorder.read = set()
-
-
-def test_the_learner_reads_every_learner_config_key(read_recorder: type[_ReadRecorder]) -> None:
-    """Each value build_ppo_config hands the learner in learner_config_dict is read when the Learner is built
-    (build and configure_optimizers_for_module), and the learner reads no key that is not handed over."""
+def test_the_learner_reads_every_learner_setting() -> None:
+    """Each field of the LearnerSettings build_ppo_config hands the learner is read by it: while it is built
+    (optimizers, batch builder) and over one update (the level schedule, the loss, the MoE schedule, the threads),
+    so no setting can be handed over and then ignored."""
     subject = Subject(BASE)
     ppo = subject.ppo()
-    handed = set(ppo.learner_config_dict)
-    ppo.learner_config_dict = read_recorder(ppo.learner_config_dict)
+    ppo.learner = _RecordedSettings(**dataclasses.asdict(ppo.learner_settings()))
+    _RecordedSettings.read = set()
     learner = ppo.build_learner(spaces={DEFAULT_MODULE_ID: subject.spaces()})
     assert isinstance(learner, CommFormerPPOLearner)
-    read = read_recorder.read
-    assert read == handed, f"handed over but never read: {sorted(handed - read)}; read: {sorted(read - handed)}"
+    learner.before_gradient_based_update(timesteps={})
+    _step(learner, _train_batch(_module(learner)))
+    learner.after_gradient_based_update(timesteps={})
+    with mock.patch.object(PPOTorchLearner, "update", lambda self, *a, **k: None):
+        learner.update()
+    unread = _SETTINGS_FIELDS - _RecordedSettings.read
+    assert not unread, f"LearnerSettings handed to the learner but never read: {sorted(unread)}"
+
+
+@pytest.mark.parametrize("extra", [(), MOE, EXITS], ids=["plain", "moe", "early_exit"])
+def test_the_loss_is_the_sum_of_its_logged_terms(extra: tuple[str, ...]) -> None:
+    """The loss a gradient step minimises is the sum of the named terms the learner logs, and each term is its
+    coefficient times the statistic it weighs: a term added to the loss but not to the terms (or the other way
+    round) fails here."""
+    learner = Subject((*BASE, *extra)).learner()
+    loss = float(_step(learner, _train_batch(_module(learner))))
+    names = {"loss_policy", "loss_value", "loss_entropy", "loss_comm", "loss_moe"} | (
+        {"loss_exit"} if extra == EXITS else set()
+    )
+    terms = {name: _metric(learner, name) for name in names}
+    assert math.isclose(loss, sum(terms.values()), rel_tol=1e-6, abs_tol=1e-7), (loss, terms)
+    entropy_coeff = learner.config.entropy_coeff
+    assert isinstance(entropy_coeff, float)
+    assert terms["loss_policy"] == _metric(learner, "policy_loss")
+    assert math.isclose(terms["loss_value"], learner.config.vf_loss_coeff * _metric(learner, "vf_loss"), rel_tol=1e-6)
+    assert math.isclose(terms["loss_entropy"], -entropy_coeff * _metric(learner, "entropy"), rel_tol=1e-6, abs_tol=1e-9)
+    assert terms["loss_comm"] == _metric(learner, "comm_cost") and terms["loss_comm"] > 0  # the gates are on
+    assert terms["loss_moe"] == _metric(learner, "aux_loss")
+    assert (terms["loss_moe"] > 0) == (extra == MOE)

@@ -29,7 +29,13 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
     from agents.tensorboard import RunLogger
 
     logger = RunLogger(tmp_path)
-    learner = {"policy_loss": 0.5, "moe_policy_usage_entropy": 1.2, "exit_distill_kl": 0.03, "other_key": 9.0}
+    learner = {
+        "policy_loss": 0.5,
+        "moe_policy_usage_entropy": 1.2,
+        "exit_distill_kl": 0.03,
+        "loss_value": 0.25,
+        "other_key": 9.0,
+    }
     runners = {"episode_return_mean": -20.0, "episode_win_rate": 0.75}
     result = {"env_runners": runners, "learners": {"default_policy": learner}, "policy_lag": 1.0}
     logger.log_result(result, env_steps=4000, fps=1000.0)
@@ -40,6 +46,7 @@ def test_learner_metric_groups_and_fault_counters_reach_the_event_file(tmp_path)
     scalars = {tag: events.Scalars(tag)[-1] for tag in events.Tags()["scalars"]}
     assert scalars["moe/policy_usage_entropy"].value == np.float32(1.2)
     assert scalars["exit/distill_kl"].value == np.float32(0.03)
+    assert scalars["loss_terms/value"].value == np.float32(0.25)  # a named term of the loss
     assert scalars["loss/policy_loss"].value == 0.5 and scalars["loss/policy_loss"].step == 4000
     assert scalars["faults/env_errors"].value == 2.0 and scalars["faults/skipped_updates"].value == 0.0
     assert scalars["return/episode_return_mean"].value == -20.0
