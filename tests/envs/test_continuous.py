@@ -15,6 +15,7 @@ from gymnasium.utils.env_checker import check_env
 from mpe2 import simple_spread_v3
 
 from agents.play import random_actor
+from envs.registry import make_team_env
 from envs.team import TeamEnv
 from tests.envs.test_team_env import ScriptedEnv
 
@@ -140,3 +141,35 @@ def test_mpe_spread_moves_the_agents_as_the_clipped_action_does():
         positions.append(obs["obs"][:, 2:4].copy())  # each agent's own position
         env.close()
     np.testing.assert_array_equal(positions[0], positions[1])
+
+
+def test_sisl_multiwalker_by_import_path_matches_the_raw_env_under_clipped_actions():
+    """PettingZoo's multiwalker (Box2D, 3 walkers, 4 joint torques in [-1, 1]), taken by import path as any user's
+    env: the team env's observations and team reward are the raw env's when the raw env is sent the clipped
+    actions, for a random walk with actions far outside the box."""
+    from pettingzoo.sisl import multiwalker_v9
+
+    options = {"n_walkers": 3, "max_cycles": 40}
+    team = make_team_env("pettingzoo.sisl.multiwalker_v9", options)
+    raw = multiwalker_v9.parallel_env(**options)
+    try:
+        assert team.continuous and team.action_space.shape == (3, 4)
+        np.testing.assert_array_equal(team.action_space.low, -1.0)
+        obs, _ = team.reset(seed=5)
+        raw_obs, _ = raw.reset(seed=5)
+        agents = list(raw.possible_agents)
+        rng = np.random.default_rng(0)
+        for step in range(40):
+            for i, agent in enumerate(agents):
+                if agent in raw_obs:
+                    np.testing.assert_allclose(obs["obs"][i], raw_obs[agent], rtol=1e-6, err_msg=f"step {step}")
+            actions = rng.normal(0.0, 3.0, size=(3, 4)).astype(np.float32)
+            obs, reward, terminated, truncated, _ = team.step(actions)
+            clipped = {a: np.clip(actions[i], -1.0, 1.0) for i, a in enumerate(agents) if a in raw.agents}
+            raw_obs, raw_rewards, *_ = raw.step(clipped)
+            assert reward == pytest.approx(sum(raw_rewards.values()) / 3, rel=1e-5)  # team_reward: mean
+            if terminated or truncated:
+                break
+    finally:
+        team.close()
+        raw.close()
