@@ -5,10 +5,11 @@ rate at which they close follow the communication cost?
     python -m benchmarks.gate_sweep sweep --tasks fixed_edge useless --costs 0 0.001 0.01 0.1 --seeds 0 1
     python -m benchmarks.gate_sweep summarize     # table (stdout + results.md) and gates_over_training.png
 
-Each run trains configs/signal.yaml through the normal `commformer train` path (sampling in the driver, so two
-runs can share the 2 cores) with ``model.gates.cost_weight`` set to the cost, then plays the exported policy
-greedily for 20 episodes. Tasks (N = 3 agents, K = 4 symbols, 8 steps an episode; agent i must name the symbol of
-agent i - 1, which only that agent sees; a guess earns 1 of 8 per episode on average 2):
+Each run trains configs/signal.yaml (`run`: the `commformer train` path; `sweep`: per task one `commformer sweep`
+over the costs and seeds, as Tune trials, sampling in the driver so two trials share the 2 cores) with
+``model.gates.cost_weight`` set to the cost, then plays the exported policy greedily for 20 episodes. Tasks
+(N = 3 agents, K = 4 symbols, 8 steps an episode; agent i must name the symbol of agent i - 1, which only that
+agent sees; a guess earns 1 of 8 per episode on average 2):
 
 - ``fixed_edge``: the graph is fixed on the right edge i <- i - 1 (``env.options.offset=1`` makes the initial ring
   right, ``training.graph_freeze_fraction=0`` keeps it): messages are always needed.
@@ -33,7 +34,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,28 +62,68 @@ def _name(task: str, cost: float, seed: int) -> str:
     return f"{task}_cost{cost:g}_seed{seed}"
 
 
+def _overrides(env_steps: int, runs: Path) -> list[str]:
+    """What every run of the benchmark sets on top of configs/signal.yaml (and its task's overrides)."""
+    return [
+        f"stop.env_steps={env_steps}",
+        f"run.output_dir={runs}",
+        "resources.num_env_runners=0",  # sampling in the driver: two runs share the 2 cores
+        "run.checkpoint_every=1000",
+    ]
+
+
 def run(task: str, cost: float, seed: int, env_steps: int, episodes: int, out: Path, runs: Path) -> Path:
-    """Trains one run and writes its row (curves and greedy evaluation) as JSON."""
-    from agents.checkpoints import POLICY
-    from agents.play import greedy_actor, make_play_env, play
+    """Trains one run (the `commformer train` path) and writes its row."""
     from agents.train import prepare_run, train
-    from commformer.export import load_policy
 
     name = _name(task, cost, seed)
     overrides = [
+        *_overrides(env_steps, runs),
         f"run.seed={seed}",
-        f"stop.env_steps={env_steps}",
-        f"run.output_dir={runs}",
         f"run.name={name}",
         f"model.gates.cost_weight={cost}",
-        "resources.num_env_runners=0",
-        "run.checkpoint_every=1000",
-        *TASKS[task],
     ]
-    config, run_dir = prepare_run("configs/signal.yaml", overrides, None)
-    t0 = time.monotonic()
-    checkpoint = train(config, run_dir)
-    policy, metadata = load_policy(Path(checkpoint) / POLICY)
+    config, run_dir = prepare_run("configs/signal.yaml", [*overrides, *TASKS[task]], None)
+    train(config, run_dir)
+    return write_row(task, cost, seed, env_steps, episodes, run_dir, out)
+
+
+def sweep(
+    tasks: list[str], costs: list[float], seeds: list[int], env_steps: int, episodes: int, out: Path, runs: Path
+) -> None:
+    """Every task x cost x seed: per task one `commformer sweep` (agents/sweep.py: Tune trials, two at a time on 2
+    cores, each an ordinary run directory, continued where a trial stopped), then a row per trial without one."""
+    from agents.sweep import plan
+    from agents.sweep import run as run_trials
+
+    for task in tasks:
+        costs_spec = f"model.gates.cost_weight={','.join(f'{c:g}' for c in costs)}"
+        trials = plan(
+            "configs/signal.yaml", seeds, [*_overrides(env_steps, runs), *TASKS[task], costs_spec], f"gate_sweep-{task}"
+        )
+        run_trials(trials)
+        for trial in trials:
+            cost = trial.config.model.gates.cost_weight
+            if not (out / f"{_name(task, cost, trial.seed)}.json").exists():
+                write_row(task, cost, trial.seed, env_steps, episodes, trial.run_dir, out)
+
+
+def write_row(
+    task: str,
+    cost: float,
+    seed: int,
+    env_steps: int,
+    episodes: int,
+    run_dir: Path,
+    out: Path,
+) -> Path:
+    """A trained run's row as JSON: its curves (TensorBoard) and the greedy evaluation of its exported policy."""
+    from agents.checkpoints import POLICY, latest_checkpoint
+    from agents.metrics import METRICS, read_metrics
+    from agents.play import greedy_actor, make_play_env, play
+    from commformer.export import load_policy
+
+    policy, metadata = load_policy(latest_checkpoint(run_dir) / POLICY)
     env = make_play_env(metadata["env"], policy)
     try:
         greedy = play(env, greedy_actor(policy, use_state=False), episodes, seed=1000 + seed).summary()
@@ -98,7 +138,7 @@ def run(task: str, cost: float, seed: int, env_steps: int, episodes: int, out: P
         "cost": cost,
         "seed": seed,
         "env_steps": env_steps,
-        "train_s": round(time.monotonic() - t0, 1),
+        "train_s": round(read_metrics(run_dir / METRICS)[-1].time_s, 1),  # the run's own clock (agents/metrics.py)
         "curves": curves,
         "closed_at": stays(curves["env_steps"], curves["gate_greedy_open_rate"], lambda rate: rate < CLOSED),
         "solved_at": stays(curves["env_steps"], curves["return"], lambda ret: ret >= SOLVED),
@@ -108,7 +148,7 @@ def run(task: str, cost: float, seed: int, env_steps: int, episodes: int, out: P
         "greedy_messages_per_step": greedy["messages_per_step"],
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    path = out / f"{_name(task, cost, seed)}.json"
     path.write_text(json.dumps(row))
     print(json.dumps({k: v for k, v in row.items() if k != "curves"}))
     return path
@@ -213,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--task", choices=list(TASKS), required=True)
     one.add_argument("--cost", type=float, required=True)
     one.add_argument("--seed", type=int, default=0)
-    many = sub.add_parser("sweep", help="every task x cost x seed, in turn (runs that have a row are skipped)")
+    many = sub.add_parser("sweep", help="every task x cost x seed as Tune trials (trials that have a row are skipped)")
     many.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["fixed_edge", "useless"])
     many.add_argument("--costs", nargs="+", type=float, default=[0.0, 0.001, 0.01, 0.1])
     many.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -231,12 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run(args.task, args.cost, args.seed, args.env_steps, args.episodes, args.out, args.runs)
         return 0
-    for task in args.tasks:
-        for cost in args.costs:
-            for seed in args.seeds:
-                if (args.out / f"{_name(task, cost, seed)}.json").exists():
-                    continue
-                run(task, cost, seed, args.env_steps, args.episodes, args.out, args.runs)
+    sweep(args.tasks, args.costs, args.seeds, args.env_steps, args.episodes, args.out, args.runs)
     return 0
 
 
