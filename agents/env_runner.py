@@ -59,6 +59,7 @@ from agents.rllib_private import (
     log_finished_episode,
     log_sampled_steps,
     needs_env_reset,
+    record_env_errors,
     reset_envs,
     step_envs,
 )
@@ -177,6 +178,16 @@ def _segments(valid: np.ndarray) -> list[_Segment]:
     return out
 
 
+MAX_ENV_FAILURES_PER_SAMPLE = 10
+"""Env errors one `sample()` call survives. Each rebuilds the runner's envs and starts the call over (RLlib's rule,
+docs/DESIGN.md "Faults"), so an env that fails more often than once per call would sample forever without a batch:
+the runner stops it with `EnvFailingError` instead."""
+
+
+class EnvFailingError(RuntimeError):
+    """The env raised `MAX_ENV_FAILURES_PER_SAMPLE` times within one `sample()` call."""
+
+
 class TeamEnvRunner(SampleLoopHook):
     """SingleAgentEnvRunner whose timestep sampling records batched arrays and builds episodes once per call."""
 
@@ -185,6 +196,7 @@ class TeamEnvRunner(SampleLoopHook):
         super().__init__(config=config, **kwargs)
         self._open: _Open | None = None
         self._batched = False  # whether the last `sample_loop` call ran the batched loop
+        self._env_errors = record_env_errors()
         # What the runner built lives as long as it does: no full collection walks it again (agents/algorithm.py
         # `CommFormerPPO.setup`); garbage from the construction is collected first rather than frozen.
         gc.collect()
@@ -240,13 +252,16 @@ class TeamEnvRunner(SampleLoopHook):
         self.module.eval()
         episodes: list[SingleAgentEpisode] = []
         rollout = _Rollout.start(self._open)
-        ts = 0
+        ts = failures = 0
         gates = _GateFacts(getattr(self.env.unwrapped, "fact_names", ()))
         while ts < num_timesteps:
             actions, extras = self._act(rollout.obs[-1], explore, ts)
             gates.count(extras.get(GATE_OPEN), rollout.obs[-1]["alive"], rollout.infos[-1])
             results = step_envs(self, actions)
             if results is ENV_STEP_FAILURE:
+                failures += 1
+                if failures >= MAX_ENV_FAILURES_PER_SAMPLE:
+                    raise EnvFailingError(self._env_failing_message(failures, num_timesteps))
                 # As RLlib's loop: keep the episodes that finished, drop the unfinished ones, start afresh.
                 episodes += [ep for ep in self._cut(rollout, keep_open=False) if ep.is_done]
                 self._reset_all()
@@ -272,6 +287,16 @@ class TeamEnvRunner(SampleLoopHook):
         finished = sum(ep.is_done for ep in episodes)
         log_sampled_steps(self, ts, finished)
         return episodes
+
+    def _env_failing_message(self, failures: int, num_timesteps: int) -> str:
+        last = self._env_errors.last
+        error = "see the EnvRunner's log" if last is None else f"{type(last).__name__}: {last}"
+        return (
+            f"the env raised in step() {failures} times within one sample() call of {num_timesteps:,} env steps; each "
+            "time the envs were rebuilt and the call started over, so at this rate no batch ever completes. The last "
+            f"error: {error}. Fix the env (faults.restart_failed_envs=false stops a run at the first env error, with "
+            "its traceback)"
+        )
 
     def _reset_all(self) -> None:
         obs, infos = reset_envs(self)

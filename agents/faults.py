@@ -35,7 +35,13 @@ TeamEnv)."""
 
 
 class FaultLimitError(RuntimeError):
-    """The run kept producing non-finite values for `faults.max_bad_iterations` iterations in a row."""
+    """The run kept producing non-finite values, or sampled nothing, for `faults.max_bad_iterations` iterations in a
+    row."""
+
+
+RAY_WORKER_LOGS = "/tmp/ray/session_latest/logs/worker-*.err"
+"""Where the local Ray keeps what its workers (the EnvRunners) wrote to stderr; runs do not forward it
+(`log_to_driver=False`, agents/train.py)."""
 
 
 class NonFiniteCounter(RLlibCallback):
@@ -94,6 +100,8 @@ class FaultTracker:
     """The counters as RLlib last reported them. They are lifetime counts, but some start again from 0: RLlib's
     runner-restart count after a resume, a restarted EnvRunner's own counts."""
     bad_streak: int = 0
+    idle_streak: int = 0
+    """Iterations in a row in which no EnvRunner returned a sample."""
     healthy_runners: int | None = None
 
     def state(self) -> dict[str, dict[str, float]]:
@@ -104,11 +112,13 @@ class FaultTracker:
         for part in ("totals", "last_raw"):
             getattr(self, part).update({k: float(v) for k, v in state.get(part, {}).items() if k in self.totals})
 
-    def update(self, result: Mapping[str, Any]) -> dict[str, float]:
-        """Takes one iteration's result; returns this iteration's increments per counter.
+    def update(self, result: Mapping[str, Any], sampled: bool = True) -> dict[str, float]:
+        """Takes one iteration's result (`sampled`: whether it brought new env steps); returns this iteration's
+        increments per counter.
 
         Raises:
-            FaultLimitError: the `max_bad_iterations`-th bad iteration in a row.
+            FaultLimitError: the `max_bad_iterations`-th bad iteration in a row, or the `max_bad_iterations`-th
+                iteration in a row without a sample.
         """
         deltas = {}
         for name, path in COUNTERS:
@@ -120,6 +130,17 @@ class FaultTracker:
         healthy = result.get("fault_tolerance", {}).get("num_healthy_workers")
         self.healthy_runners = int(healthy) if isinstance(healthy, int | float) else None
         self.bad_streak = self.bad_streak + 1 if any(deltas[name] > 0 for name in BAD) else 0
+        self.idle_streak = 0 if sampled else self.idle_streak + 1
+        if self.idle_streak >= self.max_bad_iterations:
+            raise FaultLimitError(
+                f"{self.idle_streak} iterations in a row sampled no env steps: every EnvRunner failed or was being "
+                f"restarted (so far {self.totals['env_runner_restarts']:.0f} runner restarts, "
+                f"{self.totals['env_errors']:.0f} env errors). An EnvRunner stops when its env raises in step() in "
+                "most of its sample() calls, and a restarted one meets the same env; their errors are in Ray's worker "
+                "logs "
+                f"(the local Ray: {RAY_WORKER_LOGS}). The last checkpoint is intact and `--resume` continues from it "
+                "(faults.max_bad_iterations sets the limit)"
+            )
         if self.bad_streak >= self.max_bad_iterations:
             raise FaultLimitError(
                 f"{self.bad_streak} iterations in a row saw non-finite values (this iteration: "

@@ -15,6 +15,7 @@ fence changes nothing that is computed (docs/DESIGN.md, "RLlib's private API").
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -79,6 +80,35 @@ def step_envs(runner: SingleAgentEnvRunner, actions: Any) -> Any:
     error with `restart_failed_sub_environments`, the env is recreated and `ENV_STEP_FAILURE` returned (else it
     raises). Returns gymnasium's (obs, rewards, terminated, truncated, infos) otherwise."""
     return runner._try_env_step(actions)
+
+
+ENV_ERROR_LOGGER = "ray.rllib"
+"""The logger RLlib's EnvRunner reports an env's exception to (with its traceback) right before it rebuilds the envs
+and returns `ENV_STEP_FAILURE`; the last exception logged there when that value arrives is the env's."""
+
+
+class EnvErrorRecorder(logging.Handler):
+    """Keeps the last env exception RLlib's EnvRunner logged: RLlib catches it in `_try_env_step`, logs it and returns
+    `ENV_STEP_FAILURE`, so the logging record is the only place the exception itself is still reachable."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.last = record.exc_info[1]
+
+
+def record_env_errors() -> EnvErrorRecorder:
+    """A recorder attached to RLlib's EnvRunner logger (one per process: a second call returns the first)."""
+    logger = logging.getLogger(ENV_ERROR_LOGGER)
+    for handler in logger.handlers:
+        if isinstance(handler, EnvErrorRecorder):
+            return handler
+    recorder = EnvErrorRecorder()
+    logger.addHandler(recorder)
+    return recorder
 
 
 def log_sampled_steps(runner: SingleAgentEnvRunner, num_steps: int, num_episodes: int) -> None:

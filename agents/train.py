@@ -300,7 +300,8 @@ class _Run:
                 t0 = time.monotonic()
                 result = self.algo.train()
                 iteration, before = self.algo.iteration, env_steps
-                env_steps = int(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+                sampled = _get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)  # NaN: no runner sampled
+                env_steps = before if math.isnan(sampled) else int(sampled)
                 fps = (env_steps - before) / max(time.monotonic() - t0, 1e-9)
                 logger.log_result(result, env_steps, fps)
                 if iteration % run.graph_image_every == 0 or iteration == 1:
@@ -319,7 +320,7 @@ class _Run:
                 if self.report is not None:
                     self.report(dataclasses.asdict(row))
                 try:
-                    faults.update(result)
+                    faults.update(result, sampled=env_steps > before)
                 finally:  # the iteration that breaks the limit is still shown and logged
                     logger.log_faults(faults.totals, env_steps)
                     progress.print(iteration, env_steps, ret, fps, logger.summary(result) + faults.summary())

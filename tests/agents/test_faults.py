@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from agents import checkpoints as ckpt
 from agents.config import ConfigError, load_config
+from agents.env_runner import EnvFailingError
 from agents.faults import FaultLimitError, FaultTracker, check_resources, wait_for_resources
 from envs.registry import ENVS, EnvEntry
 from envs.signal import SignalEnv, SignalOptions
@@ -76,6 +78,39 @@ def test_tracker_stops_after_max_bad_iterations_in_a_row() -> None:
     tracker.update(_result(nonfinite=9, skipped=2))
     with pytest.raises(FaultLimitError, match=r"3 iterations in a row saw non-finite values .* 4 env steps"):
         tracker.update(_result(nonfinite=13, skipped=2))
+
+
+def test_tracker_stops_after_max_bad_iterations_without_a_sample() -> None:
+    tracker = FaultTracker(max_bad_iterations=2)
+    tracker.update(_result(), sampled=False)
+    tracker.update(_result(), sampled=True)  # a sample resets the streak
+    tracker.update(_result(), sampled=False)
+    with pytest.raises(FaultLimitError, match=r"2 iterations in a row sampled no env steps: .*/worker-\*\.err"):
+        tracker.update(_result(), sampled=False)
+
+
+def test_a_loop_whose_runners_never_sample_stops_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every EnvRunner dead or restarting: RLlib's result then has no sampled-steps count at all (it crashed the loop
+    with "cannot convert float NaN to integer"); the loop shows the idle iterations and stops after the limit."""
+    from agents.rl_module import TeamDims
+    from agents.tensorboard import RunLogger
+    from agents.train import _Run
+
+    class NoRunners:
+        iteration = 0
+
+        def train(self) -> dict[str, Any]:
+            self.iteration += 1
+            return {"env_runners": {}, "fault_tolerance": {"num_healthy_workers": 0}}
+
+    config = load_config("configs/signal.yaml", [*TINY, "faults.max_bad_iterations=3", "run.checkpoint_every=1000"])
+    out = io.StringIO()
+    session = _Run(config, tmp_path / "r", TeamDims(3, 18, 5, None), NoRunners(), out)
+    monkeypatch.setattr(RunLogger, "log_graph", lambda *a, **k: None)  # no learner to draw the graph of
+    monkeypatch.setattr(session, "snapshot", lambda: types.SimpleNamespace(trunk=types.SimpleNamespace(graph=None)))
+    with pytest.raises(FaultLimitError, match="3 iterations in a row sampled no env steps"):
+        session.loop(0)
+    assert out.getvalue().count("steps          0/") == 3, out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,6 +273,15 @@ def test_env_that_raises_drops_episodes_and_training_goes_on(ray_session, tmp_pa
     meta = ckpt.read_meta(ckpt.latest_checkpoint(run_dir))
     assert meta["env_steps"] >= 1024
     assert out.rstrip().splitlines()[-2].endswith("| faults: 2 env errors")  # the last progress line
+
+
+def test_an_env_that_fails_in_every_sample_stops_the_run_naming_its_error(ray_session, tmp_path, faulty_env) -> None:
+    """An env that raises every 30 steps never lets one sample() call of the batch complete (each failure starts the
+    call over): without a limit the run sampled forever in silence. It stops with the env's own error."""
+    _FaultySignal.steps = 0
+    name = faulty_env(raise_at=tuple(range(30, 100_000, 30)))
+    with pytest.raises(EnvFailingError, match=r"raised in step\(\) 10 times .* RuntimeError: injected env failure"):
+        _train(tmp_path, [f"env.name={name}", "stop.env_steps=1024", "run.name=f"])
 
 
 def test_nan_observations_are_counted_and_a_run_that_keeps_them_stops(ray_session, tmp_path, faulty_env) -> None:
