@@ -1,7 +1,7 @@
 """What communication buys: CommFormer's learned sparse graph against dense, a fixed random graph and none.
 
     python -m benchmarks.communication run --task predator_prey --arm learned --seed 0
-    python -m benchmarks.communication sweep --task predator_prey --seeds 0 1 2     # every arm x seed, in turn
+    python -m benchmarks.communication sweep --task predator_prey --seeds 0 1 2     # every arm x seed (Tune trials)
     python -m benchmarks.communication summarize [--task predator_prey]            # tables + PNG of the curves
 
 Every arm trains the task's ready config (`TASKS`) through the normal training path with one change each, so
@@ -35,8 +35,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from typing import Any
 from benchmarks.learning import _at, start_run, train_to_csv
 
 OUT = Path("docs/benchmarks/communication")
+RUNS = Path("runs/communication")
 ARMS: dict[str, tuple[str, ...]] = {
     "learned": (),
     "learned_dec": ("model.decoder=autoregressive",),  # CommFormer-dec: the same, with the autoregressive decoder
@@ -157,6 +158,70 @@ def run(task: str, arm: str, seed: int, env_steps: int | None, eval_episodes: in
 
     out.mkdir(parents=True, exist_ok=True)
     return train_to_csv(algo, out / f"{stem}.csv", steps, stem, extra=columns, at_end=greedy)
+
+
+TB_COLUMNS = {
+    "gate_open_rate": "comm/gate_open_rate",
+    "gate_greedy_open_rate": "comm/gate_greedy_open_rate",
+    "messages_per_step": "comm/messages_per_step",
+}
+"""The learner's communication figures `run` writes per iteration, as a sweep trial's TensorBoard holds them."""
+
+
+def sweep(
+    task: str, arms: list[str], seeds: list[int], env_steps: int | None, eval_episodes: int, out: Path, runs: Path
+) -> None:
+    """Every arm x seed of a task: per arm one `commformer sweep` over the seeds (agents/sweep.py: Tune trials, each
+    an ordinary run directory under `runs`, continued where it stopped), then each trial without a greedy result
+    written as `run` writes it: the CSV from the trial's metrics.csv and TensorBoard, the greedy evaluation from its
+    exported policy."""
+    from agents.sweep import plan
+    from agents.sweep import run as run_trials
+
+    config_path, default_steps, task_overrides = _task(task)
+    steps = env_steps or default_steps
+    for arm in arms:
+        specs = [*task_overrides, *arm_overrides(arm), f"stop.env_steps={steps}", f"run.output_dir={runs}"]
+        trials = plan(config_path, seeds, specs, f"communication-{task}-{arm}")
+        run_trials(trials)
+        for trial in trials:
+            stem = f"{task}_{arm}_seed{trial.seed}"
+            if not (out / f"{stem}_greedy.json").exists():
+                write_trial(trial.config, trial.run_dir, stem, eval_episodes, trial.seed, out)
+
+
+def write_trial(config: Any, run_dir: Path, stem: str, eval_episodes: int, seed: int, out: Path) -> Path:
+    """A trained run directory as `run`'s files: <stem>.csv per iteration and <stem>_greedy.json."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.checkpoints import POLICY, latest_checkpoint
+    from agents.metrics import METRICS, read_metrics
+    from agents.play import greedy_actor, make_play_env, play
+    from commformer.export import load_policy
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    comm = {key: {e.step: e.value for e in events.Scalars(tag)} for key, tag in TB_COLUMNS.items() if tag in tags}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["env_steps", "return_per_agent", "wall_s", "success", "episode_len", *comm])
+        for row in read_metrics(run_dir / METRICS):
+            success = math.nan if row.win_rate is None else row.win_rate
+            cells = [row.return_mean, row.time_s, success, row.episode_len_mean]
+            cells += [values.get(row.env_steps, math.nan) for values in comm.values()]
+            writer.writerow([row.env_steps, *(f"{v:.4f}" for v in cells)])
+    policy, metadata = load_policy(latest_checkpoint(run_dir) / POLICY)
+    env = make_play_env(metadata["env"], policy)
+    try:
+        summary = play(env, greedy_actor(policy, config.env.use_state), eval_episodes, seed=10_000 + seed).summary()
+    finally:
+        env.close()
+    (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
+    print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
+    return path
 
 
 def _read(path: Path) -> dict[str, list[float]]:
@@ -280,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     one = sub.add_parser("run", help="train and evaluate one arm on one task")
     one.add_argument("--arm", type=_arm, required=True, help=f"one of {', '.join(ARMS)}, or {COST_ARM}<c>")
     one.add_argument("--seed", type=int, default=0)
-    many = sub.add_parser("sweep", help="every arm x seed of a task, in turn (runs with a greedy result are skipped)")
+    many = sub.add_parser(
+        "sweep", help="every arm x seed of a task as Tune trials (runs with a greedy result are skipped)"
+    )
     many.add_argument("--arms", nargs="+", type=_arm, default=list(ARMS))
     many.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     for p in (one, many):
@@ -288,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--env-steps", type=int, default=None, help="default: the task's")
         p.add_argument("--eval-episodes", type=int, default=200)
         p.add_argument("--out", type=Path, default=OUT)
+    many.add_argument("--runs", type=Path, default=RUNS, help="where the trials' run directories go")
     table = sub.add_parser("summarize", help="print and write the tables and the figures")
     table.add_argument("--task", nargs="*", default=None)
     table.add_argument("--out", type=Path, default=OUT)
@@ -299,16 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run(args.task, args.arm, args.seed, args.env_steps, args.eval_episodes, args.out)
         return 0
-    for seed in args.seeds:
-        for arm in args.arms:
-            if (args.out / f"{args.task}_{arm}_seed{seed}_greedy.json").exists():
-                continue
-            # One process per run: each starts its own local Ray and leaves nothing behind for the next.
-            command = [sys.executable, "-m", "benchmarks.communication", "run", "--task", args.task, "--arm", arm]
-            command += ["--seed", str(seed), "--eval-episodes", str(args.eval_episodes), "--out", str(args.out)]
-            if args.env_steps:
-                command += ["--env-steps", str(args.env_steps)]
-            subprocess.run(command, check=True)
+    sweep(args.task, args.arms, args.seeds, args.env_steps, args.eval_episodes, args.out, args.runs)
     return 0
 
 

@@ -61,3 +61,30 @@ def test_the_summary_reads_the_runs_and_compares_messages_with_dense(tmp_path: P
     assert "| 0.90 | -0.40 | 9.0 | 1.50 | 25% |" in learned
     assert any(line.startswith("| cost0.1 |") for line in text.splitlines())
     assert (tmp_path / "t_success.png").stat().st_size > 0 and (tmp_path / "t_front.png").stat().st_size > 0
+
+
+def test_the_sweep_plans_one_tune_trial_per_seed_of_each_arm_and_writes_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`communication sweep` hands agents/sweep.py every seed of an arm as one trial, with the task's and the arm's
+    settings, then writes the files of each trial that has no greedy result (Tune's training is recorded, not run)."""
+    import agents.sweep
+
+    ran: list[list[agents.sweep.Trial]] = []
+    written: list[str] = []
+    monkeypatch.setattr(agents.sweep, "run", lambda trials: ran.append(list(trials)))
+    monkeypatch.setattr(comm, "write_trial", lambda config, run_dir, stem, *a: written.append(stem))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "capture_3x3_no_comm_seed1_greedy.json").write_text("{}")  # an earlier sweep's
+    comm.sweep("capture_3x3", ["learned", "no_comm"], [0, 1], 2000, 5, out, tmp_path / "runs")
+    assert [len(trials) for trials in ran] == [2, 2]
+    for arm, trials in zip(["learned", "no_comm"], ran, strict=True):
+        assert {t.seed for t in trials} == {0, 1}
+        for trial in trials:
+            config = trial.config
+            assert config.env.options.dim == 3 and config.env.options.n_capture == 1  # the task's overrides
+            assert config.model.communicate == (arm == "learned")  # the arm's
+            assert config.stop.env_steps == 2000
+            assert trial.run_dir.parent == (tmp_path / "runs" / f"communication-capture_3x3-{arm}").resolve()
+    assert sorted(written) == ["capture_3x3_learned_seed0", "capture_3x3_learned_seed1", "capture_3x3_no_comm_seed0"]
