@@ -253,6 +253,7 @@ class TeamEnvRunner(SampleLoopHook):
         episodes: list[SingleAgentEpisode] = []
         rollout = _Rollout.start(self._open)
         ts = failures = 0
+        self._env_errors.last = None  # an error logged before this call is not this call's
         gates = _GateFacts(getattr(self.env.unwrapped, "fact_names", ()))
         while ts < num_timesteps:
             actions, extras = self._act(rollout.obs[-1], explore, ts)
@@ -289,8 +290,7 @@ class TeamEnvRunner(SampleLoopHook):
         return episodes
 
     def _env_failing_message(self, failures: int, num_timesteps: int) -> str:
-        last = self._env_errors.last
-        error = "see the EnvRunner's log" if last is None else f"{type(last).__name__}: {last}"
+        error = self._env_errors.last or "see the EnvRunner's log"
         return (
             f"the env raised in step() {failures} times within one sample() call of {num_timesteps:,} env steps; each "
             "time the envs were rebuilt and the call started over, so at this rate no batch ever completes. The last "

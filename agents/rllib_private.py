@@ -88,16 +88,18 @@ and returns `ENV_STEP_FAILURE`; the last exception logged there when that value 
 
 
 class EnvErrorRecorder(logging.Handler):
-    """Keeps the last env exception RLlib's EnvRunner logged: RLlib catches it in `_try_env_step`, logs it and returns
-    `ENV_STEP_FAILURE`, so the logging record is the only place the exception itself is still reachable."""
+    """Keeps the last env exception RLlib's EnvRunner logged, as "Type: message": RLlib catches it in
+    `_try_env_step`, logs it and returns `ENV_STEP_FAILURE`, so the logging record is the only place it is still
+    reachable. Only the text is kept (the exception's traceback would hold the failed step's frames alive)."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
-        self.last: BaseException | None = None
+        self.last: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.last = record.exc_info[1]
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            self.last = f"{type(error).__name__}: {error}"
 
 
 def record_env_errors() -> EnvErrorRecorder:
