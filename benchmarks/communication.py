@@ -270,12 +270,40 @@ def summarize(tasks: list[str], out: Path) -> str:
                 f"{_fmt(_mean([g['episode_len_mean'] for g in done]), 1)} "
                 f"| {_fmt(msgs)} | {share} |"
             )
-        lines.append("")
+        lines += ["", *_gate_table(runs), ""]
         _plot(task, runs, out / f"{task}_success.png")
         _plot_front(task, runs, out / f"{task}_front.png")
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
     return text
+
+
+def _gate_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:
+    """When the greedy gates open, per arm with gates: their mean open rate, and for each fact the game reports
+    (predator_prey: ``saw_prey``) the open rate on the agent steps where it holds and where it does not, pooled
+    over the seeds' evaluation steps. A gate is the receiver's: open means the agent listens."""
+    facts = sorted({f for group in runs.values() for _, g in group if g for f in g.get("gate_open_rate_given", {})})
+    if not facts:
+        return []
+    header = "| arm | greedy gates open | " + " | ".join(f"open if {f} | open if not {f}" for f in facts) + " |"
+    lines = [header, "|---|---|" + "---|---|" * len(facts)]
+    for arm, group in runs.items():
+        done = [g for _, g in group if g and "gate_open_rate_given" in g]
+        if not done:
+            continue
+        cells = []
+        for fact in facts:
+            for held in ("true", "false"):
+                pairs = [
+                    (g["gate_open_rate_given"][fact][held], g["gate_open_rate_given"][fact][f"agent_steps_{held}"])
+                    for g in done
+                    if fact in g["gate_open_rate_given"]
+                ]
+                steps = sum(n for _, n in pairs)
+                rate = sum(r * n for r, n in pairs if r is not None) / steps if steps else None
+                cells.append(f"{_fmt(rate)} ({steps:,})")
+        lines.append(f"| {arm} | {_fmt(_mean([g.get('gate_open_rate') for g in done]))} | {' | '.join(cells)} |")
+    return lines
 
 
 def _int(values: list[float]) -> list[int]:

@@ -44,11 +44,15 @@ def test_unknown_arms_and_tasks_are_refused() -> None:
         comm._task("chess")
 
 
-def _write_run(out: Path, stem: str, success: list[float], messages: float, win: float) -> None:
+def _write_run(
+    out: Path, stem: str, success: list[float], messages: float, win: float, given: dict | None = None
+) -> None:
     rows = ["env_steps,return_per_agent,wall_s,success,episode_len,messages_per_step"]
     rows += [f"{(i + 1) * 100_000},-0.5,{i},{s},10,{messages}" for i, s in enumerate(success)]
     (out / f"{stem}.csv").write_text("\n".join(rows) + "\n")
     greedy = {"win_rate": win, "return_mean": -0.4, "episode_len_mean": 9.0, "messages_per_step": messages}
+    if given is not None:
+        greedy |= {"gate_open_rate": 0.5, "gate_open_rate_given": given}
     (out / f"{stem}_greedy.json").write_text(json.dumps(greedy))
 
 
@@ -61,6 +65,21 @@ def test_the_summary_reads_the_runs_and_compares_messages_with_dense(tmp_path: P
     assert "| 0.90 | -0.40 | 9.0 | 1.50 | 25% |" in learned
     assert any(line.startswith("| cost0.1 |") for line in text.splitlines())
     assert (tmp_path / "t_success.png").stat().st_size > 0 and (tmp_path / "t_front.png").stat().st_size > 0
+
+
+def test_the_summary_pools_the_conditional_gate_rates_over_seeds_by_agent_steps(tmp_path: Path) -> None:
+    def given(if_true: float, n_true: int, if_false: float, n_false: int) -> dict:
+        rates = {"true": if_true, "false": if_false, "agent_steps_true": n_true, "agent_steps_false": n_false}
+        return {"saw_prey": rates}
+
+    _write_run(tmp_path, "t_learned_seed0", [0.9], messages=1.0, win=0.9, given=given(0.2, 100, 1.0, 300))
+    _write_run(tmp_path, "t_learned_seed1", [0.9], messages=1.0, win=0.9, given=given(0.6, 300, 0.5, 100))
+    _write_run(tmp_path, "t_no_comm_seed0", [0.1], messages=0.0, win=0.1)
+    lines = comm.summarize(["t"], tmp_path).splitlines()
+    assert "| arm | greedy gates open | open if saw_prey | open if not saw_prey |" in lines
+    # by hand: (0.2 * 100 + 0.6 * 300) / 400 = 0.5; (1.0 * 300 + 0.5 * 100) / 400 = 0.875
+    assert "| learned | 0.50 | 0.50 (400) | 0.88 (400) |" in lines
+    assert not any(line.startswith("| no_comm | 0.") and "(" in line for line in lines)  # no gates, no row
 
 
 def test_the_sweep_plans_one_tune_trial_per_seed_of_each_arm_and_writes_each_once(
