@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.learning import _at, _read, plot_curves, start_run, train_to_csv
+from benchmarks.learning import _at, _read, plot_curves, start_run, stock_ppo_algo, train_to_csv
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
@@ -77,36 +77,7 @@ def _commformer_algo(task: Task, seed: int, env_steps: int) -> tuple[Algorithm, 
 
 
 def _ppo_mlp_algo(task: Task, seed: int, env_steps: int) -> tuple[Algorithm, float]:
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
-    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
-    from ray.tune.registry import register_env
-
-    from agents.config import load_config
-
-    ours = load_config(task.config, [f"run.seed={seed}", f"stop.env_steps={env_steps}"])
-    train, res = ours.training, ours.resources
-    name = f"stock_{Path(task.config).stem}"
-    register_env(name, lambda _config: ParallelPettingZooEnv(task.raw_env()))
-    config = (
-        PPOConfig()
-        .environment(name)
-        .env_runners(num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner)
-        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], vf_share_layers=False))
-        .training(
-            train_batch_size_per_learner=train.train_batch_size,
-            minibatch_size=train.minibatch_size * task.n_agents,  # rows of the module's batch are agent steps
-            num_epochs=train.num_epochs,
-            lr=train.lr,
-            entropy_coeff=train.entropy_coeff,
-            gamma=train.gamma,
-            lambda_=train.gae_lambda,
-            vf_clip_param=float("inf"),
-        )
-        .debugging(seed=seed, log_level="ERROR")
-    )
-    return config.build_algo(), 1.0 / task.n_agents
+    return stock_ppo_algo(task.config, (), task.raw_env, task.n_agents, seed, env_steps)
 
 
 def run(task_name: str, algo_name: str, seed: int, env_steps: int) -> Path:

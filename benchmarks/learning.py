@@ -41,7 +41,7 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,42 +65,64 @@ def _commformer_algo(seed: int, env_steps: int, extra: tuple[str, ...] = ()) -> 
     return build_ppo_config(config).build_algo(), 1.0
 
 
-def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
+def _simple_spread() -> Any:
     from mpe2 import simple_spread_v3
+
+    return simple_spread_v3.parallel_env(N=N_AGENTS, local_ratio=0.5, max_cycles=25, continuous_actions=False)
+
+
+def _ppo_mlp_algo(seed: int, env_steps: int) -> tuple[Algorithm, float]:
+    # Sampling in the driver, as the CommFormer arm.
+    overrides = ["resources.num_env_runners=0"]
+    return stock_ppo_algo("configs/mpe_spread.yaml", overrides, _simple_spread, N_AGENTS, seed, env_steps)
+
+
+def stock_ppo_algo(
+    config_path: str,
+    overrides: Sequence[str],
+    raw_env: Callable[[], Any],
+    n_agents: int,
+    seed: int,
+    env_steps: int,
+) -> tuple[Algorithm, float]:
+    """RLlib's stock PPO with its default MLP module on the raw PettingZoo env ``raw_env`` builds (through RLlib's
+    ParallelPettingZooEnv, one policy shared by every agent), with the PPO batch, epochs, learning rate, entropy,
+    discount, GAE lambda and EnvRunners of the ready config at ``config_path`` (with ``overrides``); and the factor
+    (1 / N) that turns its episode return, a sum over agents, into a per-agent return."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
     from ray.tune.registry import register_env
 
-    def make(_config: dict) -> ParallelPettingZooEnv:
-        return ParallelPettingZooEnv(
-            simple_spread_v3.parallel_env(N=N_AGENTS, local_ratio=0.5, max_cycles=25, continuous_actions=False)
-        )
+    from agents.config import load_config
 
-    register_env("stock_simple_spread", make)
+    ours = load_config(config_path, [*overrides, f"run.seed={seed}", f"stop.env_steps={env_steps}"])
+    train, res = ours.training, ours.resources
+    name = f"stock_{Path(config_path).stem}"
+    register_env(name, lambda _config: ParallelPettingZooEnv(raw_env()))
     config = (
         PPOConfig()
-        .environment("stock_simple_spread")
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=16)  # as configs/mpe_spread.yaml
+        .environment(name)
+        .env_runners(num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner)
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
         # A separate 64x64 value network: with the default shared trunk the unclipped value loss (returns ~-25,
         # squared errors in the hundreds at first) swamps the policy gradient in the shared layers.
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], vf_share_layers=False))
         .training(
-            train_batch_size_per_learner=4000,
-            minibatch_size=1000 * N_AGENTS,
-            num_epochs=5,
-            lr=5e-4,
-            entropy_coeff=0.01,
-            gamma=0.99,
-            lambda_=0.95,
+            train_batch_size_per_learner=train.train_batch_size,
+            minibatch_size=train.minibatch_size * n_agents,  # rows of the module's batch are agent steps
+            num_epochs=train.num_epochs,
+            lr=train.lr,
+            entropy_coeff=train.entropy_coeff,
+            gamma=train.gamma,
+            lambda_=train.gae_lambda,
             # RLlib clips the squared value error at vf_clip_param (10): with returns around -25 the value loss
             # would be clipped away and the critic never learn (docs/DESIGN.md, "RLlib facts").
             vf_clip_param=float("inf"),
         )
         .debugging(seed=seed, log_level="ERROR")
     )
-    return config.build_algo(), 1.0 / N_AGENTS
+    return config.build_algo(), 1.0 / n_agents
 
 
 def start_run() -> None:
