@@ -133,7 +133,8 @@ def ppo_team_loss(
         dims_mask: continuous actions: (B, N, A) the entries that are each agent's own (the team env's
             action_mask); None for discrete actions.
     Returns policy_loss, entropy, approx_kl and clip_fraction (scalars; the last two against the proximal
-    policy when given).
+    policy when given), and with gates ``gate_clipped_fraction``: the share of agent steps whose policy gradient
+    the clip removes only because of the gate's share of the ratio.
     """
     continuous = dims_mask is not None
 
@@ -149,6 +150,7 @@ def ppo_team_loss(
         logp_all = log_softmax(logits)  # (B, N, A)
         logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)  # (B, N)
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, N); masked actions contribute 0 * finite
+    action_logp = logp
     if gates is not None:
         logp = logp + gate_log_prob(gates.logit, gates.decision)
     with torch.no_grad():
@@ -172,12 +174,28 @@ def ppo_team_loss(
     with torch.no_grad():
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, weight)  # Schulman's k3 estimator
         clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_param).to(ratio.dtype), weight)
-    return {
+    terms = {
         "policy_loss": -masked_mean(surrogate, weight),
         "entropy": masked_mean(entropy, weight),
         "approx_kl": approx_kl,
         "clip_fraction": clip_fraction,
     }
+    if gates is not None:
+        with torch.no_grad():
+            # The gates' share of the ratio: the agent steps whose gradient the clip removes only because the gate's
+            # probability moved (with the actions' ratio alone they would still be inside the clip range).
+            old_gate = gate_log_prob(gates.old_logit if prox_logits is None else gates.prox_logit, gates.decision)
+            action_ratio = (action_logp - (old_logp - old_gate)).exp()
+            terms["gate_clipped_fraction"] = masked_mean(
+                (_clipped_away(ratio, adv, clip_param) & ~_clipped_away(action_ratio, adv, clip_param)).to(ratio.dtype),
+                weight,
+            )
+    return terms
+
+
+def _clipped_away(ratio: Tensor, adv: Tensor, clip_param: float) -> Tensor:
+    """Where PPO's min(r A, clip(r) A) takes the clipped, constant term: the step gives no policy gradient."""
+    return ((adv > 0) & (ratio > 1.0 + clip_param)) | ((adv < 0) & (ratio < 1.0 - clip_param))
 
 
 def early_exit_loss(
@@ -577,6 +595,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
             ENTROPY_KEY: policy["entropy"],
             "approx_kl": policy["approx_kl"],
             "clip_fraction": policy["clip_fraction"],
+            **({"gate_clipped_fraction": policy["gate_clipped_fraction"]} if "gate_clipped_fraction" in policy else {}),
             "comm_cost": out.comm_cost,
             "aux_loss": out.aux_loss,
             # The decisions acted on: sampled while exploring, so this is the rollouts' rate.

@@ -32,6 +32,7 @@ LEARNER_KEYS = (
     "entropy",
     "approx_kl",
     "clip_fraction",
+    "gate_clipped_fraction",
     "comm_cost",
     "aux_loss",
     "gate_open_rate",
@@ -45,6 +46,7 @@ LEARNER_KEYS = (
 
 COMM_KEYS = (
     "comm_cost",
+    "gate_clipped_fraction",
     "gate_open_rate",
     "gate_greedy_open_rate",
     "gate_prob_mean",

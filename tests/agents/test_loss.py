@@ -91,7 +91,7 @@ def reference_joint(logits, old_logits, gate_logit, old_gate_logit, decision, ac
 
     def joint(action_logits, gate, t, i):
         a = int(actions[t, i])
-        p_gate = 1 / (1 + math.exp(-float(gate[t, i])))
+        p_gate = 1 / (1 + math.exp(-float(gate[t, i].detach())))
         p_gate = p_gate if decision[t, i] > 0 else 1 - p_gate
         return float(torch.softmax(action_logits[t, i], -1)[a]) * p_gate
 
@@ -136,12 +136,43 @@ def test_sampled_gates_join_each_agents_ratio(decoupled):
     expected = reference_joint(
         logits, old, gate, old_gate, decision, actions, adv, weight, 0.1, (prox, prox_gate) if decoupled else None
     )
-    assert float(terms["policy_loss"]) == pytest.approx(expected, rel=1e-10)
+    assert float(terms["policy_loss"].detach()) == pytest.approx(expected, rel=1e-10)
     # The gates' logits get the policy gradient (the score function) and the gate terms change the loss.
     (grad,) = torch.autograd.grad(terms["policy_loss"], gate)
     assert grad.abs().sum() > 0
     without = ppo_team_loss(logits, old, actions, adv, weight, 0.1, prox_logits=prox if decoupled else None)
     assert float(without["policy_loss"]) != pytest.approx(expected, rel=1e-3)
+
+
+def test_gate_clipped_fraction_counts_steps_clipped_only_because_of_the_gate():
+    # One agent, five steps, two actions. The actions' ratio is 1.05 (inside clip 0.2) on steps 0-3 and 1.3 on
+    # step 4; the gate's ratio p(open) / p_old(open) is 1.5, 1.5, 0.5, 1.0, 1.5, so the joint ratio is 1.575,
+    # 1.575, 0.525, 1.05, 1.95. Advantages +1, -1, -1, +1, +1: PPO drops the gradient where r > 1.2 with A > 0 or
+    # r < 0.8 with A < 0: steps 0, 2 and 4; step 1 is outside the range on the side PPO keeps, step 3 inside, and
+    # step 4 would be dropped for its actions alone. By hand: steps 0 and 2, 2 of 5.
+    action_ratio = torch.tensor([1.05, 1.05, 1.05, 1.05, 1.3], dtype=torch.float64)
+    old = torch.zeros(5, 1, 2, dtype=torch.float64)  # p_old(action 0) = 0.5
+    logits = old.clone()
+    logits[:, 0, 0] = torch.log(action_ratio / (2.0 - action_ratio))  # softmax([x, 0])[0] = 0.5 * ratio
+    actions = torch.zeros(5, 1, dtype=torch.long)
+    p_old = torch.full((5, 1), 0.4, dtype=torch.float64)
+    p_new = p_old * torch.tensor([[1.5], [1.5], [0.5], [1.0], [1.5]], dtype=torch.float64)
+    logit, old_logit = torch.log(p_new / (1 - p_new)), torch.log(p_old / (1 - p_old))
+    decision = torch.ones(5, 1, dtype=torch.float64)  # every gate opened
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    weight = torch.ones(5, 1, dtype=torch.float64)
+    terms = ppo_team_loss(logits, old, actions, adv, weight, 0.2, gates=GateTerms(decision, logit, old_logit))
+    assert float(terms["gate_clipped_fraction"]) == pytest.approx(2 / 5)
+    assert float(terms["clip_fraction"]) == pytest.approx(4 / 5)  # steps 0, 1, 2 and 4 are outside the range
+    # Decoupled: the proximal gate logits are the reference; equal to the behaviour's, the same count.
+    gates = GateTerms(decision, logit, old_logit, old_logit)
+    decoupled = ppo_team_loss(logits, old, actions, adv, weight, 0.2, prox_logits=old, gates=gates)
+    assert float(decoupled["gate_clipped_fraction"]) == pytest.approx(2 / 5)
+    # A dead agent's steps do not count, and without gates there is no such statistic.
+    weight[0, 0] = 0.0
+    terms = ppo_team_loss(logits, old, actions, adv, weight, 0.2, gates=GateTerms(decision, logit, old_logit))
+    assert float(terms["gate_clipped_fraction"]) == pytest.approx(1 / 4)
+    assert "gate_clipped_fraction" not in ppo_team_loss(logits, old, actions, adv, weight, 0.2)
 
 
 def test_decoupled_gates_need_their_proximal_logits():

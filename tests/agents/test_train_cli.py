@@ -62,6 +62,7 @@ def test_tensorboard_has_scalars_and_graph_images(run_dir):
         "loss/policy_loss",
         "comm/gate_open_rate",
         "comm/messages_per_step",
+        "comm/gate_clipped_fraction",  # the gates' share of the PPO clip (agents/learner.ppo_team_loss)
     ):
         assert tag in tags["scalars"], tag
     steps = [e.step for e in events.Scalars("comm/gate_open_rate")]
