@@ -184,7 +184,8 @@ def ppo_team_loss(
         with torch.no_grad():
             # The gates' share of the ratio: the agent steps whose gradient the clip removes only because the gate's
             # probability moved (with the actions' ratio alone they would still be inside the clip range).
-            old_gate = gate_log_prob(gates.old_logit if prox_logits is None else gates.prox_logit, gates.decision)
+            reference = gates.old_logit if gates.prox_logit is None or prox_logits is None else gates.prox_logit
+            old_gate = gate_log_prob(reference, gates.decision)
             action_ratio = (action_logp - (old_logp - old_gate)).exp()
             terms["gate_clipped_fraction"] = masked_mean(
                 (_clipped_away(ratio, adv, clip_param) & ~_clipped_away(action_ratio, adv, clip_param)).to(ratio.dtype),
