@@ -2,6 +2,7 @@
 
     python -m benchmarks.communication run --task predator_prey --arm learned --seed 0
     python -m benchmarks.communication sweep --task predator_prey --seeds 0 1 2     # every arm x seed (Tune trials)
+    python -m benchmarks.communication sweep --task predator_prey --arms learned --tag NAME key=value ...  # a probe
     python -m benchmarks.communication summarize [--task predator_prey]            # tables + PNG of the curves
 
 Every arm trains the task's ready config (`TASKS`) through the normal training path with one change each, so
@@ -18,6 +19,10 @@ everything else (model size, PPO settings, the critic's input, env steps) is equ
 - ``no_comm``: no communication (``model.communicate=false``).
 - ``cost<c>`` (e.g. ``cost0.1``): the learned arm with ``model.gates.cost_weight=c``: a sweep of these draws the trade
   of success against messages per step (``summarize`` plots the greedy figures of every arm as that front).
+
+A probe (``--tag NAME key=value ...``) trains the given arms with more config changes, under the arm name
+``<arm>-<NAME>`` (e.g. ``learned_nogates-freeze25`` for ``--tag freeze25 training.graph_freeze_fraction=0.25``):
+a question about one arm asked with everything else equal; ``summarize`` lists probes after the arms.
 
 A task name with the suffix ``_nostate`` runs the same task with ``env.use_state=false``: the critic then reads only
 what the agents' features and the graph carry (CommFormer's own critic), where a centralised critic on the global
@@ -38,6 +43,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +103,10 @@ COLORS = {
 }
 COST_COLOR = "tab:olive"
 """The ``cost<c>`` arms' colour (learned_dec has purple)."""
+PROBE_COLOR = "tab:brown"
+"""The probes' colour."""
+PROBE_SEP = "-"
+"""Between an arm and a probe's tag in an arm name (task and arm names never hold it)."""
 
 
 def arm_overrides(arm: str) -> tuple[str, ...]:
@@ -118,6 +128,50 @@ def _arm(arm: str) -> str:
     return arm
 
 
+def _is_arm(name: str) -> bool:
+    try:
+        arm_overrides(name)
+    except argparse.ArgumentTypeError:
+        return False
+    return True
+
+
+def arm_name(arm: str, tag: str | None) -> str:
+    """The name an arm's files and trials go by: the arm, or ``<arm>-<tag>`` for a probe."""
+    if tag is None:
+        return arm
+    if not tag or PROBE_SEP in tag or "_" in tag or "/" in tag:
+        raise SystemExit(f"--tag {tag!r}: expected a non-empty name without '{PROBE_SEP}', '_' or '/'")
+    return f"{arm}{PROBE_SEP}{tag}"
+
+
+def _arm_order(name: str) -> tuple[int, float, str]:
+    """ARMS in their order, then the cost arms by cost, then the probes by name."""
+    if name in ARMS:
+        return (0, list(ARMS).index(name), name)
+    if PROBE_SEP not in name:
+        return (1, float(name.removeprefix(COST_ARM)), name)
+    return (2, 0.0, name)
+
+
+def _color(name: str) -> str:
+    if name in COLORS:
+        return COLORS[name]
+    return COST_COLOR if PROBE_SEP not in name else PROBE_COLOR
+
+
+def task_arms(task: str, out: Path) -> list[str]:
+    """The arm names (probes included) with a run of ``task`` in ``out``, in `_arm_order`: the part of each
+    ``<task>_<arm>_seed<k>.csv`` between the task and the seed whose arm (before a probe's tag) is an arm; a longer
+    task name that starts with this one (predator_prey_vision0 for predator_prey) never parses as an arm."""
+    names = set()
+    for path in out.glob(f"{task}_*_seed*.csv"):
+        name = path.stem[len(task) + 1 : path.stem.rindex("_seed")]
+        if _is_arm(name.partition(PROBE_SEP)[0]):
+            names.add(name)
+    return sorted(names, key=_arm_order)
+
+
 def _task(name: str) -> tuple[str, int, tuple[str, ...]]:
     """(config, env steps, overrides) of a task name, `_nostate` included."""
     base = name.removesuffix(NOSTATE)
@@ -128,8 +182,18 @@ def _task(name: str) -> tuple[str, int, tuple[str, ...]]:
     return config, steps, (*extra, "env.use_state=false") if name.endswith(NOSTATE) else extra
 
 
-def run(task: str, arm: str, seed: int, env_steps: int | None, eval_episodes: int, out: Path) -> Path:
-    """Trains one arm on one task and writes its CSV and greedy evaluation."""
+def run(
+    task: str,
+    arm: str,
+    seed: int,
+    env_steps: int | None,
+    eval_episodes: int,
+    out: Path,
+    tag: str | None = None,
+    extra: Sequence[str] = (),
+) -> Path:
+    """Trains one arm (with a probe's ``tag`` and ``extra`` overrides) on one task and writes its CSV and greedy
+    evaluation."""
     config_path, default_steps, task_overrides = _task(task)
     steps = env_steps or default_steps
     start_run()
@@ -138,11 +202,11 @@ def run(task: str, arm: str, seed: int, env_steps: int | None, eval_episodes: in
     from agents.env_runner import EPISODE_WIN_RATE
     from benchmarks.smax_learning import greedy_win_rate
 
-    overrides = [*task_overrides, *arm_overrides(arm), f"run.seed={seed}", f"stop.env_steps={steps}"]
+    stem = f"{task}_{arm_name(arm, tag)}_seed{seed}"
+    overrides = [*task_overrides, *arm_overrides(arm), *extra, f"run.seed={seed}", f"stop.env_steps={steps}"]
     config = load_config(config_path, overrides)
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
-    stem = f"{task}_{arm}_seed{seed}"
 
     def columns(result: dict[str, Any]) -> dict[str, float]:
         runners = result["env_runners"]
@@ -169,7 +233,15 @@ TB_COLUMNS = {
 
 
 def sweep(
-    task: str, arms: list[str], seeds: list[int], env_steps: int | None, eval_episodes: int, out: Path, runs: Path
+    task: str,
+    arms: list[str],
+    seeds: list[int],
+    env_steps: int | None,
+    eval_episodes: int,
+    out: Path,
+    runs: Path,
+    tag: str | None = None,
+    extra: Sequence[str] = (),
 ) -> None:
     """Every arm x seed of a task: per arm one `commformer sweep` over the seeds (agents/sweep.py: Tune trials, each
     an ordinary run directory under `runs`, continued where it stopped), then each trial without a greedy result
@@ -181,11 +253,12 @@ def sweep(
     config_path, default_steps, task_overrides = _task(task)
     steps = env_steps or default_steps
     for arm in arms:
-        specs = [*task_overrides, *arm_overrides(arm), f"stop.env_steps={steps}", f"run.output_dir={runs}"]
-        trials = plan(config_path, seeds, specs, f"communication-{task}-{arm}")
+        name = arm_name(arm, tag)
+        specs = [*task_overrides, *arm_overrides(arm), *extra, f"stop.env_steps={steps}", f"run.output_dir={runs}"]
+        trials = plan(config_path, seeds, specs, f"communication-{task}-{name}")
         run_trials(trials)
         for trial in trials:
-            stem = f"{task}_{arm}_seed{trial.seed}"
+            stem = f"{task}_{name}_seed{trial.seed}"
             if not (out / f"{stem}_greedy.json").exists():
                 write_trial(trial.config, trial.run_dir, stem, eval_episodes, trial.seed, out)
 
@@ -236,8 +309,7 @@ def summarize(tasks: list[str], out: Path) -> str:
     lines = []
     for task in tasks:
         runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]] = {}
-        costs = sorted({p.stem.split("_")[-2] for p in out.glob(f"{task}_{COST_ARM}*_seed*.csv")})
-        for arm in [*ARMS, *sorted(costs, key=lambda a: float(a.removeprefix(COST_ARM)))]:
+        for arm in task_arms(task, out):
             for path in sorted(out.glob(f"{task}_{arm}_seed*.csv")):
                 curve = _read(path)
                 greedy_path = path.with_name(f"{path.stem}_greedy.json")
@@ -327,7 +399,7 @@ def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for arm, group in runs.items():
-        style = {"color": COLORS.get(arm, COST_COLOR), "alpha": 0.8, "lw": 1.2}
+        style = {"color": _color(arm), "alpha": 0.8, "lw": 1.2}
         for i, (curve, _) in enumerate(group):
             axes[0].plot(curve["env_steps"], curve["success"], label=arm if i == 0 else None, **style)
             if "messages_per_step" in curve:
@@ -356,7 +428,7 @@ def _plot_front(task: str, runs: dict[str, list[tuple[dict[str, list[float]], An
         points = [(g["messages_per_step"], g["win_rate"]) for _, g in group if g and g["win_rate"] is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.scatter(xs, ys, color=COLORS.get(arm, COST_COLOR), label=arm, alpha=0.8)
+            ax.scatter(xs, ys, color=_color(arm), label=arm, alpha=0.8)
     ax.set_xlabel("messages per step (greedy)")
     ax.set_ylabel("success rate (greedy)")
     ax.set_title(f"{task}: success vs bandwidth, one point per run")
@@ -383,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--env-steps", type=int, default=None, help="default: the task's")
         p.add_argument("--eval-episodes", type=int, default=200)
         p.add_argument("--out", type=Path, default=OUT)
+        p.add_argument("--tag", default=None, help="a probe's name: the arms with the overrides, as <arm>-<tag>")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="a probe's config changes (needs --tag)")
     many.add_argument("--runs", type=Path, default=RUNS, help="where the trials' run directories go")
     table = sub.add_parser("summarize", help="print and write the tables and the figures")
     table.add_argument("--task", nargs="*", default=None)
@@ -392,10 +466,24 @@ def main(argv: list[str] | None = None) -> int:
         tasks = args.task or sorted({p.stem.split("_learned")[0] for p in args.out.glob("*_learned_seed*.csv")})
         print(summarize(tasks, args.out))
         return 0
+    if bool(args.overrides) != (args.tag is not None):
+        parser.error("--tag and key=value overrides go together: a probe has a name and its config changes")
+    if args.tag is not None:
+        arm_name(args.arm if args.command == "run" else args.arms[0], args.tag)  # a bad tag fails before any work
     if args.command == "run":
-        run(args.task, args.arm, args.seed, args.env_steps, args.eval_episodes, args.out)
+        run(args.task, args.arm, args.seed, args.env_steps, args.eval_episodes, args.out, args.tag, args.overrides)
         return 0
-    sweep(args.task, args.arms, args.seeds, args.env_steps, args.eval_episodes, args.out, args.runs)
+    sweep(
+        args.task,
+        args.arms,
+        args.seeds,
+        args.env_steps,
+        args.eval_episodes,
+        args.out,
+        args.runs,
+        args.tag,
+        args.overrides,
+    )
     return 0
 
 

@@ -107,3 +107,45 @@ def test_the_sweep_plans_one_tune_trial_per_seed_of_each_arm_and_writes_each_onc
             assert config.stop.env_steps == 2000
             assert trial.run_dir.parent == (tmp_path / "runs" / f"communication-capture_3x3-{arm}").resolve()
     assert sorted(written) == ["capture_3x3_learned_seed0", "capture_3x3_learned_seed1", "capture_3x3_no_comm_seed0"]
+
+
+def test_a_probe_sweeps_its_arms_with_its_overrides_under_its_own_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agents.sweep
+
+    ran: list[list[agents.sweep.Trial]] = []
+    written: list[str] = []
+    monkeypatch.setattr(agents.sweep, "run", lambda trials: ran.append(list(trials)))
+    monkeypatch.setattr(comm, "write_trial", lambda config, run_dir, stem, *a: written.append(stem))
+    extra = ["training.graph_freeze_fraction=0.25"]
+    comm.sweep("capture_3x3", ["learned_nogates"], [0], 2000, 5, tmp_path / "out", tmp_path / "runs", "freeze25", extra)
+    (trial,) = ran[0]
+    assert trial.config.training.graph_freeze_fraction == 0.25  # the probe's change
+    assert not trial.config.model.gates.enabled  # and the arm's
+    assert trial.run_dir.parent.name == "communication-capture_3x3-learned_nogates-freeze25"
+    assert written == ["capture_3x3_learned_nogates-freeze25_seed0"]
+
+
+def test_the_summary_finds_probes_and_costs_after_the_arms_and_not_a_longer_tasks_runs(tmp_path: Path) -> None:
+    _write_run(tmp_path, "t_learned-freeze25_seed0", [0.5, 0.9], messages=1.0, win=0.95)
+    _write_run(tmp_path, "t_cost0.3_seed0", [0.1, 0.2], messages=0.0, win=0.2)
+    _write_run(tmp_path, "t_cost0.03_seed0", [0.1, 0.2], messages=0.5, win=0.6)
+    _write_run(tmp_path, "t_dense_seed0", [0.3, 0.9], messages=6.0, win=0.99)
+    _write_run(tmp_path, "t_learned_seed0", [0.4, 0.8], messages=1.5, win=0.9)
+    _write_run(tmp_path, "t_vision0_learned_seed0", [0.4, 0.8], messages=1.5, win=0.9)  # task "t_vision0"
+    _write_run(tmp_path, "t_notes_seed0", [0.4, 0.8], messages=1.5, win=0.9)  # not an arm
+    assert comm.task_arms("t", tmp_path) == ["learned", "dense", "cost0.03", "cost0.3", "learned-freeze25"]
+    rows = [line.split(" | ")[0] for line in comm.summarize(["t"], tmp_path).splitlines() if line.startswith("| ")]
+    assert rows[1:6] == ["| learned", "| dense", "| cost0.03", "| cost0.3", "| learned-freeze25"]
+
+
+def test_a_probe_needs_a_tag_and_overrides_together_and_a_clean_tag() -> None:
+    with pytest.raises(SystemExit):
+        comm.main(["sweep", "--task", "capture_3x3", "training.lr=0.1"])  # overrides without a tag
+    with pytest.raises(SystemExit):
+        comm.main(["sweep", "--task", "capture_3x3", "--tag", "fast"])  # a tag without overrides
+    with pytest.raises(SystemExit, match="without '-'"):
+        comm.main(["sweep", "--task", "capture_3x3", "--tag", "a-b", "training.lr=0.1"])
+    with pytest.raises(SystemExit, match="without '-'"):
+        comm.arm_name("learned", "a_b")
