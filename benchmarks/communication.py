@@ -55,7 +55,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "learned": (),
     "learned_dec": ("model.decoder=autoregressive",),  # CommFormer-dec: the same, with the autoregressive decoder
     "learned_nogates": ("model.gates.enabled=false",),
-    "dense": ("model.graph.sparsity=1.0", "model.gates.enabled=false"),
+    # k = null: a task that sets k (capture_2p2c_4x4) must not keep it, as k overrides the sparsity.
+    "dense": ("model.graph.sparsity=1.0", "model.graph.k=null", "model.gates.enabled=false"),
     "random": ("model.graph.init=random", "training.graph_freeze_fraction=0.0", "model.gates.enabled=false"),
     "no_comm": ("model.communicate=false",),
 }

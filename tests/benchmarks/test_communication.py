@@ -23,7 +23,7 @@ def test_each_arm_loads_and_changes_only_its_keys(arm: str) -> None:
         "learned": (True, 0.4, True, "uniform", 1.0),
         "learned_dec": (True, 0.4, True, "uniform", 1.0),
         "learned_nogates": (True, 0.4, False, "uniform", 1.0),
-        "dense": (True, 1.0, False, "uniform", 1.0),
+        "dense": (True, 1.0, False, "uniform", 1.0),  # and k = None: every task's dense hears everyone (below)
         "random": (True, 0.4, False, "random", 0.0),
         "no_comm": (False, 0.4, True, "uniform", 1.0),
         "cost0.1": (True, 0.4, True, "uniform", 1.0),
@@ -33,6 +33,19 @@ def test_each_arm_loads_and_changes_only_its_keys(arm: str) -> None:
     assert got == expected
     assert model.decoder == ("autoregressive" if arm == "learned_dec" else "none")
     assert model.gates.cost_weight == (0.1 if arm == "cost0.1" else base.model.gates.cost_weight)
+
+
+@pytest.mark.parametrize("task", [t for t in comm.TASKS if not t.startswith("smax")])
+def test_on_every_task_dense_hears_everyone_and_random_keeps_the_learned_arms_k(task: str) -> None:
+    from agents.build import probe_env
+
+    config_path, _, task_overrides = comm._task(task)
+    learned = load_config(config_path, list(task_overrides))
+    n = probe_env(learned).n_agents
+    k = learned.model.graph.senders(n)
+    for arm, senders in (("dense", n - 1), ("random", k), ("learned_nogates", k), ("learned_dec", k)):
+        config = load_config(config_path, [*task_overrides, *comm.arm_overrides(arm)])
+        assert config.model.graph.senders(n) == senders, arm
 
 
 def test_unknown_arms_and_tasks_are_refused() -> None:
