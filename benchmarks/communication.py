@@ -255,13 +255,24 @@ def sweep(
     steps = env_steps or default_steps
     for arm in arms:
         name = arm_name(arm, tag)
-        specs = [*task_overrides, *arm_overrides(arm), *extra, f"stop.env_steps={steps}", f"run.output_dir={runs}"]
+        changes = _last_wins([*task_overrides, *arm_overrides(arm), *extra])  # a sweep takes each key once
+        specs = [*changes, f"stop.env_steps={steps}", f"run.output_dir={runs}"]
         trials = plan(config_path, seeds, specs, f"communication-{task}-{name}")
         run_trials(trials)
         for trial in trials:
             stem = f"{task}_{name}_seed{trial.seed}"
             if not (out / f"{stem}_greedy.json").exists():
                 write_trial(trial.config, trial.run_dir, stem, eval_episodes, trial.seed, out)
+
+
+def _last_wins(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` overrides with each key once, at its first place, with its last value (as `load_config` applies
+    them: the arm's change of a key the task sets wins)."""
+    merged: dict[str, str] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        merged[key] = value
+    return [f"{key}={value}" for key, value in merged.items()]
 
 
 def write_trial(config: Any, run_dir: Path, stem: str, eval_episodes: int, seed: int, out: Path) -> Path:

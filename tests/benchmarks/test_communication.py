@@ -140,6 +140,19 @@ def test_a_probe_sweeps_its_arms_with_its_overrides_under_its_own_name(
     assert written == ["capture_3x3_learned_nogates-freeze25_seed0"]
 
 
+def test_the_sweep_lets_an_arm_change_a_key_the_task_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.sweep
+
+    ran: list[list[agents.sweep.Trial]] = []
+    monkeypatch.setattr(agents.sweep, "run", lambda trials: ran.append(list(trials)))
+    monkeypatch.setattr(comm, "write_trial", lambda *a: None)
+    comm.sweep("capture_2p2c_4x4", ["dense", "random"], [0], 2000, 5, tmp_path / "out", tmp_path / "runs")
+    dense, random = (trials[0].config.model.graph for trials in ran)
+    assert dense.k is None and dense.senders(4) == 3  # the arm's k = null over the task's k = 1
+    assert random.k == 1 and random.init == "random"
+    assert comm._last_wins(["a=1", "b=2", "a=3"]) == ["a=3", "b=2"]
+
+
 def test_the_summary_finds_probes_and_costs_after_the_arms_and_not_a_longer_tasks_runs(tmp_path: Path) -> None:
     _write_run(tmp_path, "t_learned-freeze25_seed0", [0.5, 0.9], messages=1.0, win=0.95)
     _write_run(tmp_path, "t_cost0.3_seed0", [0.1, 0.2], messages=0.0, win=0.2)
