@@ -102,8 +102,8 @@ COLORS = {
     "random": "tab:orange",
     "no_comm": "tab:red",
 }
-COST_COLOR = "tab:olive"
-"""The ``cost<c>`` arms' colour (learned_dec has purple)."""
+COST_COLORMAP = "Greys"
+"""The ``cost<c>`` arms' colours: shades of this matplotlib colormap, darker for a higher cost."""
 PROBE_COLOR = "tab:brown"
 """The probes' colour."""
 PROBE_SEP = "-"
@@ -155,10 +155,14 @@ def _arm_order(name: str) -> tuple[int, float, str]:
     return (2, 0.0, name)
 
 
-def _color(name: str) -> str:
-    if name in COLORS:
-        return COLORS[name]
-    return COST_COLOR if PROBE_SEP not in name else PROBE_COLOR
+def _colors(arms: Sequence[str]) -> dict[str, Any]:
+    """A colour per arm: `COLORS` for the arms, `COST_COLORMAP` shades by cost for the cost arms, `PROBE_COLOR`."""
+    from matplotlib import colormaps
+
+    costs = [a for a in arms if a not in COLORS and PROBE_SEP not in a]
+    shades = colormaps[COST_COLORMAP]
+    out: dict[str, Any] = {a: shades(0.35 + 0.6 * i / max(len(costs) - 1, 1)) for i, a in enumerate(costs)}
+    return out | {a: COLORS.get(a, PROBE_COLOR) for a in arms if a not in out}
 
 
 def task_arms(task: str, out: Path) -> list[str]:
@@ -410,8 +414,9 @@ def _plot(task: str, runs: dict[str, list[tuple[dict[str, list[float]], Any]]], 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    colors = _colors(list(runs))
     for arm, group in runs.items():
-        style = {"color": _color(arm), "alpha": 0.8, "lw": 1.2}
+        style = {"color": colors[arm], "alpha": 0.8, "lw": 1.2}
         for i, (curve, _) in enumerate(group):
             axes[0].plot(curve["env_steps"], curve["success"], label=arm if i == 0 else None, **style)
             if "messages_per_step" in curve:
@@ -436,11 +441,12 @@ def _plot_front(task: str, runs: dict[str, list[tuple[dict[str, list[float]], An
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    colors = _colors(list(runs))
     for arm, group in runs.items():
         points = [(g["messages_per_step"], g["win_rate"]) for _, g in group if g and g["win_rate"] is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.scatter(xs, ys, color=_color(arm), label=arm, alpha=0.8)
+            ax.scatter(xs, ys, color=colors[arm], label=arm, alpha=0.8)
     ax.set_xlabel("messages per step (greedy)")
     ax.set_ylabel("success rate (greedy)")
     ax.set_title(f"{task}: success vs bandwidth, one point per run")
