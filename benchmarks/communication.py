@@ -252,9 +252,13 @@ def sweep(
     an ordinary run directory under `runs`, continued where it stopped), then each trial without a greedy result
     written as `run` writes it: the CSV from the trial's metrics.csv and TensorBoard, the greedy evaluation from its
     exported policy."""
-    from agents.sweep import plan
+    from agents.sweep import parse_specs, plan
     from agents.sweep import run as run_trials
 
+    if parse_specs(extra)[1]:  # a grid would give one probe name several runs per seed, and one set of files
+        raise SystemExit(
+            f"a probe's overrides take one value each, got a grid in {' '.join(extra)}; run one probe per value"
+        )
     config_path, default_steps, task_overrides = _task(task)
     steps = env_steps or default_steps
     for arm in arms:

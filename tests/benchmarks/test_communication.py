@@ -175,3 +175,5 @@ def test_a_probe_needs_a_tag_and_overrides_together_and_a_clean_tag() -> None:
         comm.main(["sweep", "--task", "capture_3x3", "--tag", "a-b", "training.lr=0.1"])
     with pytest.raises(SystemExit, match="without '-'"):
         comm.arm_name("learned", "a_b")
+    with pytest.raises(SystemExit, match=r"one value each, got a grid in training\.lr=0\.1,0\.2"):
+        comm.main(["sweep", "--task", "capture_3x3", "--tag", "lr", "training.lr=0.1,0.2"])
