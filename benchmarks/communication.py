@@ -68,6 +68,7 @@ TASKS: dict[str, tuple[str, int]] = {
     "predator_capture_prey": ("configs/predator_capture_prey.yaml", 1_000_000),
     "capture_3x3": ("configs/predator_capture_prey.yaml", 150_000),
     "capture_2p2c_4x4": ("configs/predator_capture_prey.yaml", 1_000_000),
+    "capture_1p3c_4x4": ("configs/predator_capture_prey.yaml", 1_000_000),
     "traffic_junction_easy": ("configs/traffic_junction_easy.yaml", 1_000_000),
     "traffic_junction_medium": ("configs/traffic_junction_medium.yaml", 3_000_000),
     "smax_1o_2r_vs_4r": ("configs/smax_1o_2r_vs_4r.yaml", 2_000_000),
@@ -87,6 +88,15 @@ TASK_OVERRIDES: dict[str, tuple[str, ...]] = {
     "capture_2p2c_4x4": (
         "env.options.n_predators=2",
         "env.options.n_capture=2",
+        "env.options.dim=4",
+        "env.options.max_steps=10",
+        "model.graph.k=1",
+    ),
+    # One seeing predator, three blind capture agents, one sender each: a capture agent that hears neither the
+    # predator nor, through another, what the predator saw, must find the prey blind. Here senders differ.
+    "capture_1p3c_4x4": (
+        "env.options.n_predators=1",
+        "env.options.n_capture=3",
         "env.options.dim=4",
         "env.options.max_steps=10",
         "model.graph.k=1",
