@@ -109,7 +109,9 @@ def hard_topk(logits: Tensor, k: int) -> Tensor:
     return eye.scatter(1, topk_senders(logits, k), 1.0)
 
 
-def straight_through_topk(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> Tensor:
+def straight_through_topk(
+    logits: Tensor, k: int, tau: float, noise: Tensor | None = None, candidates: bool = True
+) -> Tensor:
     """Straight-through top-k adjacency (see the module docstring).
 
     Args:
@@ -117,20 +119,25 @@ def straight_through_topk(logits: Tensor, k: int, tau: float, noise: Tensor | No
         k: senders per receiver besides itself, ``0 <= k <= N - 1``.
         tau: softmax temperature of the surrogate, > 0.
         noise: optional (N, N) noise added to the logits in the surrogate only.
+        candidates: whether the entries left out carry the surrogate's gradient too (attention assesses them,
+            commformer/layers/attention.py ``masked_weights``), or only the kept ones (what the gathered layout can
+            give, ``straight_through_senders``).
 
     Returns:
         (N, N) adjacency whose forward value is exactly 0/1 (``hard_topk(logits, k)``) and whose gradient
-        with respect to ``logits`` is that of ``softmax_{j != i}((logits + noise) / tau)``.
+        with respect to ``logits`` is that of ``softmax_{j != i}((logits + noise) / tau)`` (on the kept entries only
+        without ``candidates``).
     """
     n = logits.shape[-1]
     y_hard = hard_topk(logits, k)  # (N, N)
     if n == 1:
         # A lone agent only has its self-loop: nothing to relax, no gradient to the logits.
         return y_hard
-    y_soft = _surrogate(logits, tau, noise)  # (N, N)
-    # Adding (y_soft - y_soft.detach()), exactly 0 forward, keeps the forward value exactly y_hard while
-    # `y_hard - y_soft.detach() + y_soft` could round a kept 1 to 1 - eps.
-    return y_hard + (y_soft - y_soft.detach())
+    relaxed = _surrogate(logits, tau, noise)  # (N, N)
+    relaxed = relaxed - relaxed.detach()  # exactly 0 forward, the surrogate's gradient
+    # Adding a term that is exactly 0 keeps the forward value exactly y_hard while `y_hard - y_soft.detach() + y_soft`
+    # could round a kept 1 to 1 - eps.
+    return y_hard + (relaxed if candidates else relaxed * y_hard)
 
 
 def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -181,6 +188,8 @@ class CommGraph(nn.Module):
         self.k = config.senders(n_agents)  # validates n_agents and an explicit k
         self.tau = float(config.gumbel_tau)
         self.gathered = gathers(n_agents, self.k)
+        # Whether the senders left out get a gradient of their own; the gathered layout never scores them.
+        self.candidates = not self.gathered
         # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
         initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
         self.logits = nn.Parameter(initial)
@@ -196,14 +205,14 @@ class CommGraph(nn.Module):
         Returns:
             (N, N) tensor; row i is receiver i, column j is sender j; diagonal is 1.
         """
-        return straight_through_topk(self.logits, self.k, self.tau, self._noise(gumbel, generator))
+        return straight_through_topk(self.logits, self.k, self.tau, self._noise(gumbel, generator), self.candidates)
 
     def senders(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Senders:
         """The straight-through adjacency in the layout attention reads (``gathered``): ``forward``'s (N, N) matrix,
         or its self-loops and top-k senders, (N, k + 1) entries (``straight_through_senders``). Same arguments."""
         noise = self._noise(gumbel, generator)
         if not self.gathered:
-            return Senders(None, straight_through_topk(self.logits, self.k, self.tau, noise))
+            return Senders(None, straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates))
         return Senders(*straight_through_senders(self.logits, self.k, self.tau, noise))
 
     def _noise(self, gumbel: bool, generator: torch.Generator | None) -> Tensor | None:
@@ -230,4 +239,5 @@ class CommGraph(nn.Module):
         return torch.softmax((self.logits / self.tau).masked_fill(self_loop, float("-inf")), dim=-1)
 
     def extra_repr(self) -> str:
-        return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, gathered={self.gathered}"
+        layout = f"gathered={self.gathered}, candidates={self.candidates}"
+        return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, {layout}"

@@ -39,7 +39,16 @@ from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
 
-__all__ = ["GATHER_FACTOR", "CommBlock", "GraphAttention", "Senders", "block_mlp", "gathers", "masked_weights"]
+__all__ = [
+    "GATHER_FACTOR",
+    "PROBE_CAP",
+    "CommBlock",
+    "GraphAttention",
+    "Senders",
+    "block_mlp",
+    "gathers",
+    "masked_weights",
+]
 
 SELF_EDGE = 0
 OTHER_EDGE = 1
@@ -108,16 +117,41 @@ class Senders:
         return Senders(self.index, self.weight.reshape(*batch, *self.weight.shape[-2:]))
 
 
-def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
-    """Attention weights ``softmax(scores masked where edge == 0) * edge``; ``edge`` broadcasts against ``scores``.
+PROBE_CAP = 0.0
+"""How far above its row's best kept score an unkept candidate's score may count in its gradient (``masked_weights``):
+at 0 a candidate weighs at most as much as the receiver's most attended kept sender. Uncapped, a candidate scored far
+above the kept ones gets a slope of exp(that margin), the tangent of a change that saturates at once (measured up to
+2e6 on random weights against ~1 for kept entries)."""
 
-    finfo.min rather than -inf: identical weights (exp underflows to exactly 0) whenever a row keeps an entry, and a
-    row with none gives finite uniform weights that the product with ``edge`` then zeroes, instead of NaN. The
-    product is the gradient path to a straight-through adjacency (exactly 1 on kept entries, so the forward value
-    does not change).
+
+def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
+    """Attention weights ``softmax(scores masked where edge == 0) * edge``, ``edge`` broadcasting against ``scores``,
+    with the gradient to ``edge`` of ``w_ij = edge_ij exp(s_ij) / sum_m edge_im exp(s_im)``.
+
+    With a 0/1 ``edge`` the two are the same function of the scores (the softmax over the kept entries); they differ
+    in what ``edge``'s gradient says, which is how the straight-through graph's logits learn (commformer/graph.py).
+    The product's gradient is the weight ``p_ij`` times ``dL/dw_ij`` for a kept entry and 0 for every other: an
+    edge left out is never assessed. The renormalised form gives a kept sender ``w_ij (dL/dw_ij - sum_m w_im
+    dL/dw_im)``, its worth against the rest of the row, and a sender left out the same with the weight
+    ``exp(s_ij) / sum_m edge_im exp(s_im)`` it would take: whether mixing a little of its message into what the
+    receiver reads would lower the loss. So the forward value (rounding included) is the masked softmax's, and the
+    second form enters as ``r - r.detach()`` on detached scores, only when ``edge`` needs a gradient. A candidate's
+    score above its row's best kept one counts as ``PROBE_CAP`` above it at most.
+
+    finfo.min rather than -inf in the mask: identical weights (exp underflows to exactly 0) whenever a row keeps an
+    entry, and a row with none gives finite uniform weights that the product with ``edge`` then zeroes, not NaN.
     """
-    scores = scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1) * edge
+    weights = torch.softmax(scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min), dim=-1)
+    if not (torch.is_grad_enabled() and edge.requires_grad):
+        return weights * edge
+    kept = (edge != 0).detach()
+    logits = scores.detach()
+    top = logits.masked_fill(~kept, -torch.inf).amax(-1, keepdim=True)  # (..., 1): each row's best kept score
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with no kept entry
+    weighted = torch.exp((logits - top).clamp(max=PROBE_CAP)) * edge  # kept entries: exp(s - top) <= 1
+    total = weighted.sum(-1, keepdim=True)
+    renormalised = weighted / torch.where(total > 0, total, torch.ones_like(total))
+    return weights * edge.detach() + (renormalised - renormalised.detach())
 
 
 def _batched_adjacency(adjacency: Tensor, batch: int, n: int, k: int | None = None) -> Tensor:

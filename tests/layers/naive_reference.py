@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from commformer.layers.attention import CommBlock, GraphAttention
+from commformer.layers.attention import PROBE_CAP, CommBlock, GraphAttention
 from commformer.layers.decoder import ActionDecoder, DecoderBlock, MaskedAttention
 from commformer.layers.moe import MoEHead
 from commformer.layers.orchid import CrossCorrelationConditioner, OrchidBlock, PhaseFreeConditioner
@@ -77,6 +77,15 @@ def naive_straight_through_topk(logits: Tensor, k: int, tau: float, noise: Tenso
     return torch.stack(rows)
 
 
+def _naive_entry_weights(scores: list[Tensor], entries: list[Tensor]) -> Tensor:
+    """Every candidate's exp(score) times its entry, over their sum: a sender not heard (entry 0) gets weight 0 but its
+    entry a gradient of its own, its score counted at most PROBE_CAP above the best heard one (as masked_weights)."""
+    best = max(float(score.detach()) for score, entry in zip(scores, entries, strict=True) if entry != 0)
+    capped = [score.clamp(max=best + PROBE_CAP) for score in scores]
+    numerators = [entry * torch.exp(score) for score, entry in zip(capped, entries, strict=True)]
+    return torch.stack(numerators) / sum(numerators)
+
+
 def naive_graph_attention(attn: GraphAttention, x: Tensor, adjacency: Tensor) -> Tensor:
     """Graph attention with loops over samples, receivers and heads, using ``attn``'s parameters.
 
@@ -99,22 +108,19 @@ def naive_graph_attention(attn: GraphAttention, x: Tensor, adjacency: Tensor) ->
         agents = []
         for i in range(n):
             heads = []
-            senders = [j for j in range(n) if adjacency[s, i, j] != 0]
             for head in range(h):
                 rows = slice(head * dh, (head + 1) * dh)
                 q_i = x[s, i] @ w_q[rows].T + b_q[rows]
                 scores, values = [], []
                 for j in range(n):
-                    if j not in senders:
-                        continue
                     edge = 0 if j == i else 1
                     k_j = x[s, j] @ w_k[rows].T + b_k[rows]
                     v_j = x[s, j] @ w_v[rows].T + b_v[rows]
                     q_e = q_i + attn.rel_q[edge, head].to(x.dtype)
                     k_e = k_j + attn.rel_k[edge, head].to(x.dtype)
                     scores.append(torch.dot(q_e, k_e) / math.sqrt(dh))
-                    values.append(v_j * adjacency[s, i, j].to(x.dtype))
-                weights = torch.softmax(torch.stack(scores), dim=0)
+                    values.append(v_j)
+                weights = _naive_entry_weights(scores, [adjacency[s, i, j].to(x.dtype) for j in range(n)])
                 heads.append(sum((w * v for w, v in zip(weights, values, strict=True)), x.new_zeros(dh)))
             agents.append(torch.cat(heads))
         outputs.append(torch.stack(agents))
@@ -146,17 +152,18 @@ def _naive_masked_attention(attn: MaskedAttention, query: Tensor, keys: list[Ten
         rows = slice(head * dh, (head + 1) * dh)
         q = query @ attn.query.weight[rows].T + attn.query.bias[rows]
         scores = [torch.dot(q, key @ w_k[rows].T + b_k[rows]) / math.sqrt(dh) for key in keys]
-        weights = torch.softmax(torch.stack(scores), dim=0)
-        values = [(key @ w_v[rows].T + b_v[rows]) * edge for key, edge in zip(keys, edges, strict=True)]
+        weights = _naive_entry_weights(scores, edges)
+        values = [key @ w_v[rows].T + b_v[rows] for key in keys]
         heads.append(sum((w * v for w, v in zip(weights, values, strict=True)), query.new_zeros(dh)))
     return F.linear(torch.cat(heads), attn.out.weight, attn.out.bias)
 
 
 def _naive_heard(adjacency: Tensor, agent: int) -> list[tuple[int, Tensor]]:
-    """What agent ``agent`` reads in the decoder, as (token index, mask entry): the start token, and the action token
-    (index j + 1) of every earlier agent j it hears. ``adjacency`` is one sample's (N, N)."""
-    heard = [(j + 1, adjacency[agent, j]) for j in range(agent) if adjacency[agent, j] != 0]
-    return [(0, adjacency.new_ones(())), *heard]
+    """What agent ``agent`` may read in the decoder, as (token index, mask entry): the start token, and the action
+    token (index j + 1) of every earlier agent j, with entry 0 where it does not hear j. ``adjacency`` is one sample's
+    (N, N)."""
+    earlier = [(j + 1, adjacency[agent, j]) for j in range(agent)]
+    return [(0, adjacency.new_ones(())), *earlier]
 
 
 def _naive_decoder_block(
@@ -185,7 +192,8 @@ def naive_action_decoder(decoder: ActionDecoder, features: Tensor, adjacency: Te
     """``ActionDecoder.forward`` one sample, agent and token at a time.
 
     Agent i reads the start token and, for every agent j < i with ``adjacency[i, j] != 0``, agent j's action token
-    (weighted by that entry); agent j's action token reads the start token, itself, and the tokens agent j reads.
+    (its exp(score) weighted by that entry); agent j's action token reads the start token, itself, and the tokens
+    agent j reads.
     """
     b, n, _ = features.shape
     out = []

@@ -10,7 +10,7 @@ from commformer.config import GraphConfig
 from commformer.gates import gate_adjacency, gate_senders
 from commformer.graph import CommGraph, straight_through_senders, straight_through_topk
 from commformer.layers import CommBlock, GraphAttention
-from commformer.layers.attention import Senders
+from commformer.layers.attention import PROBE_CAP, Senders, masked_weights
 from tests.layers.naive_reference import naive_comm_block, naive_graph_attention
 
 
@@ -151,9 +151,12 @@ def test_rejects_bad_adjacency_shape() -> None:
         GraphAttention(6, 4)
 
 
-def _gated_graphs(n: int, k: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Senders]:
+def _gated_graphs(
+    n: int, k: int, batch: int, seed: int, candidates: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, Senders]:
     """Graph logits (N, N) with gradient, and one gated graph in both layouts: ``(logits, dense (B, N, N),
-    gathered)``, each built from the logits by its own functions.
+    gathered)``, each built from the logits by its own functions. The dense one carries the surrogate's gradient on
+    its kept entries only, as the gathered one can (on every entry with ``candidates``).
 
     The gates close some receivers (only their self-loop left) and some senders are dead, so most rows keep fewer
     than k + 1 entries; the entries are the straight-through graph's (the gradient path to the logits).
@@ -162,7 +165,7 @@ def _gated_graphs(n: int, k: int, batch: int, seed: int) -> tuple[torch.Tensor, 
     logits = torch.randn(n, n, generator=gen).requires_grad_()
     gate_open = (torch.rand(batch, n, generator=gen) < 0.7).double()
     alive = (torch.rand(batch, n, generator=gen) < 0.7).double()
-    dense = gate_adjacency(straight_through_topk(logits, k, 1.0), gate_open, alive)
+    dense = gate_adjacency(straight_through_topk(logits, k, 1.0, candidates=candidates), gate_open, alive)
     gathered = gate_senders(Senders(*straight_through_senders(logits, k, 1.0)), gate_open, alive)
     kept = (dense != 0).sum(-1)  # (B, N)
     assert (kept == 1).any() and (kept == k + 1).any()  # closed or cut off; every sender heard
@@ -195,6 +198,60 @@ def test_gathered_layout_matches_dense_and_naive(heads: int, n: int, k: int) -> 
         torch.testing.assert_close(g_fast, g_dense, rtol=1e-12, atol=1e-13, msg=lambda m, p=name: f"{p}: {m}")
         torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11, msg=lambda m, p=name: f"{p}: {m}")
     assert grads(fast)[1].abs().sum() > 0, "no gradient reached the graph logits"
+
+
+@pytest.mark.parametrize(("n", "k"), [(6, 2), (12, 1)])
+def test_the_dense_layout_assesses_the_senders_left_out(n: int, k: int) -> None:
+    """With candidates, the dense layout's graph gradient is the naive renormalised attention's, every sender a
+    receiver could hear included; it differs from the kept-only one (the gathered layout's) exactly there."""
+    torch.manual_seed(n)
+    attn = GraphAttention(8, 2)
+    _randomise(attn, seed=n)
+    logits, dense, _ = _gated_graphs(n, k, batch=4, seed=n + k, candidates=True)
+    x = torch.randn(4, n, 8)
+    upstream = torch.randn(4, n, 8)
+    fast = attn(x, dense)
+    (g_fast,) = torch.autograd.grad((fast * upstream).sum(), [logits], retain_graph=True)  # dense is read again
+    (g_naive,) = torch.autograd.grad((naive_graph_attention(attn, x, dense) * upstream).sum(), [logits])
+    torch.testing.assert_close(g_fast, g_naive, rtol=1e-9, atol=1e-11)
+    same_logits, kept_only, _ = _gated_graphs(n, k, batch=4, seed=n + k)
+    (g_kept,) = torch.autograd.grad((attn(x, kept_only) * upstream).sum(), [same_logits])
+    assert torch.equal(attn(x, kept_only), fast)  # the same forward
+    assert (g_fast - g_kept).abs().max() > 1e-3  # the candidates' own gradients
+
+
+def test_a_candidates_gradient_is_the_slope_of_mixing_in_its_message() -> None:
+    """Hand check of ``masked_weights``: the gradient at an entry left out (edge 0) equals the finite-difference slope
+    of the output as that entry grows from 0 (the row renormalised), and kept entries' slopes likewise."""
+    torch.manual_seed(3)
+    scores = torch.randn(2, 1, 4, 4)
+    values = torch.randn(2, 1, 4, 3)
+    upstream = torch.randn(2, 1, 4, 3)
+    edge = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1]]).requires_grad_()
+
+    def loss(e: torch.Tensor) -> torch.Tensor:
+        return ((masked_weights(scores, e) @ values) * upstream).sum()
+
+    # A candidate's score counts at most PROBE_CAP above the best kept one of its row.
+    best = scores.masked_fill(edge.detach() == 0, -torch.inf).amax(-1, keepdim=True)
+    capped = torch.minimum(scores, best + PROBE_CAP).exp()
+
+    def soft_loss(e: torch.Tensor) -> torch.Tensor:  # the renormalised attention, written out
+        weights = e * capped / (e * capped).sum(-1, keepdim=True)
+        return ((weights @ values) * upstream).sum()
+
+    (grad,) = torch.autograd.grad(loss(edge), [edge])
+    eps = 1e-3
+    for i in range(4):
+        for j in range(4):
+            bumped = edge.detach().clone()
+            bumped[i, j] += eps
+            slope = (soft_loss(bumped) - soft_loss(edge.detach())) / eps
+            torch.testing.assert_close(grad[i, j], slope, rtol=2e-2, atol=2e-3)
+    assert grad[edge == 0].abs().min() > 0  # every sender left out is assessed
+    with torch.no_grad():  # the forward value is the masked softmax, unchanged
+        expected = torch.softmax(scores.masked_fill(edge == 0, -torch.inf), -1)
+        torch.testing.assert_close(masked_weights(scores, edge), expected, rtol=0, atol=1e-7)
 
 
 def test_gathered_layout_with_a_shared_graph_and_any_column_order() -> None:

@@ -220,3 +220,31 @@ def test_the_layout_follows_team_size_and_k_only() -> None:
     senders = large.senders(gumbel=True)
     assert senders.index is not None and senders.weight.shape == (64, 4)
     assert torch.equal(senders.dense(), large.hard())
+
+
+@pytest.mark.parametrize("n", [3, 8])
+def test_without_candidates_only_the_kept_entries_carry_the_gradient(n: int) -> None:
+    """``candidates=False`` (the gathered layout's graph): an upstream gradient on the entries left out reaches the
+    logits not at all, and one on the kept entries exactly as with candidates."""
+    graph = _random_graph(n, sparsity=0.4, seed=n)
+    hard = graph.hard()
+    upstream = torch.randn(n, n, dtype=torch.float64)
+    kept_only = straight_through_topk(graph.logits, graph.k, 1.0, candidates=False)
+    every = straight_through_topk(graph.logits, graph.k, 1.0)
+    assert torch.equal(kept_only, every) and torch.equal(kept_only, hard)
+    (left_out,) = torch.autograd.grad((kept_only * upstream * (1 - hard)).sum(), graph.logits, retain_graph=True)
+    assert torch.equal(left_out, torch.zeros_like(left_out))
+    (kept_a,) = torch.autograd.grad((kept_only * upstream * hard).sum(), graph.logits)
+    (kept_b,) = torch.autograd.grad((every * upstream * hard).sum(), graph.logits, retain_graph=True)
+    torch.testing.assert_close(kept_a, kept_b, rtol=0, atol=0)
+    (candidates,) = torch.autograd.grad((every * upstream * (1 - hard)).sum(), graph.logits)
+    assert candidates.abs().sum() > 0
+
+
+def test_a_graph_assesses_the_senders_left_out_unless_it_gathers() -> None:
+    small, large = CommGraph(63, GraphConfig(k=3)), CommGraph(64, GraphConfig(k=3))
+    assert small.candidates and not large.candidates
+    # The dense layout's entries left out carry the gradient: an upstream on them alone reaches the logits.
+    upstream = (1 - small.hard()) * torch.randn(63, 63)
+    (grad,) = torch.autograd.grad((small() * upstream).sum(), small.logits)
+    assert grad.abs().sum() > 0
