@@ -102,6 +102,14 @@ TASK_OVERRIDES: dict[str, tuple[str, ...]] = {
         "model.graph.k=1",
     ),
 }
+INFORMED: dict[str, tuple[int, ...]] = {
+    "capture_3x3": (0,),
+    "capture_2p2c_4x4": (0, 1),
+    "capture_1p3c_4x4": (0,),
+    "predator_capture_prey": (0, 1),
+}
+"""task -> the agents that see (predators, agents 0..P-1), where the others are blind: the graph table counts the
+receivers that hear one of them."""
 NOSTATE = "_nostate"
 COST_ARM = "cost"
 COLORS = {
@@ -215,7 +223,7 @@ def run(
     from agents.build import build_ppo_config, probe_env
     from agents.config import load_config
     from agents.env_runner import EPISODE_WIN_RATE
-    from benchmarks.smax_learning import greedy_win_rate
+    from benchmarks.smax_learning import greedy_win_rate, learner_policy
 
     stem = f"{task}_{arm_name(arm, tag)}_seed{seed}"
     overrides = [*task_overrides, *arm_overrides(arm), *extra, f"run.seed={seed}", f"stop.env_steps={steps}"]
@@ -232,6 +240,7 @@ def run(
 
     def greedy(trained: Any) -> None:
         summary = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
+        summary.update(final_graph(learner_policy(trained, config)))
         (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
         print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
 
@@ -322,9 +331,20 @@ def write_trial(config: Any, run_dir: Path, stem: str, eval_episodes: int, seed:
         summary = play(env, greedy_actor(policy, config.env.use_state), eval_episodes, seed=10_000 + seed).summary()
     finally:
         env.close()
+    summary.update(final_graph(policy))
     (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
     print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
     return path
+
+
+def final_graph(policy: Any) -> dict[str, list[list[int]]]:
+    """``{"graph": row i = receiver i's senders}``, the graph a trained policy acts with; empty without
+    communication."""
+    if not policy.config.communicate:
+        return {}
+    hard = policy.trunk.graph.hard()
+    n = len(hard)
+    return {"graph": [[j for j in range(n) if j != i and hard[i, j]] for i in range(n)]}
 
 
 def _read(path: Path) -> dict[str, list[float]]:
@@ -372,7 +392,7 @@ def summarize(tasks: list[str], out: Path) -> str:
                 f"{_fmt(_mean([g['episode_len_mean'] for g in done]), 1)} "
                 f"| {_fmt(msgs)} | {share} |"
             )
-        lines += ["", *_gate_table(runs), ""]
+        lines += ["", *_gate_table(runs), *_graph_table(task, runs), ""]
         _plot(task, runs, out / f"{task}_success.png")
         _plot_front(task, runs, out / f"{task}_front.png")
     text = "\n".join(lines)
@@ -406,6 +426,46 @@ def _gate_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any
                 cells.append(f"{_fmt(rate)} ({steps:,})")
         lines.append(f"| {arm} | {_fmt(_mean([g.get('gate_open_rate') for g in done]))} | {' | '.join(cells)} |")
     return lines
+
+
+def _graph_table(task: str, runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:
+    """The final graph of each seed, for the arms with a sparse graph: ``i<-j`` per receiver. On a task with agents
+    that know what the others need (`INFORMED`), also how many of the other receivers hear one of them, directly or
+    through a chain of senders."""
+    informed = INFORMED.get(task.removesuffix(NOSTATE))
+    rows = []
+    for arm, group in runs.items():
+        graphs = [g["graph"] for _, g in group if g and g.get("graph")]
+        if not graphs or all(len(senders) == len(graph) - 1 for graph in graphs for senders in graph):
+            continue  # dense (every receiver hears everyone): nothing to read
+        cells = []
+        for graph in graphs:
+            text = " ".join(f"{i}<-{','.join(map(str, senders))}" for i, senders in enumerate(graph))
+            if informed is not None:
+                direct, reached = _hears_informed(graph, informed)
+                others = len(graph) - len(informed)
+                text += f" (direct {direct}/{others}, chain {reached}/{others})"
+            cells.append(text)
+        rows.append(f"| {arm} | {' ; '.join(cells)} |")
+    if not rows:
+        return []
+    return ["", "| arm | final graph per seed (receiver<-senders) |", "|---|---|", *rows]
+
+
+def _hears_informed(graph: list[list[int]], informed: Sequence[int]) -> tuple[int, int]:
+    """Of the receivers outside ``informed``: how many hear an informed agent directly, and how many reach one along
+    their senders (any number of hops: a receiver can follow a sender that heard one)."""
+    reached = set(informed)
+    changed = True
+    while changed:  # fixed point: a receiver is reached once any of its senders is
+        changed = False
+        for i, senders in enumerate(graph):
+            if i not in reached and reached.intersection(senders):
+                reached.add(i)
+                changed = True
+    others = [i for i in range(len(graph)) if i not in informed]
+    direct = sum(1 for i in others if set(informed).intersection(graph[i]))
+    return direct, sum(1 for i in others if i in reached)
 
 
 def _int(values: list[float]) -> list[int]:

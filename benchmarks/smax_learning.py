@@ -94,18 +94,25 @@ def train_smax(
     return train_to_csv(algo, csv_path, env_steps, stem, extra=win_rate, at_end=greedy)
 
 
-def greedy_win_rate(algo: Any, config: Any, episodes: int, seed: int) -> dict[str, Any]:
-    """The trained policy (the learner's weights) played greedily in a fresh env: evaluate's summary."""
+def learner_policy(algo: Any, config: Any) -> Any:
+    """The trained policy: a ``CommFormerPolicy`` with the learner's weights."""
     from ray.rllib.core import DEFAULT_MODULE_ID
 
-    from agents.build import env_config_dict, probe_env
-    from agents.play import greedy_actor, make_play_env, play
+    from agents.build import probe_env
     from agents.rl_module import team_dims
     from agents.train import policy_from_weights
 
     spaces = probe_env(config)
     weights = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
-    policy = policy_from_weights(config, weights, team_dims(spaces.observation_space, spaces.action_space))
+    return policy_from_weights(config, weights, team_dims(spaces.observation_space, spaces.action_space))
+
+
+def greedy_win_rate(algo: Any, config: Any, episodes: int, seed: int) -> dict[str, Any]:
+    """The trained policy (the learner's weights) played greedily in a fresh env: evaluate's summary."""
+    from agents.build import env_config_dict
+    from agents.play import greedy_actor, make_play_env, play
+
+    policy = learner_policy(algo, config)
     env = make_play_env(env_config_dict(config), policy)
     try:
         return play(env, greedy_actor(policy, config.env.use_state), episodes, seed=seed).summary()

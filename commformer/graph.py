@@ -16,6 +16,12 @@ itself: this is the PPO consistency rule of docs/DESIGN.md (rollout and update s
 graph). The official code instead draws the update-time graph from the noisy logits, which biases the PPO
 ratio; we do not copy that.
 
+Which entries learn. Attention (commformer/layers/attention.py, ``masked_weights``) gives every entry of ``A`` a
+gradient, a sender the receiver does not hear included: the slope of the loss as a little of that sender's message
+is mixed in. Through ``y_soft`` a receiver's logits then rise for the senders worth hearing, heard or not, instead of
+only falling for a useless held one. The gathered layout scores the listed senders only, so there the kept entries
+alone carry the gradient (``candidates=False``).
+
 With N = 2 each receiver has one candidate sender, so the surrogate is constant and the logits get a zero
 gradient: there is nothing to choose. With N = 1 the graph is ``[[1]]`` and the logits get no gradient.
 
@@ -149,7 +155,8 @@ def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor |
     Returns:
         ``index`` (N, k + 1) int64, row i = receiver i's self-loop, then its top-k senders ascending; and ``entries``
         (N, k + 1), ``straight_through_topk(...)[i, index[i, m]]``: exactly 1 forward, with the same gradient. Every
-        entry not listed is exactly 0 forward; its gradient is never used (attention gives its pair weight 0).
+        entry not listed is exactly 0 forward; the gathered layout never scores it, so it has no gradient
+        (``straight_through_topk`` with ``candidates=False``).
 
     The surrogate softmax is O(N^2) (every logit is a candidate), once per call, not per batch element; without
     autograd (acting) it is skipped, since it is exactly 0 forward.

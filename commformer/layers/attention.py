@@ -13,9 +13,11 @@ hears. This is a deliberate departure.
 
 Scaling: the score is divided by sqrt(d_head) once (the official code scales twice).
 
-Multiplying the softmax weights by ``A``: with a straight-through adjacency, A is exactly 1 on kept entries,
-so the forward value is unchanged, but this product is the path that carries gradient to the graph logits
-(the temporal gates' decisions enter as constants: they learn through their log-probs, commformer/gates.py).
+The adjacency's gradient (``masked_weights``) is that of ``w_ij = A_ij exp(score_ij) / sum_m A_im exp(score_im)``,
+the same weights forward when A is 0/1: a straight-through adjacency is exactly 1 on kept entries and 0 elsewhere,
+so the forward value is unchanged, and this is the path that carries gradient to the graph logits, for the senders a
+receiver hears and, in the dense layout, for those it does not (would a little of their message help?). The temporal
+gates' decisions enter as constants: they learn through their log-probs, commformer/gates.py.
 
 Two layouts of the adjacency (``Senders``), one result. Small teams, or graphs where each receiver hears a good share
 of the team, use the *dense* layout: every receiver is scored against every sender as a (B, H, N, N) matrix (einsum,
@@ -24,9 +26,10 @@ graph use the *gathered* layout: receiver i's K = k + 1 candidate senders (its k
 in an (N, K) index, their keys and values are gathered into (B, N, K, d) and only those K pairs are scored, O(B N K d)
 time and memory. The softmax, the mask and the product with the adjacency entries are the same function on both
 (``masked_weights``: a pair outside the K listed ones would get weight exactly 0 in the dense layout anyway), so both
-give the same outputs and the same gradients, the graph logits' included, up to rounding. Which layout a graph uses is
-``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once, when it is built, so the
-rollout and the learner's recomputation always take the same path whatever their batch sizes.
+give the same outputs and the same gradients up to rounding, except that the gathered layout never scores the pairs
+it does not list, so the graph logits learn from the kept senders only (``CommGraph.candidates``). Which layout a graph
+uses is ``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once, when it is built,
+so the rollout and the learner's recomputation always take the same path whatever their batch sizes.
 """
 
 from __future__ import annotations

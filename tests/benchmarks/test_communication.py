@@ -177,3 +177,36 @@ def test_a_probe_needs_a_tag_and_overrides_together_and_a_clean_tag() -> None:
         comm.arm_name("learned", "a_b")
     with pytest.raises(SystemExit, match=r"one value each, got a grid in training\.lr=0\.1,0\.2"):
         comm.main(["sweep", "--task", "capture_3x3", "--tag", "lr", "training.lr=0.1,0.2"])
+
+
+def test_the_summary_lists_each_seeds_final_graph_and_who_reaches_a_seeing_agent(tmp_path: Path) -> None:
+    task = "capture_1p3c_4x4"  # agent 0 sees, 1-3 are blind
+    _write_run(tmp_path, f"{task}_random_seed0", [0.2], messages=3.0, win=0.2)
+    _write_run(tmp_path, f"{task}_learned_seed0", [0.9], messages=3.0, win=0.9)
+    _write_run(tmp_path, f"{task}_dense_seed0", [1.0], messages=12.0, win=1.0)
+    graphs = {
+        "random": [[3], [3], [3], [1]],  # 1 <-> 3 a cycle, 2 follows it: nobody blind reaches 0
+        "learned": [[1], [0], [1], [2]],  # 1 hears 0; 2 through 1; 3 through 2, 1
+        "dense": [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]],
+    }
+    for arm, graph in graphs.items():
+        path = tmp_path / f"{task}_{arm}_seed0_greedy.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"graph": graph}))
+    lines = comm.summarize([task], tmp_path).splitlines()
+    assert "| random | 0<-3 1<-3 2<-3 3<-1 (direct 0/3, chain 0/3) |" in lines
+    assert "| learned | 0<-1 1<-0 2<-1 3<-2 (direct 1/3, chain 3/3) |" in lines
+    assert not any(line.startswith("| dense | 0<-") for line in lines)  # every receiver hears everyone
+
+
+def test_the_final_graph_is_the_one_the_policy_acts_with() -> None:
+    import torch
+
+    from commformer.config import GraphConfig, ModelConfig
+    from commformer.policy import CommFormerPolicy
+
+    policy = CommFormerPolicy(ModelConfig(embed_dim=8, graph=GraphConfig(k=1)), 4, 3, 2)
+    with torch.no_grad():
+        policy.trunk.graph.logits.copy_(torch.eye(4).roll(1, dims=0) * 5)  # row i prefers i - 1 (mod 4)
+    assert comm.final_graph(policy) == {"graph": [[3], [0], [1], [2]]}
+    silent = CommFormerPolicy(ModelConfig(embed_dim=8, communicate=False), 4, 3, 2)
+    assert comm.final_graph(silent) == {}
