@@ -305,13 +305,15 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         self._arm_graph_noise()
 
     def _arm_graph_noise(self) -> None:
-        """Tells every module whether its next training forward belongs to an upper-level step that adds Gumbel
-        noise to the graph's surrogate gradient (`model.graph.gumbel`): RLlib calls `forward_train` with the batch
-        only, so the level of the step travels as a module attribute, set after every gradient step."""
+        """Tells every module whether its next training forward belongs to an upper-level step (a gathered graph then
+        draws senders to assess, `model.graph.probes`) and whether it adds Gumbel noise to the graph's surrogate
+        gradient (`model.graph.gumbel`): RLlib calls `forward_train` with the batch only, so the level of the step
+        travels as module attributes, set after every gradient step."""
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             module = self.module[module_id].unwrapped()
             assert isinstance(module, CommFormerRLModule)
-            module.graph_noise = module.model_cfg.graph.gumbel and self.is_graph_step()
+            module.graph_step = self.is_graph_step()
+            module.graph_noise = module.model_cfg.graph.gumbel and module.graph_step
 
     @override(PPOTorchLearner)
     def update(self, *args: Any, **kwargs: Any) -> Any:

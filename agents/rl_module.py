@@ -178,8 +178,11 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         self.model_cfg: ModelConfig = from_mapping(ModelConfig, model_config.get("model"), "model")
         self.policy = build_policy(self.model_cfg, dims)
         # Whether the next `_forward_train` is an upper-level step with Gumbel noise in the graph's surrogate
-        # gradient (`model.graph.gumbel`); the learner sets it before every gradient step. Never changes outputs.
+        # gradient (`model.graph.gumbel`), and whether it is an upper-level step at all (a gathered graph then draws
+        # senders to assess, `model.graph.probes`); the learner sets both before every gradient step. Neither
+        # changes an output.
         self.graph_noise = False
+        self.graph_step = True
         self.value_norm = ValueNorm()
         if self.continuous:
             self.action_dist_cls = TorchDiagGaussian
@@ -193,6 +196,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
         exit_depth: Tensor | None = None,
         gate_open: Tensor | None = None,
         gumbel: bool = False,
+        probes: bool = True,
         greedy_values: bool = False,
         actions: Tensor | None = None,
     ) -> PolicyOutput:
@@ -208,6 +212,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             exit_depth=exit_depth,
             gate_open=gate_open,
             gumbel=gumbel,
+            probes=probes,
             greedy_values=greedy_values,
             actions=actions,
         )
@@ -286,6 +291,7 @@ class CommFormerRLModule(TorchRLModule, ValueFunctionAPI):
             exit_depth=exit_depth,
             gate_open=self._recorded_gates(batch),
             gumbel=self.graph_noise,
+            probes=self.graph_step,
             greedy_values=True,
             actions=batch[Columns.ACTIONS] if self.decodes else None,  # teacher forcing on the rollout's actions
         )

@@ -87,6 +87,10 @@ class GraphConfig:
     graph", has the measurement at N = 6)."""
     gumbel_tau: float = 1.0
     """Temperature of the softmax whose gradient the straight-through graph uses."""
+    probes: int = 4
+    """Senders a receiver does not hear whose worth the graph gradient samples per learner forward, where attention
+    reads the graph in the gathered layout (large teams with few senders each, commformer/layers/attention.py): there
+    only the listed pairs are scored. 0 = the held senders alone. The dense layout assesses every sender."""
     init: GraphInit = "uniform"
     """Initial logits: ``uniform`` (all ones, as the official code; ties make the first graph the ring
     i <- i+1..i+k) or ``random`` (standard normal draws from the run's seed: a random graph of k senders; with
@@ -99,6 +103,7 @@ class GraphConfig:
         if self.k is not None:
             require_int("model.graph.k", self.k, 1)
         require_bool("model.graph.gumbel", self.gumbel)
+        require_int("model.graph.probes", self.probes, 0)
         require_choice("model.graph.init", self.init, GRAPH_INITS)
         tau = require_float("model.graph.gumbel_tau", self.gumbel_tau)
         if tau <= 0.0:

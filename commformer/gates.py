@@ -190,4 +190,6 @@ def gate_senders(graph: Senders, gate_open: Tensor, alive: Tensor | None = None)
     if alive is not None:
         sender_alive = alive.to(graph.weight.dtype)[:, graph.index]  # (B, N, K): each listed sender's flag
         effective = effective * torch.maximum(sender_alive, own)
-    return Senders(graph.index, effective)
+    # A probe is never the receiver itself: a closed gate or a dead sender zeroes its gradient path, as any entry's.
+    probes = None if graph.probes is None else gate_senders(graph.probes, gate_open, alive)
+    return Senders(graph.index, effective, probes)

@@ -19,8 +19,10 @@ ratio; we do not copy that.
 Which entries learn. Attention (commformer/layers/attention.py, ``masked_weights``) gives every entry of ``A`` a
 gradient, a sender the receiver does not hear included: the slope of the loss as a little of that sender's message
 is mixed in. Through ``y_soft`` a receiver's logits then rise for the senders worth hearing, heard or not, instead of
-only falling for a useless held one. The gathered layout scores the listed senders only, so there the kept entries
-alone carry the gradient (``candidates=False``).
+only falling for a useless held one. The gathered layout scores the listed senders only; there each learner forward
+draws ``model.graph.probes`` senders left out per receiver (``probe_senders``) whose entries are exactly 0 and carry
+the surrogate's gradient scaled by (senders left out) / P, so the logits get the dense layout's gradient in
+expectation, at P more scored pairs per receiver instead of N.
 
 With N = 2 each receiver has one candidate sender, so the surrogate is constant and the logits get a zero
 gradient: there is nothing to choose. With N = 1 the graph is ``[[1]]`` and the logits get no gradient.
@@ -47,6 +49,7 @@ from commformer.layers.attention import Senders, gathers
 __all__ = [
     "CommGraph",
     "hard_topk",
+    "probe_senders",
     "sample_gumbel",
     "straight_through_senders",
     "straight_through_topk",
@@ -146,6 +149,23 @@ def straight_through_topk(
     return y_hard + (relaxed if candidates else relaxed * y_hard)
 
 
+def probe_senders(kept: Tensor, probes: int, generator: torch.Generator | None = None) -> Tensor:
+    """``probes`` senders per receiver drawn uniformly without replacement among those it does not hear.
+
+    Args:
+        kept: (N, K) each receiver's listed senders, its self-loop included.
+        probes: P, at most N - K.
+        generator: optional RNG.
+
+    Returns:
+        (N, P) int64, ascending per row.
+    """
+    n = kept.shape[0]
+    draws = torch.rand(n, n, generator=generator, device=kept.device)  # (N, N)
+    draws = draws.scatter(1, kept, -1.0)  # a listed sender (the receiver included) is never drawn
+    return draws.topk(probes, dim=1).indices.sort(dim=1).values
+
+
 def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``straight_through_topk`` in the gathered layout (commformer/layers/attention.py): its kept entries only.
 
@@ -155,8 +175,8 @@ def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor |
     Returns:
         ``index`` (N, k + 1) int64, row i = receiver i's self-loop, then its top-k senders ascending; and ``entries``
         (N, k + 1), ``straight_through_topk(...)[i, index[i, m]]``: exactly 1 forward, with the same gradient. Every
-        entry not listed is exactly 0 forward; the gathered layout never scores it, so it has no gradient
-        (``straight_through_topk`` with ``candidates=False``).
+        entry not listed is exactly 0 forward and has no gradient here (``straight_through_topk`` with
+        ``candidates=False``); ``CommGraph.senders`` adds sampled probes.
 
     The surrogate softmax is O(N^2) (every logit is a candidate), once per call, not per batch element; without
     autograd (acting) it is skipped, since it is exactly 0 forward.
@@ -195,8 +215,10 @@ class CommGraph(nn.Module):
         self.k = config.senders(n_agents)  # validates n_agents and an explicit k
         self.tau = float(config.gumbel_tau)
         self.gathered = gathers(n_agents, self.k)
-        # Whether the senders left out get a gradient of their own; the gathered layout never scores them.
+        # Whether every sender left out gets a gradient of its own (the dense layout); the gathered layout scores a
+        # sample of `probes` of them per learner forward.
         self.candidates = not self.gathered
+        self.probes = min(config.probes, n_agents - 1 - self.k) if self.gathered else 0
         # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
         initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
         self.logits = nn.Parameter(initial)
@@ -214,13 +236,23 @@ class CommGraph(nn.Module):
         """
         return straight_through_topk(self.logits, self.k, self.tau, self._noise(gumbel, generator), self.candidates)
 
-    def senders(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Senders:
+    def senders(self, gumbel: bool = False, generator: torch.Generator | None = None, probes: bool = True) -> Senders:
         """The straight-through adjacency in the layout attention reads (``gathered``): ``forward``'s (N, N) matrix,
-        or its self-loops and top-k senders, (N, k + 1) entries (``straight_through_senders``). Same arguments."""
+        or its self-loops and top-k senders, (N, k + 1) entries (``straight_through_senders``), then, with autograd
+        and ``probes``, ``Senders.probes``: a fresh sample of senders left out to assess (module docstring). Same
+        arguments; ``probes=False`` where the graph's gradient is not used (the learner's lower-level steps)."""
         noise = self._noise(gumbel, generator)
         if not self.gathered:
             return Senders(None, straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates))
-        return Senders(*straight_through_senders(self.logits, self.k, self.tau, noise))
+        index, entries = straight_through_senders(self.logits, self.k, self.tau, noise)
+        if not (probes and self.probes and torch.is_grad_enabled() and self.logits.requires_grad):
+            return Senders(index, entries)
+        # Senders left out, a sample of them per forward: entries exactly 0, the surrogate's gradient scaled by
+        # (left out) / P, so that in expectation the logits get the dense layout's gradient.
+        assessed = probe_senders(index, self.probes, generator)  # (N, P)
+        relaxed = _surrogate(self.logits, self.tau, noise).gather(1, assessed)  # (N, P)
+        scale = (self.n_agents - 1 - self.k) / self.probes
+        return Senders(index, entries, Senders(assessed, (relaxed - relaxed.detach()) * scale))
 
     def _noise(self, gumbel: bool, generator: torch.Generator | None) -> Tensor | None:
         """Gumbel noise (N, N) for the surrogate, or None."""
@@ -246,5 +278,5 @@ class CommGraph(nn.Module):
         return torch.softmax((self.logits / self.tau).masked_fill(self_loop, float("-inf")), dim=-1)
 
     def extra_repr(self) -> str:
-        layout = f"gathered={self.gathered}, candidates={self.candidates}"
+        layout = f"gathered={self.gathered}, candidates={self.candidates}, probes={self.probes}"
         return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, {layout}"

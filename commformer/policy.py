@@ -265,6 +265,7 @@ class CommFormerPolicy(nn.Module):
         history: Tensor | None = None,
         *,
         gumbel: bool = False,
+        probes: bool = True,
         exit_depth: Tensor | None = None,
         gate_open: Tensor | None = None,
         sample_gates: bool = False,
@@ -285,6 +286,8 @@ class CommFormerPolicy(nn.Module):
                 encoders, ignored by mlp.
             gumbel: add Gumbel noise to the graph's surrogate gradient (upper-level steps); the forward
                 values do not change.
+            probes: a gathered graph's gradient assesses a sample of the senders left out (``CommGraph.senders``);
+                off where that gradient is not used (lower-level steps). The forward values do not change.
             exit_depth: optional (*B,) int depths recorded when the action was taken with early exits
                 (``act``); ``logits`` then come from the head at that depth (the PPO consistency rule).
                 Needs ``model.early_exit.enabled``.
@@ -303,7 +306,7 @@ class CommFormerPolicy(nn.Module):
         inputs = self._inputs(obs, action_mask, alive, state, gate_open, exit_depth, actions)
         h = self._embed(obs, history)
         connection = self.trunk.connect(
-            h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel
+            h, inputs.alive, gate_open=inputs.gate_open, sample_gates=sample_gates, gumbel=gumbel, probes=probes
         )
         trunk = self.trunk(h, connection)
         features = trunk.features

@@ -105,6 +105,7 @@ class CommTrunk(nn.Module):
         gate_open: Tensor | None = None,
         sample_gates: bool = False,
         gumbel: bool = False,
+        probes: bool = True,
     ) -> Connection:
         """The gates' decisions and the effective adjacency for the embeddings h (B, N, d).
 
@@ -113,6 +114,7 @@ class CommTrunk(nn.Module):
             gate_open: optional (B, N) recorded decisions to replay; needs learned gates.
             sample_gates: without ``gate_open``, draw the decisions instead of taking the greedy ones.
             gumbel: add Gumbel noise to the graph's surrogate gradient; the forward values do not change.
+            probes: let a gathered graph draw senders to assess (``CommGraph.senders``); no forward value changes.
         """
         if gate_open is not None and not self.learns_gates:
             raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
@@ -129,7 +131,7 @@ class CommTrunk(nn.Module):
         else:
             decisions = h.new_ones(flat, n)
             comm_cost = h.new_zeros(())
-        graph = self.graph.senders(gumbel=gumbel).to(h.dtype)  # entries (N, K)
+        graph = self.graph.senders(gumbel=gumbel, probes=probes).to(h.dtype)  # entries (N, K)
         adjacency = gate_senders(graph, decisions, alive)  # entries (B, N, K)
         return Connection(graph, adjacency, decisions, gates, comm_cost, alive)
 

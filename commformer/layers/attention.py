@@ -16,8 +16,9 @@ Scaling: the score is divided by sqrt(d_head) once (the official code scales twi
 The adjacency's gradient (``masked_weights``) is that of ``w_ij = A_ij exp(score_ij) / sum_m A_im exp(score_im)``,
 the same weights forward when A is 0/1: a straight-through adjacency is exactly 1 on kept entries and 0 elsewhere,
 so the forward value is unchanged, and this is the path that carries gradient to the graph logits, for the senders a
-receiver hears and, in the dense layout, for those it does not (would a little of their message help?). The temporal
-gates' decisions enter as constants: they learn through their log-probs, commformer/gates.py.
+receiver hears and for those it does not (would a little of their message help?), all of them in the dense layout
+and a sample in the gathered one. The temporal gates' decisions enter as constants: they learn through their
+log-probs, commformer/gates.py.
 
 Two layouts of the adjacency (``Senders``), one result. Small teams, or graphs where each receiver hears a good share
 of the team, use the *dense* layout: every receiver is scored against every sender as a (B, H, N, N) matrix (einsum,
@@ -26,8 +27,10 @@ graph use the *gathered* layout: receiver i's K = k + 1 candidate senders (its k
 in an (N, K) index, their keys and values are gathered into (B, N, K, d) and only those K pairs are scored, O(B N K d)
 time and memory. The softmax, the mask and the product with the adjacency entries are the same function on both
 (``masked_weights``: a pair outside the K listed ones would get weight exactly 0 in the dense layout anyway), so both
-give the same outputs and the same gradients up to rounding, except that the gathered layout never scores the pairs
-it does not list, so the graph logits learn from the kept senders only (``CommGraph.candidates``). Which layout a graph
+give the same outputs and the same gradients up to rounding, except for the graph logits' gradient from the senders
+a receiver does not hear: the dense layout assesses every one, the gathered layout a sample of them per learner
+forward (``Senders.probes``, exactly 0 forward; with every one of them sampled, the dense layout's gradient). Which
+layout a graph
 uses is ``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once, when it is built,
 so the rollout and the learner's recomputation always take the same path whatever their batch sizes.
 """
@@ -84,10 +87,15 @@ class Senders:
     lists the self-loop first), and ``weight`` (*B, N, K) holds their entries, ``weight[..., i, m] = A[..., i,
     index[i, m]]``; every sender that row i does not list has entry 0. Either way a zero entry is a sender not heard,
     and the entries carry the straight-through gradient to the graph logits.
+
+    ``probes`` (gathered layout, learner forwards only): more senders per receiver, none listed in ``index``, as a
+    gathered adjacency (N, P) whose entries are exactly 0 forward and carry the graph's gradient for those senders:
+    attention assesses them without changing its output (``GraphAttention``).
     """
 
     index: Tensor | None
     weight: Tensor
+    probes: Senders | None = None
 
     def self_loops(self) -> Tensor:
         """Where the listed sender is the receiver itself: (N, N) identity, or (N, K) in the gathered layout; 0/1 in
@@ -99,25 +107,29 @@ class Senders:
         return (self.index == torch.arange(n, device=device).unsqueeze(-1)).to(dtype)
 
     def dense(self) -> Tensor:
-        """The adjacency as a dense (*B, N, N) tensor (with the entries' gradient path); the dense layout's is
-        ``weight`` itself. O(B N^2): for outputs and for the parts that read a dense adjacency, not for attention."""
+        """The adjacency as a dense (*B, N, N) tensor (with the entries' gradient path, the probes' included); the
+        dense layout's is ``weight`` itself. O(B N^2): for outputs and for the parts that read a dense adjacency, not
+        for attention."""
         if self.index is None:
             return self.weight
         n = self.weight.shape[-2]
         index = self.index.expand(self.weight.shape)
-        return self.weight.new_zeros((*self.weight.shape[:-1], n)).scatter(-1, index, self.weight)
+        dense = self.weight.new_zeros((*self.weight.shape[:-1], n)).scatter(-1, index, self.weight)
+        # A probe's entry is exactly 0 at a place no listed sender holds: the sum adds its gradient path only.
+        return dense if self.probes is None else dense + self.probes.dense()
 
     def to(self, dtype: torch.dtype) -> Senders:
         """The same adjacency with entries of ``dtype``."""
-        return Senders(self.index, self.weight.to(dtype))
+        return Senders(self.index, self.weight.to(dtype), None if self.probes is None else self.probes.to(dtype))
 
     def rows(self, rows: Tensor) -> Senders:
         """The batch rows ``rows`` (an index or mask over the first batch dim of ``weight``)."""
-        return Senders(self.index, self.weight[rows])
+        return Senders(self.index, self.weight[rows], None if self.probes is None else self.probes.rows(rows))
 
     def reshape(self, *batch: int) -> Senders:
         """The entries with the batch dims ``batch``: (B, N, K) -> (*batch, N, K)."""
-        return Senders(self.index, self.weight.reshape(*batch, *self.weight.shape[-2:]))
+        probes = None if self.probes is None else self.probes.reshape(*batch)
+        return Senders(self.index, self.weight.reshape(*batch, *self.weight.shape[-2:]), probes)
 
 
 PROBE_CAP = 0.0
@@ -236,7 +248,7 @@ class GraphAttention(nn.Module):
             mixed = self._dense(qkv, _batched_adjacency(senders.weight, b, n).to(x.dtype))
         else:
             entries = _batched_adjacency(senders.weight, b, n, senders.index.shape[-1])  # (B or 1, N, K)
-            mixed = self._gathered(qkv, senders.index, entries)
+            mixed = self._gathered(qkv, senders.index, entries, senders.probes)
         return self.out(mixed.reshape(b, n, d))  # (B, N, H * d_head) -> (B, N, d)
 
     def _dense(self, qkv: Tensor, adjacency: Tensor) -> Tensor:
@@ -247,9 +259,9 @@ class GraphAttention(nn.Module):
         weights = masked_weights(scores, edge)  # (B, H, N, N); the product with A is the gradient path to the graph
         return (weights @ v).transpose(1, 2)  # (B, N, H, d_head)
 
-    def _gathered(self, qkv: Tensor, index: Tensor, entries: Tensor) -> Tensor:
+    def _gathered(self, qkv: Tensor, index: Tensor, entries: Tensor, probes: Senders | None = None) -> Tensor:
         """The gathered layout: qkv (B, N, 3, H, d_head), index (N, K), entries (B or 1, N, K) -> mixed values
-        (B, N, H, d_head).
+        (B, N, H, d_head). ``probes``: senders to assess, not hear (``_assess``).
 
         The same scores as ``scores`` on the listed pairs only, one column m of the index at a time: the "other" keys
         of senders ``index[:, m]`` (the edge embedding added before the gather), the "self" score on each agent's own
@@ -276,7 +288,41 @@ class GraphAttention(nn.Module):
         mixed = weights[..., :1] * v.index_select(1, index[:, 0])  # (B, N, H, d_head)
         for m in range(1, index.shape[-1]):
             mixed = mixed + weights[..., m : m + 1] * v.index_select(1, index[:, m])
+        if probes is not None and torch.is_grad_enabled() and probes.weight.requires_grad:
+            mixed = mixed + self._assess(q_other, k_other, v, scores, entries, mixed, probes)
         return mixed
+
+    def _assess(
+        self, q: Tensor, k: Tensor, v: Tensor, scores: Tensor, entries: Tensor, mixed: Tensor, probes: Senders
+    ) -> Tensor:
+        """A term exactly 0 forward whose gradient to each probe's entry is ``masked_weights``' for a sender left out:
+        the slope of receiver i's output as a little of sender j's message is mixed in, ``(u_j / sum) (v_j - out_i)``
+        with ``u_j = exp(s_ij - top)``, ``s_ij`` capped at ``PROBE_CAP`` above the row's best kept score ``top`` and
+        ``sum`` the kept entries' ``exp(s - top)``. Everything but the entries is detached: the probes change no
+        forward value and teach nothing but the graph.
+
+        Args: q, k: the "other" queries and keys (B, N, H, d_head); v: values (B, N, H, d_head); scores (B, N, H, K)
+        and entries (B or 1, N, K) of the listed senders; mixed (B, N, H, d_head); probes: index (N, P), entries
+        (B or 1, N, P) (exactly 0).
+        """
+        assert probes.index is not None
+        n = q.shape[1]
+        probe_entries = _batched_adjacency(probes.weight, q.shape[0], n, probes.index.shape[-1])  # (B or 1, N, P)
+        kept = (entries != 0).unsqueeze(-2)  # (B or 1, N, 1, K)
+        with torch.no_grad():
+            top = scores.masked_fill(~kept, -torch.inf).amax(-1)  # (B, N, H); the self-loop is always kept
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            total = (torch.exp(scores - top.unsqueeze(-1)) * entries.unsqueeze(-2)).sum(-1)  # (B, N, H)
+            total = torch.where(total > 0, total, torch.ones_like(total))
+            slopes = []
+            for p in range(probes.index.shape[-1]):
+                score = (q * k.index_select(1, probes.index[:, p])).sum(-1) / math.sqrt(self.head_dim)  # (B, N, H)
+                weight = torch.exp((score - top).clamp(max=PROBE_CAP)) / total
+                slopes.append(weight.unsqueeze(-1) * (v.index_select(1, probes.index[:, p]) - mixed))  # (B, N, H, dh)
+        term = probe_entries[..., 0, None, None] * slopes[0]
+        for p in range(1, len(slopes)):
+            term = term + probe_entries[..., p, None, None] * slopes[p]
+        return term
 
 
 def block_mlp(embed_dim: int, mlp_ratio: int, activation: str) -> nn.Sequential:

@@ -263,24 +263,26 @@ def test_an_overshooting_batch_takes_no_extra_minibatch(ray_session, monkeypatch
 
 
 @pytest.mark.parametrize("gumbel", [True, False])
-def test_gumbel_noise_reaches_the_graph_in_graph_steps_only(ray_session, monkeypatch, gumbel):
+def test_gumbel_noise_and_probes_reach_the_graph_in_graph_steps_only(ray_session, monkeypatch, gumbel):
     """model.graph.gumbel: the graph's forward inside the learner's gradient steps receives the flag on the
-    upper-level steps (every 2nd here) and only there; rollouts and the value forward never do."""
+    upper-level steps (every 2nd here) and only there; rollouts and the value forward never do. The same steps, and
+    only they, let a gathered graph draw senders to assess (model.graph.probes), whatever the noise."""
     from commformer.graph import CommGraph
 
-    calls: list[tuple[bool, bool]] = []  # (gumbel, with autograd) of every straight-through graph the trunk takes
+    calls: list[tuple[bool, bool, bool]] = []  # (gumbel, probes, with autograd) of every graph the trunk takes
     real = CommGraph.senders
 
-    def recording(self, gumbel=False, generator=None):
-        calls.append((gumbel, torch.is_grad_enabled()))
-        return real(self, gumbel=gumbel, generator=generator)
+    def recording(self, gumbel=False, generator=None, probes=True):
+        calls.append((gumbel, probes, torch.is_grad_enabled()))
+        return real(self, gumbel=gumbel, generator=generator, probes=probes)
 
     monkeypatch.setattr(CommGraph, "senders", recording)
     _, _, metrics = _one_iteration(["training.graph_every=2", f"model.graph.gumbel={str(gumbel).lower()}"])
-    steps = [flag for flag, grad in calls if grad]  # the learner's training forwards, one per gradient step
+    steps = [(noise, probes) for noise, probes, grad in calls if grad]  # the learner's forwards, one per step
     assert len(steps) == metrics["gradient_steps"] == 4 and metrics["graph_steps"] == 2
-    assert steps == ([False, True, False, True] if gumbel else [False] * 4)
-    assert not any(flag for flag, grad in calls if not grad)  # rollouts and GAE values: no noise
+    assert [noise for noise, _ in steps] == ([False, True, False, True] if gumbel else [False] * 4)
+    assert [probes for _, probes in steps] == [False, True, False, True]
+    assert not any(noise for noise, _, grad in calls if not grad)  # rollouts and GAE values: no noise
 
 
 def test_the_moe_auxiliary_losses_are_part_of_the_training_loss(ray_session, monkeypatch):

@@ -521,6 +521,7 @@ CONTINUOUS = ("env.name=mpe2.simple_spread_v3", "env.options={N: 2, continuous_a
 ORCHID = ("model.encoder=orchid", "model.history=4")
 EXITS = ("model.early_exit.enabled=true", "model.num_blocks=2")
 GATE_PHASE = (*EXITS, "model.early_exit.warmup_steps=0")  # the exits' gates learn from the first step
+GATHERED = ("env.name=signal", "env.options={n_agents: 32}", "model.graph.k=1")
 UPPER_LEVEL = ("training.graph_every=1",)  # every gradient step is a graph step (unless the graph is frozen)
 DRIVER = ("training.train_batch_size=1000", "training.minibatch_size=500", "stop.env_steps=6000")  # 6 iterations
 REMOTE = ("resources.num_env_runners=1",)
@@ -557,6 +558,8 @@ CASES: dict[str, Case] = {
     # Consumed in upper-level steps only: the Learner arms the module's Gumbel noise, the forward passes it on.
     "model.graph.gumbel": Case("false", gradient("trunk.graph."), UPPER_LEVEL),
     "model.graph.gumbel_tau": Case("0.5", gradient("trunk.graph."), UPPER_LEVEL),
+    # Acts where attention gathers (N >= 16 (k + 1)): 32 signal agents with one sender each.
+    "model.graph.probes": Case("0", gradient("trunk.graph."), (*UPPER_LEVEL, *GATHERED)),
     # model.gates
     "model.gates.enabled": Case("false", parameters()),
     "model.gates.cost_weight": Case("0.5", forward("comm_cost")),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -17,13 +18,21 @@ from commformer.policy import CommFormerPolicy, PolicyOutput
 
 N, D, A, S, K = 48, 5, 4, 6, 2
 CONFIG = ModelConfig(
-    embed_dim=8, num_heads=2, num_blocks=2, mlp_ratio=2, graph=GraphConfig(k=K), gates=GateConfig(init_bias=0.0)
+    embed_dim=8,
+    num_heads=2,
+    num_blocks=2,
+    mlp_ratio=2,
+    graph=GraphConfig(k=K, probes=0),
+    gates=GateConfig(init_bias=0.0),
 )
+"""Without probes: the graph logits learn from the held senders only, in both layouts (the dense copy keeps
+``candidates=False``)."""
 
 
 def _pair(config: ModelConfig = CONFIG) -> tuple[CommFormerPolicy, CommFormerPolicy]:
     """(gathered, dense): one policy with random graph logits and gates that depend on the agent, and a copy of it
-    told to attend in the dense layout."""
+    told to attend in the dense layout (its graph assessing the senders left out only if the gathered one probes
+    them)."""
     assert gathers(N, K)
     torch.manual_seed(0)
     policy = CommFormerPolicy(config, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
@@ -35,6 +44,7 @@ def _pair(config: ModelConfig = CONFIG) -> tuple[CommFormerPolicy, CommFormerPol
             param.normal_(0.0, 0.5)
     dense = copy.deepcopy(policy)
     dense.trunk.graph.gathered = False
+    dense.trunk.graph.candidates = policy.trunk.graph.probes > 0
     return policy, dense
 
 
@@ -80,8 +90,54 @@ def test_gathered_policy_equals_the_dense_one_outputs_and_gradients(gumbel: bool
     assert graph_grad.abs().sum() > 0, "no gradient reached the graph logits"
 
 
+def test_probing_every_sender_left_out_gives_the_dense_layouts_graph_gradient() -> None:
+    """With as many probes as senders left out (N - 1 - K, so the sample is all of them and the scale 1), the
+    gathered layout's exactly-zero assessment terms give every parameter, the graph logits included, the gradient of
+    the dense layout, where ``masked_weights`` assesses every sender."""
+    config = dataclasses.replace(CONFIG, graph=GraphConfig(k=K, probes=N - 1 - K))
+    gathered, dense = _pair(config)
+    assert gathered.trunk.graph.probes == N - 1 - K and dense.trunk.graph.candidates
+    obs, mask, alive, state = _inputs((5,), seed=7)
+    gate_open = gathered.act(obs, mask, alive, sample_gates=True).gate_open
+    outs = [p(obs, mask, alive, state, gate_open=gate_open) for p in (gathered, dense)]
+    grads = [torch.autograd.grad(_loss(o), list(p.parameters())) for o, p in zip(outs, (gathered, dense), strict=True)]
+    assert outs[0].senders.probes is not None
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=1e-12, atol=1e-13)
+    names = [name for name, _ in gathered.named_parameters()]
+    for name, g_gathered, g_dense in zip(names, *grads, strict=True):
+        torch.testing.assert_close(g_gathered, g_dense, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+    # The senders left out do carry gradient (not all of it through the held ones).
+    kept_only = _pair()[0]
+    (held,) = torch.autograd.grad(
+        _loss(kept_only(obs, mask, alive, state, gate_open=gate_open)), [kept_only.trunk.graph.logits]
+    )
+    logits_grad = grads[0][names.index("trunk.graph.logits")]
+    assert (logits_grad - held).abs().max() > 1e-3
+
+
+def test_probes_are_drawn_per_forward_among_the_senders_left_out_and_change_no_output() -> None:
+    config = dataclasses.replace(CONFIG, graph=GraphConfig(k=K, probes=3))
+    policy = _pair(config)[0]
+    graph = policy.trunk.graph
+    draws = [graph.senders().probes for _ in range(4)]
+    kept = graph.senders().index
+    assert kept is not None
+    for probes in draws:
+        assert probes is not None and probes.index is not None and probes.index.shape == (N, 3)
+        assert torch.equal(probes.weight, torch.zeros(N, 3, dtype=probes.weight.dtype))  # exactly 0 forward
+        for i in range(N):  # distinct, never held, never the receiver itself
+            row = set(probes.index[i].tolist())
+            assert len(row) == 3 and not row & set(kept[i].tolist())
+    assert any(not torch.equal(a.index, b.index) for a, b in itertools.pairwise(draws))  # drawn afresh
+    with torch.no_grad():
+        assert graph.senders().probes is None  # acting draws none
+    obs, mask, alive, state = _inputs((4,), seed=8)
+    acted = policy.act(obs, mask, alive)
+    assert torch.equal(policy(obs, mask, alive, state, gate_open=acted.gate_open).logits, acted.logits)
+
+
 def test_the_layout_does_not_depend_on_the_batch_and_acting_equals_the_recomputation_bit_for_bit() -> None:
-    policy = _pair()[0].float()
+    policy = _pair(dataclasses.replace(CONFIG, graph=GraphConfig(k=K)))[0].float()  # with the default probes
     indexes = []
     for batch in [(1,), (7,), (3, 4)]:
         obs, mask, alive, state = (t.float() for t in _inputs(batch, seed=len(batch)))
