@@ -353,9 +353,10 @@ def _read(path: Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) for r in rows] for key in rows[0]} if rows else {}
 
 
-def summarize(tasks: list[str], out: Path) -> str:
+def summarize(tasks: list[str], out: Path, results: bool = True) -> str:
     """Per task: one row per arm (means over seeds) of the training success at 25/50/100% of the run, the greedy
-    success, return, episode length and messages per step, and messages as a share of dense's; plus a PNG."""
+    success, return, episode length and messages per step, and messages as a share of dense's; plus a PNG. The text
+    goes to ``out/results.md`` too with ``results`` (which should then be every task)."""
     lines = []
     for task in tasks:
         runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]] = {}
@@ -396,7 +397,8 @@ def summarize(tasks: list[str], out: Path) -> str:
         _plot(task, runs, out / f"{task}_success.png")
         _plot_front(task, runs, out / f"{task}_front.png")
     text = "\n".join(lines)
-    (out / "results.md").write_text(text + "\n")
+    if results:
+        (out / "results.md").write_text(text + "\n")
     return text
 
 
@@ -555,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.command == "summarize":
+        # results.md holds every task: a summary of some of them is printed (and their figures drawn) only.
         tasks = args.task or sorted({p.stem.split("_learned")[0] for p in args.out.glob("*_learned_seed*.csv")})
-        print(summarize(tasks, args.out))
+        print(summarize(tasks, args.out, results=not args.task))
         return 0
     if bool(args.overrides) != (args.tag is not None):
         parser.error("--tag and key=value overrides go together: a probe has a name and its config changes")

@@ -210,3 +210,13 @@ def test_the_final_graph_is_the_one_the_policy_acts_with() -> None:
     assert comm.final_graph(policy) == {"graph": [[3], [0], [1], [2]]}
     silent = CommFormerPolicy(ModelConfig(embed_dim=8, communicate=False), 4, 3, 2)
     assert comm.final_graph(silent) == {}
+
+
+def test_a_summary_of_some_tasks_leaves_results_md_to_the_summary_of_all(tmp_path: Path) -> None:
+    _write_run(tmp_path, "a_learned_seed0", [0.5], messages=1.0, win=0.5)
+    _write_run(tmp_path, "b_learned_seed0", [0.7], messages=1.0, win=0.7)
+    assert comm.main(["summarize", "--out", str(tmp_path)]) == 0
+    both = (tmp_path / "results.md").read_text()
+    assert "### a" in both and "### b" in both
+    assert comm.main(["summarize", "--out", str(tmp_path), "--task", "b"]) == 0
+    assert (tmp_path / "results.md").read_text() == both
