@@ -292,6 +292,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         self._decoupled = bool(config.sample_ahead)  # stale batches (ppo_team_loss)
         self._grad_steps = 0  # gradient steps taken over the whole run; decides the level of the next step
         self._graph_frozen = False
+        self._settle_graph = False  # whether the step being applied is an upper-level one (apply_gradients)
         self._exit_costs: dict[ModuleID, Tensor] = {}  # relative MACs per exit, measured once per module
         if learner_connector(self) is not None and config.add_default_connectors_to_learner_pipeline:
             # RLlib's default pipeline, replaced by one piece that builds the same batch from whole arrays.
@@ -394,6 +395,7 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         """Backward once, then keep only the active level's gradients (the other level's are set to None, so
         its Adam skips them: no step, no moment update)."""
         graph_step = self.is_graph_step()
+        self._settle_graph = graph_step  # apply_gradients: the senders held follow the logits after a graph step
         grads = super().compute_gradients(loss_per_module, **kwargs)
         active = {GRAPH_OPTIMIZER} if graph_step else {MODEL_OPTIMIZER, GATES_OPTIMIZER}
         keep = set()
@@ -465,16 +467,22 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         """Steps every optimizer. RLlib's version checks every gradient tensor for NaN / inf twice more, one
         small op each; `compute_gradients` has already checked them all in one pass and dropped a bad step
         whole, and left the gradients on the parameters. With a gradient scaler or torch LR schedulers
-        configured, RLlib's version runs."""
+        configured, RLlib's version runs. After an upper-level step each graph with a switch margin updates the
+        senders it holds (`CommGraph.settle`), which the EnvRunners then receive with the weights."""
         if steps_through_scaler_or_schedulers(self):
             super().apply_gradients(gradients_dict)
-            return
-        params = learner_params(self)
-        for ref, grad in gradients_dict.items():
-            params[ref].grad = grad
-        for module_id, names in optimizer_names_per_module(self).items():
-            for name in names:
-                self.get_optimizer(module_id, name).step()
+        else:
+            params = learner_params(self)
+            for ref, grad in gradients_dict.items():
+                params[ref].grad = grad
+            for module_id, names in optimizer_names_per_module(self).items():
+                for name in names:
+                    self.get_optimizer(module_id, name).step()
+        if self._settle_graph:
+            for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
+                module = self.module[module_id].unwrapped()
+                assert isinstance(module, CommFormerRLModule)
+                module.policy.trunk.graph.settle()
 
     # -- loss -----------------------------------------------------------------------------------------------------
 

@@ -87,6 +87,10 @@ class GraphConfig:
     graph", has the measurement at N = 6)."""
     gumbel_tau: float = 1.0
     """Temperature of the softmax whose gradient the straight-through graph uses."""
+    switch_margin: float = 0.0
+    """Hysteresis of the graph: a receiver replaces a sender it hears only by one whose logit is higher by more than
+    this; until then it keeps hearing it, though the plain top-k would have changed. 0 = the plain top-k. The senders
+    held are state the learner updates after each graph step and the EnvRunners receive with the weights."""
     probes: int = 4
     """Senders a receiver does not hear whose worth the graph gradient samples per learner forward, where attention
     reads the graph in the gathered layout (large teams with few senders each, commformer/layers/attention.py): there
@@ -104,6 +108,8 @@ class GraphConfig:
             require_int("model.graph.k", self.k, 1)
         require_bool("model.graph.gumbel", self.gumbel)
         require_int("model.graph.probes", self.probes, 0)
+        if require_float("model.graph.switch_margin", self.switch_margin) < 0.0:
+            raise ConfigError(f"model.graph.switch_margin={self.switch_margin}; expected a number >= 0")
         require_choice("model.graph.init", self.init, GRAPH_INITS)
         tau = require_float("model.graph.gumbel_tau", self.gumbel_tau)
         if tau <= 0.0:

@@ -101,12 +101,13 @@ def topk_senders(logits: Tensor, k: int) -> Tensor:
     return chosen.sort(dim=1).values
 
 
-def hard_topk(logits: Tensor, k: int) -> Tensor:
+def hard_topk(logits: Tensor, k: int, held: Tensor | None = None) -> Tensor:
     """Deterministic 0/1 adjacency: self-loops plus the top-``k`` other senders of each row.
 
     Args:
         logits: (N, N) receiver-by-sender scores; the diagonal is ignored.
         k: senders per receiver, ``0 <= k <= N - 1``.
+        held: optional (N, k) senders each receiver keeps instead of its top k (``CommGraph.settle``).
 
     Returns:
         (N, N) tensor of the logits' dtype with exactly ``k + 1`` ones per row (ties broken by cyclic order).
@@ -115,11 +116,16 @@ def hard_topk(logits: Tensor, k: int) -> Tensor:
     eye = torch.eye(n, dtype=logits.dtype, device=logits.device)
     if k == 0:
         return eye
-    return eye.scatter(1, topk_senders(logits, k), 1.0)
+    return eye.scatter(1, topk_senders(logits, k) if held is None else held, 1.0)
 
 
 def straight_through_topk(
-    logits: Tensor, k: int, tau: float, noise: Tensor | None = None, candidates: bool = True
+    logits: Tensor,
+    k: int,
+    tau: float,
+    noise: Tensor | None = None,
+    candidates: bool = True,
+    held: Tensor | None = None,
 ) -> Tensor:
     """Straight-through top-k adjacency (see the module docstring).
 
@@ -131,14 +137,15 @@ def straight_through_topk(
         candidates: whether the entries left out carry the surrogate's gradient too (attention assesses them,
             commformer/layers/attention.py ``masked_weights``), or only the kept ones (what the gathered layout can
             give, ``straight_through_senders``).
+        held: optional (N, k) senders kept instead of the top k (``CommGraph.settle``).
 
     Returns:
-        (N, N) adjacency whose forward value is exactly 0/1 (``hard_topk(logits, k)``) and whose gradient
+        (N, N) adjacency whose forward value is exactly 0/1 (``hard_topk(logits, k, held)``) and whose gradient
         with respect to ``logits`` is that of ``softmax_{j != i}((logits + noise) / tau)`` (on the kept entries only
         without ``candidates``).
     """
     n = logits.shape[-1]
-    y_hard = hard_topk(logits, k)  # (N, N)
+    y_hard = hard_topk(logits, k, held)  # (N, N)
     if n == 1:
         # A lone agent only has its self-loop: nothing to relax, no gradient to the logits.
         return y_hard
@@ -166,11 +173,13 @@ def probe_senders(kept: Tensor, probes: int, generator: torch.Generator | None =
     return draws.topk(probes, dim=1).indices.sort(dim=1).values
 
 
-def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def straight_through_senders(
+    logits: Tensor, k: int, tau: float, noise: Tensor | None = None, held: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``straight_through_topk`` in the gathered layout (commformer/layers/attention.py): its kept entries only.
 
     Args:
-        logits, k, tau, noise: as ``straight_through_topk``.
+        logits, k, tau, noise, held: as ``straight_through_topk``.
 
     Returns:
         ``index`` (N, k + 1) int64, row i = receiver i's self-loop, then its top-k senders ascending; and ``entries``
@@ -182,7 +191,8 @@ def straight_through_senders(logits: Tensor, k: int, tau: float, noise: Tensor |
     autograd (acting) it is skipped, since it is exactly 0 forward.
     """
     n = logits.shape[-1]
-    index = torch.cat([torch.arange(n, device=logits.device).unsqueeze(-1), topk_senders(logits, k)], dim=1)
+    kept = topk_senders(logits, k) if held is None else held  # (N, k)
+    index = torch.cat([torch.arange(n, device=logits.device).unsqueeze(-1), kept], dim=1)
     ones = logits.new_ones(n, k + 1)
     if n == 1 or not (torch.is_grad_enabled() and logits.requires_grad):
         return index, ones
@@ -222,6 +232,13 @@ class CommGraph(nn.Module):
         # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
         initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
         self.logits = nn.Parameter(initial)
+        self.margin = float(config.switch_margin)
+        self.held: Tensor | None
+        if self.margin > 0.0:
+            # The senders each receiver hears (N, k): state, saved and sent with the weights, that only `settle` moves.
+            self.register_buffer("held", topk_senders(initial, self.k))
+        else:
+            self.held = None  # the plain top-k of the logits
 
     def forward(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Straight-through adjacency (N, N): exactly the hard 0/1 graph forward, softmax gradient.
@@ -234,7 +251,8 @@ class CommGraph(nn.Module):
         Returns:
             (N, N) tensor; row i is receiver i, column j is sender j; diagonal is 1.
         """
-        return straight_through_topk(self.logits, self.k, self.tau, self._noise(gumbel, generator), self.candidates)
+        noise = self._noise(gumbel, generator)
+        return straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates, self.held)
 
     def senders(self, gumbel: bool = False, generator: torch.Generator | None = None, probes: bool = True) -> Senders:
         """The straight-through adjacency in the layout attention reads (``gathered``): ``forward``'s (N, N) matrix,
@@ -243,8 +261,9 @@ class CommGraph(nn.Module):
         arguments; ``probes=False`` where the graph's gradient is not used (the learner's lower-level steps)."""
         noise = self._noise(gumbel, generator)
         if not self.gathered:
-            return Senders(None, straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates))
-        index, entries = straight_through_senders(self.logits, self.k, self.tau, noise)
+            adjacency = straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates, self.held)
+            return Senders(None, adjacency)
+        index, entries = straight_through_senders(self.logits, self.k, self.tau, noise, self.held)
         if not (probes and self.probes and torch.is_grad_enabled() and self.logits.requires_grad):
             return Senders(index, entries)
         # Senders left out, a sample of them per forward: entries exactly 0, the surrogate's gradient scaled by
@@ -263,7 +282,32 @@ class CommGraph(nn.Module):
     @torch.no_grad()
     def hard(self) -> Tensor:
         """The hard 0/1 graph (N, N), without autograd (for logging heatmaps)."""
-        return hard_topk(self.logits, self.k)
+        return hard_topk(self.logits, self.k, self.held)
+
+    @torch.no_grad()
+    def settle(self) -> int:
+        """After the logits moved (an upper-level step): each receiver replaces the sender it holds with the lowest
+        logit by the best sender it does not hear while that one's logit is higher by more than ``margin``
+        (``model.graph.switch_margin``). Returns the number of replacements; nothing to do without a margin."""
+        if self.held is None or self.k == 0:
+            return 0
+        n = self.n_agents
+        logits = self.logits.detach()
+        held = self.held.clone()  # (N, k)
+        rows = torch.arange(n, device=held.device)
+        own = torch.eye(n, dtype=torch.bool, device=held.device)
+        swaps = 0
+        for _ in range(self.k):  # one replacement per receiver and pass; k passes can replace every sender
+            heard = own.scatter(1, held, True)  # (N, N)
+            worst, position = logits.gather(1, held).min(dim=1)  # (N,)
+            best, sender = logits.masked_fill(heard, -torch.inf).max(dim=1)  # (N,)
+            better = best > worst + self.margin
+            if not bool(better.any()):
+                break
+            held[rows[better], position[better]] = sender[better]
+            swaps += int(better.sum())
+        self.held.copy_(held.sort(dim=1).values)
+        return swaps
 
     @torch.no_grad()
     def probs(self) -> Tensor:
@@ -278,5 +322,5 @@ class CommGraph(nn.Module):
         return torch.softmax((self.logits / self.tau).masked_fill(self_loop, float("-inf")), dim=-1)
 
     def extra_repr(self) -> str:
-        layout = f"gathered={self.gathered}, candidates={self.candidates}, probes={self.probes}"
+        layout = f"gathered={self.gathered}, candidates={self.candidates}, probes={self.probes}, margin={self.margin}"
         return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, {layout}"

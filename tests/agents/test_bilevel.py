@@ -319,3 +319,37 @@ def test_the_frozen_random_graph_arm_never_changes_its_graph(ray_session):
     assert torch.equal(before["trunk.graph.logits"], after["trunk.graph.logits"])
     assert not torch.equal(before["trunk.graph.logits"], torch.ones(5, 5))  # the random start, not the uniform one
     assert _moved(before, after, "policy_head.mlp.hidden.weight")
+
+
+def test_with_a_switch_margin_the_learner_settles_the_graph_after_graph_steps_and_runners_act_on_it(
+    ray_session, monkeypatch
+):
+    """model.graph.switch_margin: `settle` runs after every upper-level step and only then, and the senders it
+    holds reach the EnvRunner with the weights (the rollout and the update act on one graph)."""
+    from commformer.graph import CommGraph
+
+    settled: list[int] = []
+    real = CommGraph.settle
+
+    def recording(self):
+        swaps = real(self)
+        settled.append(swaps)
+        return swaps
+
+    monkeypatch.setattr(CommGraph, "settle", recording)
+    # A margin far below what a few Adam steps move, from the all-equal start: the held senders must change.
+    config = load_config("configs/signal.yaml", [*BASE, "training.graph_every=2", "model.graph.switch_margin=1e-6"])
+    probe_env(config)
+    algo = build_ppo_config(config).build_algo()
+    try:
+        learner = algo.learner_group._learner.module["default_policy"].policy.trunk.graph
+        initial = learner.held.clone()
+        for _ in range(3):
+            metrics = algo.train()["learners"]["default_policy"]
+        runner = algo.env_runner.module.policy.trunk.graph
+        assert len(settled) == 3 * 2 and metrics["graph_steps"] == 2  # two of the four steps, every iteration
+        assert sum(settled) > 0 and not torch.equal(learner.held, initial)
+        assert torch.equal(runner.held, learner.held)
+        assert torch.equal(runner.hard(), learner.hard())
+    finally:
+        algo.stop()

@@ -558,6 +558,11 @@ CASES: dict[str, Case] = {
     # Consumed in upper-level steps only: the Learner arms the module's Gumbel noise, the forward passes it on.
     "model.graph.gumbel": Case("false", gradient("trunk.graph."), UPPER_LEVEL),
     "model.graph.gumbel_tau": Case("0.5", gradient("trunk.graph."), UPPER_LEVEL),
+    # The graph after each of 6 graph steps from the all-equal start: the plain top-k follows the first moves of the
+    # logits, a margin of 0.5 keeps the initial ring.
+    "model.graph.switch_margin": Case(
+        "0.5", steps(6, lambda learner: _module(learner).policy.trunk.graph.hard(), "the hard graph"), UPPER_LEVEL
+    ),
     # Acts where attention gathers (N >= 16 (k + 1)): 32 signal agents with one sender each.
     "model.graph.probes": Case("0", gradient("trunk.graph."), (*UPPER_LEVEL, *GATHERED)),
     # model.gates

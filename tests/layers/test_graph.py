@@ -248,3 +248,39 @@ def test_a_graph_assesses_the_senders_left_out_unless_it_gathers() -> None:
     upstream = (1 - small.hard()) * torch.randn(63, 63)
     (grad,) = torch.autograd.grad((small() * upstream).sum(), small.logits)
     assert grad.abs().sum() > 0
+
+
+def test_a_switch_margin_keeps_a_sender_until_another_is_better_by_more_than_it() -> None:
+    graph = CommGraph(4, GraphConfig(k=1, switch_margin=0.1)).double()
+    assert graph.held is not None and graph.held.flatten().tolist() == [1, 2, 3, 0]  # the ring, as the top-k
+    with torch.no_grad():
+        graph.logits[0, 2] = 1.05  # receiver 0: sender 2 ahead of the held 1, by less than the margin
+    assert graph.settle() == 0
+    assert graph.hard()[0].tolist() == [1.0, 1.0, 0.0, 0.0]  # still hears 1, where the plain top-k would take 2
+    assert hard_topk(graph.logits, 1)[0].tolist() == [1.0, 0.0, 1.0, 0.0]
+    with torch.no_grad():
+        graph.logits[0, 2] = 1.2
+        graph.logits[3, 1] = 0.5  # receiver 3's held sender 0 stays ahead of 1: nothing to replace
+    assert graph.settle() == 1
+    assert graph.hard()[0].tolist() == [1.0, 0.0, 1.0, 0.0] and graph.hard()[3].tolist() == [1.0, 0.0, 0.0, 1.0]
+    # What acts is the held graph in every path: the straight-through matrix and the gathered entries.
+    assert torch.equal(graph(), graph.hard())
+    index, _ = straight_through_senders(graph.logits, 1, 1.0, held=graph.held)
+    assert index[0].tolist() == [0, 2]
+
+
+def test_settle_replaces_several_senders_of_a_receiver_in_one_call() -> None:
+    graph = CommGraph(5, GraphConfig(k=2, switch_margin=0.1)).double()
+    assert graph.held is not None and graph.held[0].tolist() == [1, 2]
+    with torch.no_grad():
+        graph.logits[0] = torch.tensor([1.0, 0.2, 0.3, 2.0, 1.9], dtype=torch.float64)
+    assert graph.settle() == 2
+    assert graph.held[0].tolist() == [3, 4]
+    assert graph.settle() == 0  # settled: nothing better by more than the margin
+
+
+def test_without_a_margin_the_graph_is_the_plain_top_k_and_holds_no_state() -> None:
+    graph = _random_graph(6, seed=3)
+    assert graph.held is None and "held" not in graph.state_dict()
+    assert graph.settle() == 0 and torch.equal(graph.hard(), hard_topk(graph.logits, graph.k))
+    assert "held" in CommGraph(6, GraphConfig(switch_margin=0.01)).state_dict()  # saved and sent with the weights

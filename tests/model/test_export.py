@@ -212,3 +212,23 @@ def test_a_continuous_policy_described_as_discrete_or_of_an_unknown_kind_is_refu
     _edit_spec(saved, dims={**DIMS, "state_dim": None, "action_kind": "box"})
     with pytest.raises(PolicyFileError, match=r"dims\.action_kind='box'; expected 'discrete' or 'continuous'"):
         load_policy(saved)
+
+
+def test_the_senders_a_graph_holds_travel_with_an_exported_policy(tmp_path: Path) -> None:
+    from commformer.config import GraphConfig
+
+    config = ModelConfig(embed_dim=8, num_heads=2, num_blocks=1, graph=GraphConfig(k=1, switch_margin=0.1))
+    policy = CommFormerPolicy(config, n_agents=4, obs_dim=D, n_actions=A, state_dim=S)
+    graph = policy.trunk.graph
+    with torch.no_grad():
+        graph.logits[0, 3] = 1.5
+    assert graph.settle() == 1
+    with torch.no_grad():
+        graph.logits[0, 3] = 0.95  # the top-k would now take sender 1 back; the held graph keeps 3
+    held = graph.hard()
+    assert held[0].tolist() == [1.0, 0.0, 0.0, 1.0] and graph.hard().sum() == 8  # one sender each
+    from commformer.graph import hard_topk
+
+    assert hard_topk(graph.logits, 1)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    loaded, _ = load_policy(save_policy(policy, tmp_path / "p", {**DIMS, "n_agents": 4}, {}))
+    assert torch.equal(loaded.trunk.graph.hard(), held)
