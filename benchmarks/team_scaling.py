@@ -13,10 +13,11 @@ Three policies per N in ``--agents``, with the same weights except the graph:
 
 and for each:
 
-    train   the learner's forward and backward: ``policy(obs, action_mask, alive, gate_open=..., greedy_values=True)``
-            with gate decisions sampled once beforehand (as the EnvRunner records them), then a PPO-like scalar of the
-            logits, values, gate log-probs and communication cost, backward to every parameter, the graph logits
-            included
+    train   the learner's forward and backward in a lower-level step (four in five; ``benchmarks/graph_probes.py``
+            times the upper-level step's probes): ``policy(obs, action_mask, alive, gate_open=..., greedy_values=True,
+            probes=False)`` with gate decisions sampled once beforehand (as the EnvRunner records them), then a
+            PPO-like scalar of the logits, values, gate log-probs and communication cost, backward to every
+            parameter, the graph logits included
     act     ``policy.act(obs, action_mask, alive)``, no gradient: the EnvRunners' acting path
     attn    the first block's ``GraphAttention`` alone, forward and backward (to its input, its parameters and the
             adjacency entries, the gradient path to the graph logits), on the effective adjacency that block sees
@@ -126,7 +127,7 @@ def build_case(n: int, graph: str, args: argparse.Namespace, forward_only: bool 
 
     def train() -> object:
         policy.zero_grad(set_to_none=True)
-        out = policy(obs, action_mask, alive, gate_open=gate_open, greedy_values=True)
+        out = policy(obs, action_mask, alive, gate_open=gate_open, greedy_values=True, probes=False)
         _loss(out).backward()
         return None
 

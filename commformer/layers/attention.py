@@ -30,9 +30,9 @@ time and memory. The softmax, the mask and the product with the adjacency entrie
 give the same outputs and the same gradients up to rounding, except for the graph logits' gradient from the senders
 a receiver does not hear: the dense layout assesses every one, the gathered layout a sample of them per learner
 forward (``Senders.probes``, exactly 0 forward; with every one of them sampled, the dense layout's gradient). Which
-layout a graph
-uses is ``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once, when it is built,
-so the rollout and the learner's recomputation always take the same path whatever their batch sizes.
+layout a graph uses is ``gathers(N, k)``, a function of the team size and k alone that ``CommGraph`` applies once,
+when it is built, so the rollout and the learner's recomputation always take the same path whatever their batch
+sizes.
 """
 
 from __future__ import annotations
@@ -159,14 +159,20 @@ def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
     weights = torch.softmax(scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min), dim=-1)
     if not (torch.is_grad_enabled() and edge.requires_grad):
         return weights * edge
-    kept = (edge != 0).detach()
     logits = scores.detach()
-    top = logits.masked_fill(~kept, -torch.inf).amax(-1, keepdim=True)  # (..., 1): each row's best kept score
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with no kept entry
+    top = _best_kept(logits, edge).unsqueeze(-1)  # (..., 1)
     weighted = torch.exp((logits - top).clamp(max=PROBE_CAP)) * edge  # kept entries: exp(s - top) <= 1
     total = weighted.sum(-1, keepdim=True)
     renormalised = weighted / torch.where(total > 0, total, torch.ones_like(total))
     return weights * edge.detach() + (renormalised - renormalised.detach())
+
+
+def _best_kept(scores: Tensor, edge: Tensor) -> Tensor:
+    """Each row's best score among its kept entries (``edge != 0``), detached, the last dim reduced; 0 for a row
+    that keeps none. The shift of the renormalised weights (``masked_weights``, ``GraphAttention._assess``)."""
+    with torch.no_grad():
+        top = scores.masked_fill(edge == 0, -torch.inf).amax(-1)
+        return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
 def _batched_adjacency(adjacency: Tensor, batch: int, n: int, k: int | None = None) -> Tensor:
@@ -308,10 +314,8 @@ class GraphAttention(nn.Module):
         assert probes.index is not None
         n = q.shape[1]
         probe_entries = _batched_adjacency(probes.weight, q.shape[0], n, probes.index.shape[-1])  # (B or 1, N, P)
-        kept = (entries != 0).unsqueeze(-2)  # (B or 1, N, 1, K)
+        top = _best_kept(scores, entries.unsqueeze(-2))  # (B, N, H); the self-loop is always kept
         with torch.no_grad():
-            top = scores.masked_fill(~kept, -torch.inf).amax(-1)  # (B, N, H); the self-loop is always kept
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
             total = (torch.exp(scores - top.unsqueeze(-1)) * entries.unsqueeze(-2)).sum(-1)  # (B, N, H)
             total = torch.where(total > 0, total, torch.ones_like(total))
             slopes = []
