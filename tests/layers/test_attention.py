@@ -254,6 +254,37 @@ def test_a_candidates_gradient_is_the_slope_of_mixing_in_its_message() -> None:
         torch.testing.assert_close(masked_weights(scores, edge), expected, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("edge_shape", [(5, 5), (3, 1, 5, 5), (3, 2, 5, 5), (1, 2, 1, 5)])
+def test_masked_weights_backward_equals_autograd_of_the_written_out_form(edge_shape: tuple[int, ...]) -> None:
+    """The hand-written backward against autograd through the formula, for every way ``edge`` broadcasts against
+    the (B, H, N, N) scores: the scores' gradient is the masked softmax's, the edge's the renormalised weights'."""
+    torch.manual_seed(len(edge_shape) + edge_shape[0])
+    scores = torch.randn(3, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    hard = (torch.rand(edge_shape) < 0.5).double()
+    hard[..., 0] = 1.0  # every row keeps a sender (a row that keeps none is checked below)
+    if edge_shape[0] == 3:
+        hard[0, ..., 1, :] = 0.0  # ... but this one
+    edge = hard.clone().requires_grad_()
+    g_scores, g_edge = torch.autograd.grad((masked_weights(scores, edge) * upstream).sum(), [scores, edge])
+
+    reference_scores = scores.detach().clone().requires_grad_()
+    reference_edge = hard.clone().requires_grad_()
+    masked = reference_scores.masked_fill(hard == 0, torch.finfo(torch.float64).min)
+    plain = torch.softmax(masked, -1) * hard
+    logits = reference_scores.detach()
+    best = logits.masked_fill(hard == 0, -torch.inf).amax(-1, keepdim=True)
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    weighted = reference_edge * torch.minimum(logits, best + PROBE_CAP).sub(best).exp()
+    total = weighted.sum(-1, keepdim=True)
+    renormalised = weighted / torch.where(total > 0, total, torch.ones_like(total))
+    written = plain + renormalised - renormalised.detach()
+    r_scores, r_edge = torch.autograd.grad((written * upstream).sum(), [reference_scores, reference_edge])
+    torch.testing.assert_close(g_scores, r_scores, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_edge, r_edge, rtol=1e-12, atol=1e-14)
+    assert g_edge.shape == edge.shape and g_edge.abs().max() > 1e-3
+
+
 def test_gathered_layout_with_a_shared_graph_and_any_column_order() -> None:
     torch.manual_seed(0)
     attn = GraphAttention(8, 2)
