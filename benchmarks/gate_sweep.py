@@ -18,7 +18,8 @@ agent sees; a guess earns 1 of 8 per episode on average 2):
 - ``learned``: the ready config as it is (the graph has to find the right edge) with the given cost.
 - ``start_closed``: ``fixed_edge`` with gates that start closed (``model.gates.init_bias=-3``, p = 0.05).
 - ``graph_n6`` / ``graph_n6_gumbel``: the ready config with N = 6 agents (k = 1 sender of 5 candidates, starting
-  from the wrong ring): graph search under PPO, without and with Gumbel noise in the graph steps' surrogate gradient.
+  from the wrong ring): graph search under PPO, without and with Gumbel noise in the graph steps' surrogate gradient;
+  ``graph_n6_held``: ``graph_n6_gumbel`` with ``model.graph.held_product`` (the held senders' product gradient too).
 
 One JSON row per run goes to docs/benchmarks/gates/: the per-iteration sampled and greedy gate open rates, the
 mean gate probability and the return, and the greedy evaluation. ``closed_at`` is the first env step from which the
@@ -47,6 +48,8 @@ TASKS: dict[str, list[str]] = {
     "start_closed": ["env.options.offset=1", "training.graph_freeze_fraction=0.0", "model.gates.init_bias=-3.0"],
     "graph_n6": ["env.options.n_agents=6", "model.graph.gumbel=false"],  # named: the default is on
     "graph_n6_gumbel": ["env.options.n_agents=6", "model.graph.gumbel=true"],
+    # Both pressures on a held sender: the product's gradient besides the renormalised one (docs/DESIGN.md).
+    "graph_n6_held": ["env.options.n_agents=6", "model.graph.gumbel=true", "model.graph.held_product=true"],
 }
 SCALARS = {
     "gate_open_rate": "comm/gate_open_rate",

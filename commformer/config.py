@@ -95,6 +95,11 @@ class GraphConfig:
     """Senders a receiver does not hear whose worth the graph gradient samples per learner forward, where attention
     reads the graph in the gathered layout (large teams with few senders each, commformer/layers/attention.py): there
     only the listed pairs are scored. 0 = the held senders alone. The dense layout assesses every sender."""
+    held_product: bool = False
+    """Give each sender a receiver hears the gradient of the plain product ``softmax * A`` too, besides the
+    renormalised attention's that every sender gets (commformer/layers/attention.py, ``masked_weights``): both
+    pressures on a held sender, whether hearing it at all helps and whether it is worth more than the rest of what
+    the receiver reads (docs/DESIGN.md, "The graph")."""
     init: GraphInit = "uniform"
     """Initial logits: ``uniform`` (all ones, as the official code; ties make the first graph the ring
     i <- i+1..i+k) or ``random`` (standard normal draws from the run's seed: a random graph of k senders; with
@@ -108,6 +113,7 @@ class GraphConfig:
             require_int("model.graph.k", self.k, 1)
         require_bool("model.graph.gumbel", self.gumbel)
         require_int("model.graph.probes", self.probes, 0)
+        require_bool("model.graph.held_product", self.held_product)
         if require_float("model.graph.switch_margin", self.switch_margin) < 0.0:
             raise ConfigError(f"model.graph.switch_margin={self.switch_margin}; expected a number >= 0")
         require_choice("model.graph.init", self.init, GRAPH_INITS)

@@ -30,7 +30,7 @@ messages pay.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +180,7 @@ def gate_senders(graph: Senders, gate_open: Tensor, alive: Tensor | None = None)
         The effective adjacency, entries (B, N, N) or (B, N, K).
     """
     if graph.index is None:
-        return Senders(None, gate_adjacency(graph.weight, gate_open, alive))
+        return replace(graph, weight=gate_adjacency(graph.weight, gate_open, alive))
     n = gate_open.shape[-1]
     if graph.weight.shape[-2] != n:
         raise ValueError(f"graph has entries {tuple(graph.weight.shape)}; expected (..., {n}, K) to match gates {n=}")
@@ -192,4 +192,4 @@ def gate_senders(graph: Senders, gate_open: Tensor, alive: Tensor | None = None)
         effective = effective * torch.maximum(sender_alive, own)
     # A probe is never the receiver itself: a closed gate or a dead sender zeroes its gradient path, as any entry's.
     probes = None if graph.probes is None else gate_senders(graph.probes, gate_open, alive)
-    return Senders(graph.index, effective, probes)
+    return replace(graph, weight=effective, probes=probes)

@@ -229,6 +229,7 @@ class CommGraph(nn.Module):
         # sample of `probes` of them per learner forward.
         self.candidates = not self.gathered
         self.probes = min(config.probes, n_agents - 1 - self.k) if self.gathered else 0
+        self.held_product = bool(config.held_product)
         # "random" draws from torch's global generator, which the run's seed sets: a seeded random graph.
         initial = torch.randn(n_agents, n_agents) if config.init == "random" else torch.ones(n_agents, n_agents)
         self.logits = nn.Parameter(initial)
@@ -262,16 +263,17 @@ class CommGraph(nn.Module):
         noise = self._noise(gumbel, generator)
         if not self.gathered:
             adjacency = straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates, self.held)
-            return Senders(None, adjacency)
+            return Senders(None, adjacency, held_product=self.held_product)
         index, entries = straight_through_senders(self.logits, self.k, self.tau, noise, self.held)
         if not (probes and self.probes and torch.is_grad_enabled() and self.logits.requires_grad):
-            return Senders(index, entries)
+            return Senders(index, entries, held_product=self.held_product)
         # Senders left out, a sample of them per forward: entries exactly 0, the surrogate's gradient scaled by
         # (left out) / P, so that in expectation the logits get the dense layout's gradient.
         assessed = probe_senders(index, self.probes, generator)  # (N, P)
         relaxed = _surrogate(self.logits, self.tau, noise).gather(1, assessed)  # (N, P)
         scale = (self.n_agents - 1 - self.k) / self.probes
-        return Senders(index, entries, Senders(assessed, (relaxed - relaxed.detach()) * scale))
+        probed = Senders(assessed, (relaxed - relaxed.detach()) * scale)
+        return Senders(index, entries, probed, self.held_product)
 
     def _noise(self, gumbel: bool, generator: torch.Generator | None) -> Tensor | None:
         """Gumbel noise (N, N) for the surrogate, or None."""
@@ -322,5 +324,8 @@ class CommGraph(nn.Module):
         return torch.softmax((self.logits / self.tau).masked_fill(self_loop, float("-inf")), dim=-1)
 
     def extra_repr(self) -> str:
-        layout = f"gathered={self.gathered}, candidates={self.candidates}, probes={self.probes}, margin={self.margin}"
+        layout = (
+            f"gathered={self.gathered}, candidates={self.candidates}, probes={self.probes}, margin={self.margin}, "
+            f"held_product={self.held_product}"
+        )
         return f"n_agents={self.n_agents}, k={self.k}, tau={self.tau}, {layout}"

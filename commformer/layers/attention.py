@@ -38,7 +38,7 @@ sizes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -97,6 +97,8 @@ class Senders:
     index: Tensor | None
     weight: Tensor
     probes: Senders | None = None
+    held_product: bool = False
+    """Whether a heard sender's entry also gets the product form's gradient (``masked_weights``)."""
 
     def self_loops(self) -> Tensor:
         """Where the listed sender is the receiver itself: (N, N) identity, or (N, K) in the gathered layout; 0/1 in
@@ -121,16 +123,18 @@ class Senders:
 
     def to(self, dtype: torch.dtype) -> Senders:
         """The same adjacency with entries of ``dtype``."""
-        return Senders(self.index, self.weight.to(dtype), None if self.probes is None else self.probes.to(dtype))
+        return replace(
+            self, weight=self.weight.to(dtype), probes=None if self.probes is None else self.probes.to(dtype)
+        )
 
     def rows(self, rows: Tensor) -> Senders:
         """The batch rows ``rows`` (an index or mask over the first batch dim of ``weight``)."""
-        return Senders(self.index, self.weight[rows], None if self.probes is None else self.probes.rows(rows))
+        return replace(self, weight=self.weight[rows], probes=None if self.probes is None else self.probes.rows(rows))
 
     def reshape(self, *batch: int) -> Senders:
         """The entries with the batch dims ``batch``: (B, N, K) -> (*batch, N, K)."""
         probes = None if self.probes is None else self.probes.reshape(*batch)
-        return Senders(self.index, self.weight.reshape(*batch, *self.weight.shape[-2:]), probes)
+        return replace(self, weight=self.weight.reshape(*batch, *self.weight.shape[-2:]), probes=probes)
 
 
 PROBE_CAP = 0.0
@@ -140,7 +144,7 @@ above the kept ones gets a slope of exp(that margin), the tangent of a change th
 2e6 on random weights against ~1 for kept entries)."""
 
 
-def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
+def masked_weights(scores: Tensor, edge: Tensor, held_product: bool = False) -> Tensor:
     """Attention weights ``softmax(scores masked where edge == 0) * edge``, ``edge`` broadcasting against ``scores``,
     with the gradient to ``edge`` of ``w_ij = edge_ij exp(s_ij) / sum_m edge_im exp(s_im)``.
 
@@ -152,7 +156,9 @@ def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
     ``exp(s_ij) / sum_m edge_im exp(s_im)`` it would take: whether mixing a little of its message into what the
     receiver reads would lower the loss. So the forward value (rounding included) is the masked softmax's, and the
     second form enters as ``r - r.detach()`` on detached scores, only when ``edge`` needs a gradient. A candidate's
-    score above its row's best kept one counts as ``PROBE_CAP`` above it at most.
+    score above its row's best kept one counts as ``PROBE_CAP`` above it at most. With ``held_product`` a kept entry
+    gets the product form's gradient ``w_ij dL/dw_ij`` besides (``model.graph.held_product``): both pressures, whether
+    hearing the sender at all helps, and whether it is worth more than the rest of the row.
 
     finfo.min rather than -inf in the mask: identical weights (exp underflows to exactly 0) whenever a row keeps an
     entry, and a row with none gives finite uniform weights that the product with ``edge`` then zeroes, not NaN.
@@ -160,7 +166,7 @@ def masked_weights(scores: Tensor, edge: Tensor) -> Tensor:
     weights = torch.softmax(scores.masked_fill(edge == 0, torch.finfo(scores.dtype).min), dim=-1)
     if not (torch.is_grad_enabled() and edge.requires_grad):
         return weights * edge
-    return _AssessEdges.apply(weights * edge.detach(), scores.detach(), edge)
+    return _AssessEdges.apply(weights * edge.detach(), scores.detach(), edge, held_product)
 
 
 class _AssessEdges(torch.autograd.Function):
@@ -172,20 +178,24 @@ class _AssessEdges(torch.autograd.Function):
     N = 1,024; this keeps the scores alone and computes ``q`` in the backward."""
 
     @staticmethod
-    def forward(ctx: Any, weights: Tensor, logits: Tensor, edge: Tensor) -> Tensor:
+    def forward(ctx: Any, weights: Tensor, logits: Tensor, edge: Tensor, held_product: bool) -> Tensor:
         ctx.save_for_backward(logits, edge)
+        ctx.held_product = held_product
         return weights.view_as(weights)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
         logits, edge = ctx.saved_tensors
         top = _best_kept(logits, edge).unsqueeze(-1)
         q = torch.exp((logits - top).clamp_(max=PROBE_CAP))  # kept entries: exp(s - top) <= 1
         total = (q * edge).sum(-1, keepdim=True)
         q = q.div_(torch.where(total > 0, total, torch.ones_like(total)))
-        inner = (q * edge * grad).sum(-1, keepdim=True)
+        kept = q * edge  # the renormalised weights, the masked softmax's on the kept entries
+        inner = (kept * grad).sum(-1, keepdim=True)
         grad_edge = q.mul_(grad - inner)
-        return grad, None, grad_edge.sum_to_size(edge.shape)
+        if ctx.held_product:
+            grad_edge += kept * grad
+        return grad, None, grad_edge.sum_to_size(edge.shape), None
 
 
 def _best_kept(scores: Tensor, edge: Tensor) -> Tensor:
@@ -272,23 +282,26 @@ class GraphAttention(nn.Module):
         senders = adjacency if isinstance(adjacency, Senders) else Senders(None, adjacency)
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d_head)
         if senders.index is None:
-            mixed = self._dense(qkv, _batched_adjacency(senders.weight, b, n).to(x.dtype))
+            mixed = self._dense(qkv, _batched_adjacency(senders.weight, b, n).to(x.dtype), senders.held_product)
         else:
             entries = _batched_adjacency(senders.weight, b, n, senders.index.shape[-1])  # (B or 1, N, K)
-            mixed = self._gathered(qkv, senders.index, entries, senders.probes)
+            mixed = self._gathered(qkv, senders.index, entries, senders.probes, senders.held_product)
         return self.out(mixed.reshape(b, n, d))  # (B, N, H * d_head) -> (B, N, d)
 
-    def _dense(self, qkv: Tensor, adjacency: Tensor) -> Tensor:
+    def _dense(self, qkv: Tensor, adjacency: Tensor, held_product: bool = False) -> Tensor:
         """The dense layout: qkv (B, N, 3, H, d_head), adjacency (B or 1, N, N) -> mixed values (B, N, H, d_head)."""
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
         scores = self.scores(q, k)  # (B, H, N, N)
         edge = adjacency.to(q.dtype).unsqueeze(1)  # (B or 1, 1, N, N), broadcast over heads
-        weights = masked_weights(scores, edge)  # (B, H, N, N); the product with A is the gradient path to the graph
+        # (B, H, N, N); the product with A is the gradient path to the graph
+        weights = masked_weights(scores, edge, held_product)
         return (weights @ v).transpose(1, 2)  # (B, N, H, d_head)
 
-    def _gathered(self, qkv: Tensor, index: Tensor, entries: Tensor, probes: Senders | None = None) -> Tensor:
+    def _gathered(
+        self, qkv: Tensor, index: Tensor, entries: Tensor, probes: Senders | None = None, held_product: bool = False
+    ) -> Tensor:
         """The gathered layout: qkv (B, N, 3, H, d_head), index (N, K), entries (B or 1, N, K) -> mixed values
-        (B, N, H, d_head). ``probes``: senders to assess, not hear (``_assess``).
+        (B, N, H, d_head). ``probes``: senders to assess, not hear (``_assess``); ``held_product``: as ``Senders``.
 
         The same scores as ``scores`` on the listed pairs only, one column m of the index at a time: the "other" keys
         of senders ``index[:, m]`` (the edge embedding added before the gather), the "self" score on each agent's own
@@ -311,7 +324,7 @@ class GraphAttention(nn.Module):
             # torch.where sends zero gradient to the unselected branch, so each pair's score has one edge type.
             columns.append(torch.where(is_self[:, m], own, other))
         scores = torch.stack(columns, dim=-1) / math.sqrt(self.head_dim)  # (B, N, H, K)
-        weights = masked_weights(scores, entries.to(q.dtype).unsqueeze(-2))  # (B, N, H, K); times the entries
+        weights = masked_weights(scores, entries.to(q.dtype).unsqueeze(-2), held_product)  # (B, N, H, K)
         mixed = weights[..., :1] * v.index_select(1, index[:, 0])  # (B, N, H, d_head)
         for m in range(1, index.shape[-1]):
             mixed = mixed + weights[..., m : m + 1] * v.index_select(1, index[:, m])

@@ -20,7 +20,8 @@ def test_each_task_sets_what_it_names(task: str) -> None:
     assert (model.gates.init_bias == -3.0) == (task == "start_closed")
     if task.startswith("graph_n6"):
         assert options.n_agents == 6
-        assert model.graph.gumbel == (task == "graph_n6_gumbel")  # the without-noise arm must say so: default on
+        assert model.graph.gumbel == (task != "graph_n6")  # the without-noise arm must say so: default on
+    assert model.graph.held_product == (task == "graph_n6_held")
 
 
 def test_the_sweep_plans_one_tune_trial_per_task_cost_and_seed_and_rows_each(tmp_path, monkeypatch) -> None:

@@ -254,10 +254,14 @@ def test_a_candidates_gradient_is_the_slope_of_mixing_in_its_message() -> None:
         torch.testing.assert_close(masked_weights(scores, edge), expected, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("held_product", [False, True])
 @pytest.mark.parametrize("edge_shape", [(5, 5), (3, 1, 5, 5), (3, 2, 5, 5), (1, 2, 1, 5)])
-def test_masked_weights_backward_equals_autograd_of_the_written_out_form(edge_shape: tuple[int, ...]) -> None:
+def test_masked_weights_backward_equals_autograd_of_the_written_out_form(
+    edge_shape: tuple[int, ...], held_product: bool
+) -> None:
     """The hand-written backward against autograd through the formula, for every way ``edge`` broadcasts against
-    the (B, H, N, N) scores: the scores' gradient is the masked softmax's, the edge's the renormalised weights'."""
+    the (B, H, N, N) scores: the scores' gradient is the masked softmax's, the edge's the renormalised weights'
+    (plus, with ``held_product``, the plain product's: ``softmax * edge`` differentiated in ``edge``)."""
     torch.manual_seed(len(edge_shape) + edge_shape[0])
     scores = torch.randn(3, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, 2, 5, 5, dtype=torch.float64)
@@ -266,12 +270,15 @@ def test_masked_weights_backward_equals_autograd_of_the_written_out_form(edge_sh
     if edge_shape[0] == 3:
         hard[0, ..., 1, :] = 0.0  # ... but this one
     edge = hard.clone().requires_grad_()
-    g_scores, g_edge = torch.autograd.grad((masked_weights(scores, edge) * upstream).sum(), [scores, edge])
+    weights = masked_weights(scores, edge, held_product)
+    g_scores, g_edge = torch.autograd.grad((weights * upstream).sum(), [scores, edge])
 
     reference_scores = scores.detach().clone().requires_grad_()
     reference_edge = hard.clone().requires_grad_()
     masked = reference_scores.masked_fill(hard == 0, torch.finfo(torch.float64).min)
-    plain = torch.softmax(masked, -1) * hard
+    # A row that keeps no entry has placeholder uniform weights forward, and no product term.
+    keeps = hard.amax(-1, keepdim=True) > 0
+    plain = torch.softmax(masked, -1) * (torch.where(keeps, reference_edge, hard) if held_product else hard)
     logits = reference_scores.detach()
     best = logits.masked_fill(hard == 0, -torch.inf).amax(-1, keepdim=True)
     best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))

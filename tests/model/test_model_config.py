@@ -40,6 +40,7 @@ def test_explicit_k() -> None:
         (GraphConfig, {"probes": 2.0}, r"model\.graph\.probes=2\.0 \(float\); expected an integer >= 0"),
         (GraphConfig, {"switch_margin": -0.1}, r"model\.graph\.switch_margin=-0\.1; expected a number >= 0"),
         (GraphConfig, {"switch_margin": "x"}, r"model\.graph\.switch_margin='x' \(str\)"),
+        (GraphConfig, {"held_product": 1}, r"model\.graph\.held_product=1 \(int\); expected true or false"),
         (GateConfig, {"cost_weight": -0.1}, r"model\.gates\.cost_weight=-0\.1; expected a number >= 0"),
         (GateConfig, {"enabled": 1}, r"model\.gates\.enabled=1 \(int\); expected true or false"),
         (ModelConfig, {"embed_dim": 0}, r"model\.embed_dim=0; expected an integer in \[1, 4096\]"),

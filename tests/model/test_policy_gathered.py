@@ -90,11 +90,12 @@ def test_gathered_policy_equals_the_dense_one_outputs_and_gradients(gumbel: bool
     assert graph_grad.abs().sum() > 0, "no gradient reached the graph logits"
 
 
-def test_probing_every_sender_left_out_gives_the_dense_layouts_graph_gradient() -> None:
+@pytest.mark.parametrize("held_product", [False, True])
+def test_probing_every_sender_left_out_gives_the_dense_layouts_graph_gradient(held_product: bool) -> None:
     """With as many probes as senders left out (N - 1 - K, so the sample is all of them and the scale 1), the
     gathered layout's exactly-zero assessment terms give every parameter, the graph logits included, the gradient of
-    the dense layout, where ``masked_weights`` assesses every sender."""
-    config = dataclasses.replace(CONFIG, graph=GraphConfig(k=K, probes=N - 1 - K))
+    the dense layout, where ``masked_weights`` assesses every sender; with ``model.graph.held_product`` too."""
+    config = dataclasses.replace(CONFIG, graph=GraphConfig(k=K, probes=N - 1 - K, held_product=held_product))
     gathered, dense = _pair(config)
     assert gathered.trunk.graph.probes == N - 1 - K and dense.trunk.graph.candidates
     obs, mask, alive, state = _inputs((5,), seed=7)
@@ -113,6 +114,12 @@ def test_probing_every_sender_left_out_gives_the_dense_layouts_graph_gradient() 
     )
     logits_grad = grads[0][names.index("trunk.graph.logits")]
     assert (logits_grad - held).abs().max() > 1e-3
+    if held_product:  # the key reaches the gradient: the held senders' product term is there
+        plain = _pair(dataclasses.replace(CONFIG, graph=GraphConfig(k=K, probes=N - 1 - K)))[1]
+        (without,) = torch.autograd.grad(
+            _loss(plain(obs, mask, alive, state, gate_open=gate_open)), [plain.trunk.graph.logits]
+        )
+        assert (logits_grad - without).abs().max() > 1e-3
 
 
 def test_probes_are_drawn_per_forward_among_the_senders_left_out_and_change_no_output() -> None:
