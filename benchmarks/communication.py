@@ -110,9 +110,10 @@ INFORMED: dict[str, tuple[int, ...]] = {
     "capture_2p2c_4x4": (0, 1),
     "capture_1p3c_4x4": (0,),
     "predator_capture_prey": (0, 1),
+    "smax_1o_2r_vs_4r_hold": (0,),
 }
-"""task -> the agents that see (predators, agents 0..P-1), where the others are blind: the graph table counts the
-receivers that hear one of them."""
+"""task -> the agents that see (predators, agents 0..P-1; SMAX's scout, ally 0), where the others are blind: the graph
+table counts the receivers that hear one of them."""
 NOSTATE = "_nostate"
 COST_ARM = "cost"
 COLORS = {
