@@ -72,7 +72,7 @@ TASKS: dict[str, tuple[str, int]] = {
     "traffic_junction_easy": ("configs/traffic_junction_easy.yaml", 1_000_000),
     "traffic_junction_medium": ("configs/traffic_junction_medium.yaml", 3_000_000),
     "smax_1o_2r_vs_4r": ("configs/smax_1o_2r_vs_4r.yaml", 2_000_000),
-    "smax_1o_2r_vs_4r_hold": ("configs/smax_1o_2r_vs_4r.yaml", 2_000_000),
+    "smax_1o_2r_vs_4r_hold": ("configs/smax_1o_2r_vs_4r_hold.yaml", 2_000_000),
 }
 """task -> (ready config, env steps per run)."""
 TASK_OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -102,8 +102,6 @@ TASK_OVERRIDES: dict[str, tuple[str, ...]] = {
         "env.options.max_steps=10",
         "model.graph.k=1",
     ),
-    # The zerglings hold their start positions (envs/smax_scenarios.py): the marauders must find them.
-    "smax_1o_2r_vs_4r_hold": ("env.name=smax_1o_2r_vs_4r_hold",),
 }
 INFORMED: dict[str, tuple[int, ...]] = {
     "capture_3x3": (0,),
