@@ -378,13 +378,19 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
 
     @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        """Anneals the MoE temperature *after* the update: the new tau reaches the EnvRunners with the weights,
-        so the next rollout and the next update use the same tau (the PPO consistency rule)."""
+        """Anneals the MoE temperature and ends the graph's warm-up (`model.graph.warmup_fraction`) *after* the
+        update: the change reaches the EnvRunners with the weights, so the next rollout and the next update use the
+        same tau and graph (the PPO consistency rule)."""
         super().after_gradient_based_update(timesteps=timesteps)
         progress = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) / max(1, self.settings.total_env_steps)
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule is not iterable)
             module = self.module[module_id].unwrapped()
             assert isinstance(module, CommFormerRLModule)
+            graph = module.policy.trunk.graph
+            if graph.hears_all and progress >= module.model_cfg.graph.warmup_fraction:
+                graph.end_warmup()
+            if graph.hear_all is not None:
+                self.metrics.log_value((module_id, "graph_hears_all"), float(graph.hears_all), window=1)
             if module.policy.moe_heads():
                 tau = module.model_cfg.moe.tau_at(progress)
                 module.policy.set_moe_tau(tau)

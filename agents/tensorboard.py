@@ -42,6 +42,7 @@ LEARNER_KEYS = (
     "value_norm_mean",
     "value_norm_std",
     "graph_steps",
+    "graph_hears_all",
 )
 
 COMM_KEYS = (
@@ -52,6 +53,7 @@ COMM_KEYS = (
     "gate_prob_mean",
     "messages_per_step",
     "graph_steps",
+    "graph_hears_all",
 )
 """The learner metrics TensorBoard shows under `comm/`; the others go under `loss/`. `gate_open_rate` is the rate of
 the decisions the rollouts sampled, `gate_greedy_open_rate` that of the greedy decisions (evaluation's)."""

@@ -19,7 +19,8 @@ agent sees; a guess earns 1 of 8 per episode on average 2):
 - ``start_closed``: ``fixed_edge`` with gates that start closed (``model.gates.init_bias=-3``, p = 0.05).
 - ``graph_n6`` / ``graph_n6_gumbel``: the ready config with N = 6 agents (k = 1 sender of 5 candidates, starting
   from the wrong ring): graph search under PPO, without and with Gumbel noise in the graph steps' surrogate gradient;
-  ``graph_n6_held``: ``graph_n6_gumbel`` with ``model.graph.held_product`` (the held senders' product gradient too).
+  ``graph_n6_held``: ``graph_n6_gumbel`` with ``model.graph.held_product`` (the held senders' product gradient too);
+  ``graph_n6_warm``: ``graph_n6_gumbel`` with ``model.graph.warmup_fraction=0.25`` (everyone heard at first).
 
 One JSON row per run goes to docs/benchmarks/gates/: the per-iteration sampled and greedy gate open rates, the
 mean gate probability and the return, and the greedy evaluation. ``closed_at`` is the first env step from which the
@@ -50,6 +51,8 @@ TASKS: dict[str, list[str]] = {
     "graph_n6_gumbel": ["env.options.n_agents=6", "model.graph.gumbel=true"],
     # Both pressures on a held sender: the product's gradient besides the renormalised one (docs/DESIGN.md).
     "graph_n6_held": ["env.options.n_agents=6", "model.graph.gumbel=true", "model.graph.held_product=true"],
+    # Every receiver hears every sender for the first quarter of the run while the graph learns (docs/DESIGN.md).
+    "graph_n6_warm": ["env.options.n_agents=6", "model.graph.gumbel=true", "model.graph.warmup_fraction=0.25"],
 }
 SCALARS = {
     "gate_open_rate": "comm/gate_open_rate",

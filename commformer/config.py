@@ -95,6 +95,12 @@ class GraphConfig:
     """Senders a receiver does not hear whose worth the graph gradient samples per learner forward, where attention
     reads the graph in the gathered layout (large teams with few senders each, commformer/layers/attention.py): there
     only the listed pairs are scored. 0 = the held senders alone. The dense layout assesses every sender."""
+    warmup_fraction: float = 0.0
+    """The first fraction of the run (of ``stop.env_steps``) in which every receiver hears every sender while the graph
+    logits learn; then the top-k. The graph's gradient ranks each sender by what its message adds as the policy reads
+    messages, and a policy that has only ever heard its first k senders reads no other yet (docs/DESIGN.md, "The
+    graph"). The learner ends the warm-up after the update that crosses the fraction; the EnvRunners receive that
+    with the weights. 0 = the top-k from the start. Needs the dense layout (``gathers(N, k)`` false)."""
     held_product: bool = False
     """Give each sender a receiver hears the gradient of the plain product ``softmax * A`` too, besides the
     renormalised attention's that every sender gets (commformer/layers/attention.py, ``masked_weights``): both
@@ -114,6 +120,9 @@ class GraphConfig:
         require_bool("model.graph.gumbel", self.gumbel)
         require_int("model.graph.probes", self.probes, 0)
         require_bool("model.graph.held_product", self.held_product)
+        warmup = require_float("model.graph.warmup_fraction", self.warmup_fraction)
+        if not 0.0 <= warmup < 1.0:
+            raise ConfigError(f"model.graph.warmup_fraction={self.warmup_fraction}; expected a number in [0, 1)")
         if require_float("model.graph.switch_margin", self.switch_margin) < 0.0:
             raise ConfigError(f"model.graph.switch_margin={self.switch_margin}; expected a number >= 0")
         require_choice("model.graph.init", self.init, GRAPH_INITS)

@@ -240,6 +240,19 @@ class CommGraph(nn.Module):
             self.register_buffer("held", topk_senders(initial, self.k))
         else:
             self.held = None  # the plain top-k of the logits
+        self.hear_all: Tensor | None
+        if config.warmup_fraction > 0.0:
+            if self.gathered:
+                raise ValueError(
+                    f"model.graph.warmup_fraction={config.warmup_fraction} needs the dense layout, but a team of "
+                    f"{n_agents} with k={self.k} senders is gathered (N >= 16 (k + 1)); expected "
+                    "model.graph.warmup_fraction=0 or a larger k"
+                )
+            # Whether every receiver hears every sender (the warm-up): state the learner clears (`end_warmup`), sent
+            # to the EnvRunners with the weights.
+            self.register_buffer("hear_all", torch.tensor(True))
+        else:
+            self.hear_all = None
 
     def forward(self, gumbel: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Straight-through adjacency (N, N): exactly the hard 0/1 graph forward, softmax gradient.
@@ -253,7 +266,8 @@ class CommGraph(nn.Module):
             (N, N) tensor; row i is receiver i, column j is sender j; diagonal is 1.
         """
         noise = self._noise(gumbel, generator)
-        return straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates, self.held)
+        k, held = self._kept()
+        return straight_through_topk(self.logits, k, self.tau, noise, self.candidates, held)
 
     def senders(self, gumbel: bool = False, generator: torch.Generator | None = None, probes: bool = True) -> Senders:
         """The straight-through adjacency in the layout attention reads (``gathered``): ``forward``'s (N, N) matrix,
@@ -262,7 +276,8 @@ class CommGraph(nn.Module):
         arguments; ``probes=False`` where the graph's gradient is not used (the learner's lower-level steps)."""
         noise = self._noise(gumbel, generator)
         if not self.gathered:
-            adjacency = straight_through_topk(self.logits, self.k, self.tau, noise, self.candidates, self.held)
+            k, held = self._kept()
+            adjacency = straight_through_topk(self.logits, k, self.tau, noise, self.candidates, held)
             return Senders(None, adjacency, held_product=self.held_product)
         index, entries = straight_through_senders(self.logits, self.k, self.tau, noise, self.held)
         if not (probes and self.probes and torch.is_grad_enabled() and self.logits.requires_grad):
@@ -275,6 +290,23 @@ class CommGraph(nn.Module):
         probed = Senders(assessed, (relaxed - relaxed.detach()) * scale)
         return Senders(index, entries, probed, self.held_product)
 
+    @property
+    def hears_all(self) -> bool:
+        """Whether the graph is in its warm-up (``model.graph.warmup_fraction``): every receiver hears every sender."""
+        return self.hear_all is not None and bool(self.hear_all)
+
+    def end_warmup(self) -> None:
+        """End the warm-up: from now on each receiver hears its top-k senders."""
+        if self.hear_all is not None:
+            self.hear_all.fill_(False)
+
+    def _kept(self) -> tuple[int, Tensor | None]:
+        """The senders per receiver and the held ones that ``straight_through_topk`` keeps now: all of them in the
+        warm-up, else k (and the held senders, with a switch margin)."""
+        if self.hears_all:
+            return self.n_agents - 1, None
+        return self.k, self.held
+
     def _noise(self, gumbel: bool, generator: torch.Generator | None) -> Tensor | None:
         """Gumbel noise (N, N) for the surrogate, or None."""
         if not gumbel or self.n_agents == 1:
@@ -283,8 +315,8 @@ class CommGraph(nn.Module):
 
     @torch.no_grad()
     def hard(self) -> Tensor:
-        """The hard 0/1 graph (N, N), without autograd (for logging heatmaps)."""
-        return hard_topk(self.logits, self.k, self.held)
+        """The hard 0/1 graph (N, N) receivers hear now, without autograd (for logging heatmaps)."""
+        return hard_topk(self.logits, *self._kept())
 
     @torch.no_grad()
     def settle(self) -> int:

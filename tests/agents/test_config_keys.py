@@ -564,6 +564,7 @@ CASES: dict[str, Case] = {
         "0.5", steps(6, lambda learner: _module(learner).policy.trunk.graph.hard(), "the hard graph"), UPPER_LEVEL
     ),
     "model.graph.held_product": Case("true", gradient("trunk.graph."), UPPER_LEVEL),
+    "model.graph.warmup_fraction": Case("0.5", forward("adjacency")),  # every receiver hears every sender
     # Acts where attention gathers (N >= 16 (k + 1)): 32 signal agents with one sender each.
     "model.graph.probes": Case("0", gradient("trunk.graph."), (*UPPER_LEVEL, *GATHERED)),
     # model.gates

@@ -22,6 +22,7 @@ def test_each_task_sets_what_it_names(task: str) -> None:
         assert options.n_agents == 6
         assert model.graph.gumbel == (task != "graph_n6")  # the without-noise arm must say so: default on
     assert model.graph.held_product == (task == "graph_n6_held")
+    assert (model.graph.warmup_fraction > 0) == (task == "graph_n6_warm")
 
 
 def test_the_sweep_plans_one_tune_trial_per_task_cost_and_seed_and_rows_each(tmp_path, monkeypatch) -> None:

@@ -284,3 +284,37 @@ def test_without_a_margin_the_graph_is_the_plain_top_k_and_holds_no_state() -> N
     assert graph.held is None and "held" not in graph.state_dict()
     assert graph.settle() == 0 and torch.equal(graph.hard(), hard_topk(graph.logits, graph.k))
     assert "held" in CommGraph(6, GraphConfig(switch_margin=0.01)).state_dict()  # saved and sent with the weights
+
+
+def test_in_the_warm_up_every_receiver_hears_every_sender_and_every_logit_learns() -> None:
+    """model.graph.warmup_fraction: the straight-through graph is all ones until ``end_warmup``, with the surrogate's
+    gradient on every off-diagonal logit; then it is the plain top-k, as a graph without warm-up."""
+    n = 5
+    warm = CommGraph(n, GraphConfig(k=1, warmup_fraction=0.3)).double()
+    plain = CommGraph(n, GraphConfig(k=1)).double()
+    with torch.no_grad():
+        logits = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        warm.logits.copy_(logits)
+        plain.logits.copy_(logits)
+    assert warm.hears_all and "hear_all" in warm.state_dict() and "hear_all" not in plain.state_dict()
+    adjacency = warm()
+    assert torch.equal(adjacency, torch.ones(n, n, dtype=torch.float64)) and torch.equal(warm.hard(), adjacency)
+    assert torch.equal(warm.senders().weight, adjacency)
+    upstream = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    (grad,) = torch.autograd.grad((adjacency * upstream).sum(), [warm.logits])
+    # Naive reference: the surrogate softmax over every other sender, differentiated by hand.
+    surrogate = torch.softmax(logits.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf")), dim=-1)
+    off = upstream.masked_fill(torch.eye(n, dtype=torch.bool), 0.0)
+    expected = surrogate * (off - (surrogate * off).sum(-1, keepdim=True))
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
+    assert (grad + torch.eye(n, dtype=torch.float64)).abs().min() > 0  # every sender's logit moves
+    warm.end_warmup()
+    assert not warm.hears_all and bool(warm.state_dict()["hear_all"]) is False
+    assert torch.equal(warm(), plain()) and torch.equal(warm.hard(), hard_topk(logits, 1))
+
+
+def test_a_warm_up_needs_the_dense_layout() -> None:
+    n = 16 * 2
+    assert gathers(n, 1)
+    with pytest.raises(ValueError, match=r"model\.graph\.warmup_fraction=0\.1 needs the dense layout"):
+        CommGraph(n, GraphConfig(k=1, warmup_fraction=0.1))

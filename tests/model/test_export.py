@@ -232,3 +232,20 @@ def test_the_senders_a_graph_holds_travel_with_an_exported_policy(tmp_path: Path
     assert hard_topk(graph.logits, 1)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
     loaded, _ = load_policy(save_policy(policy, tmp_path / "p", {**DIMS, "n_agents": 4}, {}))
     assert torch.equal(loaded.trunk.graph.hard(), held)
+
+
+def test_a_graph_warm_up_ended_in_training_stays_ended_in_the_exported_policy(tmp_path: Path) -> None:
+    """model.graph.warmup_fraction: an exported policy built from its config starts in the warm-up; the saved flag
+    says whether training ended it, so the loaded policy hears what the trained one heard."""
+    from commformer.config import GraphConfig
+
+    config = ModelConfig(embed_dim=8, num_heads=2, num_blocks=1, graph=GraphConfig(k=1, warmup_fraction=0.5))
+    policy = CommFormerPolicy(config, n_agents=4, obs_dim=D, n_actions=A, state_dim=S)
+    graph = policy.trunk.graph
+    for ended in (False, True):
+        if ended:
+            graph.end_warmup()
+        loaded, _ = load_policy(save_policy(policy, tmp_path / f"p{ended}", {**DIMS, "n_agents": 4}, {}))
+        assert loaded.trunk.graph.hears_all is not ended
+        assert torch.equal(loaded.trunk.graph.hard(), graph.hard())
+        assert loaded.trunk.graph.hard().sum() == (8 if ended else 16)

@@ -41,6 +41,8 @@ def test_explicit_k() -> None:
         (GraphConfig, {"switch_margin": -0.1}, r"model\.graph\.switch_margin=-0\.1; expected a number >= 0"),
         (GraphConfig, {"switch_margin": "x"}, r"model\.graph\.switch_margin='x' \(str\)"),
         (GraphConfig, {"held_product": 1}, r"model\.graph\.held_product=1 \(int\); expected true or false"),
+        (GraphConfig, {"warmup_fraction": 1.0}, r"model\.graph\.warmup_fraction=1\.0; expected a number in \[0, 1\)"),
+        (GraphConfig, {"warmup_fraction": -0.1}, r"model\.graph\.warmup_fraction=-0\.1; expected a number in \[0, 1\)"),
         (GateConfig, {"cost_weight": -0.1}, r"model\.gates\.cost_weight=-0\.1; expected a number >= 0"),
         (GateConfig, {"enabled": 1}, r"model\.gates\.enabled=1 \(int\); expected true or false"),
         (ModelConfig, {"embed_dim": 0}, r"model\.embed_dim=0; expected an integer in \[1, 4096\]"),
