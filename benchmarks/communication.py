@@ -197,6 +197,18 @@ def task_arms(task: str, out: Path) -> list[str]:
     return sorted(names, key=_arm_order)
 
 
+def measured_tasks(out: Path) -> list[str]:
+    """Every task with a run in ``out``, whichever arms it ran: the part of each ``<task>_<arm>_seed<k>.csv`` before
+    the longest arm (probe tags included) that ends it."""
+    tasks = set()
+    for path in out.glob("*_seed*.csv"):
+        head = path.stem[: path.stem.rindex("_seed")]
+        cuts = [i for i, c in enumerate(head) if c == "_" and _is_arm(head[i + 1 :].partition(PROBE_SEP)[0])]
+        if cuts:
+            tasks.add(head[: cuts[0]])
+    return sorted(tasks)
+
+
 def _task(name: str) -> tuple[str, int, tuple[str, ...]]:
     """(config, env steps, overrides) of a task name, `_nostate` included."""
     base = name.removesuffix(NOSTATE)
@@ -560,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "summarize":
         # results.md holds every task: a summary of some of them is printed (and their figures drawn) only.
-        tasks = args.task or sorted({p.stem.split("_learned")[0] for p in args.out.glob("*_learned_seed*.csv")})
+        tasks = args.task or measured_tasks(args.out)
         print(summarize(tasks, args.out, results=not args.task))
         return 0
     if bool(args.overrides) != (args.tag is not None):

@@ -215,8 +215,11 @@ def test_the_final_graph_is_the_one_the_policy_acts_with() -> None:
 def test_a_summary_of_some_tasks_leaves_results_md_to_the_summary_of_all(tmp_path: Path) -> None:
     _write_run(tmp_path, "a_learned_seed0", [0.5], messages=1.0, win=0.5)
     _write_run(tmp_path, "b_learned_seed0", [0.7], messages=1.0, win=0.7)
+    _write_run(tmp_path, "c_x_dense_seed0", [0.9], messages=2.0, win=0.9)  # a task without a `learned` run
+    _write_run(tmp_path, "c_x_learned_nogates-tag_seed1", [0.6], messages=1.0, win=0.6)
+    assert comm.measured_tasks(tmp_path) == ["a", "b", "c_x"]
     assert comm.main(["summarize", "--out", str(tmp_path)]) == 0
     both = (tmp_path / "results.md").read_text()
-    assert "### a" in both and "### b" in both
+    assert "### a" in both and "### b" in both and "### c_x" in both
     assert comm.main(["summarize", "--out", str(tmp_path), "--task", "b"]) == 0
     assert (tmp_path / "results.md").read_text() == both
