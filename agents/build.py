@@ -27,6 +27,7 @@ from agents.env_runner import TeamEnvRunner
 from agents.faults import NonFiniteCounter
 from agents.learner import CommFormerPPOLearner
 from agents.rl_module import CommFormerRLModule, build_policy, team_dims
+from commformer.graph import team_senders
 from envs import custom
 from envs.registry import is_custom, is_vectorised, make_team_env, make_team_vector_env
 from envs.team import TeamEnv
@@ -106,7 +107,7 @@ def probe_env(config: ExperimentConfig) -> TeamSpaces:
     dims = team_dims(obs_space, act_space)
     n_agents = dims.n_agents
     try:
-        config.model.graph.senders(n_agents)
+        team_senders(n_agents, config.model.graph)
         if dims.continuous:  # the parts that choose among discrete actions refuse a Box (CommFormerPolicy says which)
             with torch.device("meta"):  # shapes only: nothing is allocated
                 build_policy(config.model, dims)

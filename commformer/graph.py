@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from commformer.config import GraphConfig
 from commformer.layers.attention import Senders, gathers
+from commformer.validate import ConfigError
 
 __all__ = [
     "CommGraph",
@@ -53,6 +54,7 @@ __all__ = [
     "sample_gumbel",
     "straight_through_senders",
     "straight_through_topk",
+    "team_senders",
     "topk_senders",
 ]
 
@@ -209,6 +211,18 @@ def _surrogate(logits: Tensor, tau: float, noise: Tensor | None) -> Tensor:
     return torch.softmax((perturbed / tau).masked_fill(own, float("-inf")), dim=-1)
 
 
+def team_senders(n_agents: int, config: GraphConfig) -> int:
+    """``config.senders(n_agents)``, the senders each receiver keeps, after checking that the graph's settings fit a
+    team of ``n_agents`` (``ConfigError`` naming the key otherwise): a warm-up needs the dense layout."""
+    k = config.senders(n_agents)
+    if config.warmup_fraction > 0.0 and gathers(n_agents, k):
+        raise ConfigError(
+            f"model.graph.warmup_fraction={config.warmup_fraction} needs the dense layout, but a team of {n_agents} "
+            f"with k={k} senders is gathered (N >= 16 (k + 1)); expected model.graph.warmup_fraction=0 or a larger k"
+        )
+    return k
+
+
 class CommGraph(nn.Module):
     """Learnable receiver-by-sender communication graph with a straight-through top-k relaxation.
 
@@ -222,7 +236,7 @@ class CommGraph(nn.Module):
     def __init__(self, n_agents: int, config: GraphConfig) -> None:
         super().__init__()
         self.n_agents = n_agents
-        self.k = config.senders(n_agents)  # validates n_agents and an explicit k
+        self.k = team_senders(n_agents, config)  # validates n_agents, an explicit k and the warm-up
         self.tau = float(config.gumbel_tau)
         self.gathered = gathers(n_agents, self.k)
         # Whether every sender left out gets a gradient of its own (the dense layout); the gathered layout scores a
@@ -241,13 +255,7 @@ class CommGraph(nn.Module):
         else:
             self.held = None  # the plain top-k of the logits
         self.hear_all: Tensor | None
-        if config.warmup_fraction > 0.0:
-            if self.gathered:
-                raise ValueError(
-                    f"model.graph.warmup_fraction={config.warmup_fraction} needs the dense layout, but a team of "
-                    f"{n_agents} with k={self.k} senders is gathered (N >= 16 (k + 1)); expected "
-                    "model.graph.warmup_fraction=0 or a larger k"
-                )
+        if config.warmup_fraction > 0.0:  # `config.senders` refused a warm-up where attention gathers
             # Whether every receiver hears every sender (the warm-up): state the learner clears (`end_warmup`), sent
             # to the EnvRunners with the weights.
             self.register_buffer("hear_all", torch.tensor(True))

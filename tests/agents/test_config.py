@@ -106,6 +106,17 @@ def test_k_larger_than_the_team_is_refused_against_the_env():
         probe_env(config)
 
 
+def test_a_graph_warm_up_is_refused_where_attention_gathers_before_any_work():
+    from agents.build import probe_env
+
+    overrides = [
+        "configs/signal.yaml",
+        ["env.options.n_agents=32", "model.graph.k=1", "model.graph.warmup_fraction=0.1"],
+    ]
+    with pytest.raises(ConfigError, match=r"model\.graph\.warmup_fraction=0\.1 needs the dense layout"):
+        probe_env(load_config(*overrides))
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

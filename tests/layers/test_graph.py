@@ -13,9 +13,11 @@ from commformer.graph import (
     sample_gumbel,
     straight_through_senders,
     straight_through_topk,
+    team_senders,
     topk_senders,
 )
 from commformer.layers.attention import GATHER_FACTOR, gathers
+from commformer.validate import ConfigError
 from tests.layers.naive_reference import naive_straight_through_topk, naive_topk_senders
 
 
@@ -318,3 +320,6 @@ def test_a_warm_up_needs_the_dense_layout() -> None:
     assert gathers(n, 1)
     with pytest.raises(ValueError, match=r"model\.graph\.warmup_fraction=0\.1 needs the dense layout"):
         CommGraph(n, GraphConfig(k=1, warmup_fraction=0.1))
+    with pytest.raises(ConfigError, match=r"a team of 32 with k=1 senders is gathered"):  # the driver's check
+        team_senders(n, GraphConfig(k=1, warmup_fraction=0.1))
+    assert team_senders(n // 2, GraphConfig(k=1, warmup_fraction=0.1)) == 1  # N = 16 is dense
