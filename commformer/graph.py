@@ -282,11 +282,9 @@ class CommGraph(nn.Module):
         or its self-loops and top-k senders, (N, k + 1) entries (``straight_through_senders``), then, with autograd
         and ``probes``, ``Senders.probes``: a fresh sample of senders left out to assess (module docstring). Same
         arguments; ``probes=False`` where the graph's gradient is not used (the learner's lower-level steps)."""
-        noise = self._noise(gumbel, generator)
         if not self.gathered:
-            k, held = self._kept()
-            adjacency = straight_through_topk(self.logits, k, self.tau, noise, self.candidates, held)
-            return Senders(None, adjacency, held_product=self.held_product)
+            return Senders(None, self(gumbel, generator), held_product=self.held_product)
+        noise = self._noise(gumbel, generator)
         index, entries = straight_through_senders(self.logits, self.k, self.tau, noise, self.held)
         if not (probes and self.probes and torch.is_grad_enabled() and self.logits.requires_grad):
             return Senders(index, entries, held_product=self.held_product)

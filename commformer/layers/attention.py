@@ -173,7 +173,8 @@ class _AssessEdges(torch.autograd.Function):
     """Identity on the attention weights forward; backward, also ``edge``'s gradient through the renormalised
     weights ``r_ij = edge_ij q_ij``, ``q_ij = exp(s_ij - top_i) / sum_m edge_im exp(s_im - top_i)`` (scores capped
     at ``PROBE_CAP`` above the row's best kept one): ``dL/dedge_ij = q_ij (g_ij - sum_m r_im g_im)`` with ``g`` the
-    weights' upstream gradient, summed over the dims ``edge`` was broadcast along. Written by hand because autograd
+    weights' upstream gradient (plus ``r_ij g_ij`` with ``held_product``), summed over the dims ``edge`` was broadcast
+    along. Written by hand because autograd
     through the formula keeps five (B, H, N, N) intermediates and ran the dense layout's backward ~1.8x slower at
     N = 1,024; this keeps the scores alone and computes ``q`` in the backward."""
 
