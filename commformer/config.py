@@ -99,8 +99,10 @@ class GraphConfig:
     """The first fraction of the run (of ``stop.env_steps``) in which every receiver hears every sender while the graph
     logits learn; then the top-k. The graph's gradient ranks each sender by what its message adds as the policy reads
     messages, and a policy that has only ever heard its first k senders reads no other yet (docs/DESIGN.md, "The
-    graph"). The learner ends the warm-up after the update that crosses the fraction; the EnvRunners receive that
-    with the weights. 0 = the top-k from the start. Needs the dense layout (``gathers(N, k)`` false)."""
+    graph"). Learned gates are open throughout the warm-up, without cost or gradient, for the same reason: a gate that
+    the cost closes before the policy reads messages never learns what they buy. The learner ends the warm-up after
+    the update that crosses the fraction; the EnvRunners receive that with the weights. 0 = the top-k and the gates
+    from the start. Needs the dense layout (``gathers(N, k)`` false)."""
     held_product: bool = False
     """Give each sender a receiver hears the gradient of the plain product ``softmax * A`` too, besides the
     renormalised attention's that every sender gets (commformer/layers/attention.py, ``masked_weights``): both

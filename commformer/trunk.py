@@ -94,8 +94,9 @@ class CommTrunk(nn.Module):
 
     @property
     def learns_gates(self) -> bool:
-        """Whether learned gates take the decisions (``model.gates.enabled`` with communication)."""
-        return self.gate is not None and self.communicate
+        """Whether learned gates take the decisions now (``model.gates.enabled`` with communication): not in the graph's
+        warm-up (``model.graph.warmup_fraction``), where every receiver hears every sender, its gate open too."""
+        return self.gate is not None and self.communicate and not self.graph.hears_all
 
     def connect(
         self,
@@ -117,14 +118,18 @@ class CommTrunk(nn.Module):
             probes: let a gathered graph draw senders to assess (``CommGraph.senders``); no forward value changes.
         """
         if gate_open is not None and not self.learns_gates:
-            raise ValueError("gate_open was given but the policy has no learned gates (model.gates.enabled)")
+            raise ValueError(
+                "gate_open was given but no learned gates take the decisions: model.gates.enabled is false, or the "
+                "graph is in its warm-up (model.graph.warmup_fraction), where every gate is open"
+            )
         flat, n = h.shape[0], h.shape[1]
         gates = None
         if not self.communicate:
             # The no-communication ablation: every gate closed, so each agent attends to itself only.
             decisions = h.new_zeros(flat, n)
             comm_cost = h.new_zeros(())
-        elif self.gate is not None:
+        elif self.learns_gates:
+            assert self.gate is not None
             gates = self.gate(h, gate_open, sample=sample_gates)  # (B, N) each
             decisions = gates.open
             comm_cost = self.gate.cost(gates.prob, alive)

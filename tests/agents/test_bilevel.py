@@ -356,27 +356,35 @@ def test_with_a_switch_margin_the_learner_settles_the_graph_after_graph_steps_an
 
 
 def test_the_learner_ends_the_graph_warm_up_after_the_fraction_and_runners_act_on_it(ray_session):
-    """model.graph.warmup_fraction: the learner and the EnvRunner hear everyone until the update that crosses the
-    fraction of stop.env_steps, then both hear the top-k (the flag is sent with the weights)."""
+    """model.graph.warmup_fraction: the learner and the EnvRunner hear everyone, every gate open, until the update
+    that crosses the fraction of stop.env_steps, then both hear the top-k through the gates (the flag is sent with
+    the weights)."""
     overrides = [*BASE, "stop.env_steps=1000", "model.graph.warmup_fraction=0.4", "training.graph_every=2"]
     config = load_config("configs/signal.yaml", overrides)
     probe_env(config)
     algo = build_ppo_config(config).build_algo()
     try:
-        learner = algo.learner_group._learner.module["default_policy"].policy.trunk.graph
-        runner = algo.env_runner.module.policy.trunk.graph
+        trunk = algo.learner_group._learner.module["default_policy"].policy.trunk
+        learner, runner = trunk.graph, algo.env_runner.module.policy.trunk.graph
         n = learner.n_agents
         assert learner.hears_all and runner.hears_all
+        assert trunk.gate is not None and not algo.env_runner.module.samples_gates
+        gate = [p.detach().clone() for p in trunk.gate.parameters()]
         first = algo.train()
         assert first["env_runners"]["num_env_steps_sampled_lifetime"] < 400
         assert learner.hears_all and torch.equal(runner.hard(), torch.ones(n, n))
-        assert first["learners"]["default_policy"]["graph_hears_all"] == 1.0
+        stats = first["learners"]["default_policy"]
+        assert stats["graph_hears_all"] == 1.0 and stats["gate_open_rate"] == 1.0
+        assert "gate_greedy_open_rate" not in stats  # no gate decided anything
+        assert all(torch.equal(p, q) for p, q in zip(trunk.gate.parameters(), gate, strict=True))  # nor learned
         logits = learner.logits.detach().clone()
         assert not torch.equal(logits, torch.ones(n, n))  # the graph steps moved the logits in the warm-up
         for _ in range(3):
             result = algo.train()
         assert result["learners"]["default_policy"]["graph_hears_all"] == 0.0
         assert not learner.hears_all and not runner.hears_all
+        assert algo.env_runner.module.samples_gates and "gate_greedy_open_rate" in result["learners"]["default_policy"]
+        assert not all(torch.equal(p, q) for p, q in zip(trunk.gate.parameters(), gate, strict=True))
         assert torch.equal(runner.hard(), learner.hard()) and learner.hard().sum() == n * (1 + learner.k)
     finally:
         algo.stop()

@@ -131,3 +131,28 @@ def test_the_task_gradient_reaches_a_closed_gate_through_its_log_prob() -> None:
     # The logits themselves send the gate nothing: the decisions are constants.
     (logit_grad,) = torch.autograd.grad(out.logits.sum(), policy.trunk.gate.proj.bias, allow_unused=True)
     assert logit_grad is None or torch.equal(logit_grad, torch.zeros(1))
+
+
+def test_in_the_graph_warm_up_every_gate_is_open_costs_nothing_and_learns_nothing() -> None:
+    """model.graph.warmup_fraction: every receiver hears every sender, its gate open too, so that the policy learns
+    to read messages before the gates' cost can close them; after ``end_warmup`` the gates decide again."""
+    torch.manual_seed(0)
+    config = ModelConfig(embed_dim=8, graph=GraphConfig(k=1, warmup_fraction=0.5), gates=GateConfig(init_bias=-3.0))
+    policy = CommFormerPolicy(config, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
+    obs, mask, alive, state = _inputs(16)
+    assert policy.trunk.graph.hears_all and not policy.trunk.learns_gates
+    acted = policy.act(obs, mask, alive, sample_gates=True)
+    assert acted.gate_logit is None and torch.equal(acted.gate_open, torch.ones(16, N))  # p_open is 0.05 otherwise
+    out = policy(obs, mask, alive, state, greedy_values=True)
+    assert out.gate_logit is None and float(out.comm_cost) == 0.0 and torch.equal(out.gate_open, torch.ones(16, N))
+    assert torch.equal(out.senders.dense(), torch.ones(16, N, N))  # hears everyone
+    (out.logits.sum() + out.values.sum() + out.comm_cost).backward()  # the learner's loss adds the cost
+    assert policy.trunk.gate is not None
+    assert all(p.grad is None for p in policy.trunk.gate.parameters())  # no gradient reaches the gates
+    with pytest.raises(ValueError, match="graph is in its warm-up"):
+        policy(obs, mask, alive, state, gate_open=torch.ones(16, N))
+    policy.trunk.graph.end_warmup()
+    assert policy.trunk.learns_gates
+    after = policy(obs, mask, alive, state)
+    assert after.gate_logit is not None and float(after.comm_cost.detach()) > 0.0
+    assert torch.equal(after.gate_open, torch.zeros(16, N))  # the greedy decisions of p_open = 0.05: closed
