@@ -39,7 +39,15 @@ from torch import Tensor, nn
 from commformer.config import GateConfig
 from commformer.layers.attention import Senders
 
-__all__ = ["GateOutput", "TemporalGate", "communication_cost", "gate_adjacency", "gate_log_prob", "gate_senders"]
+__all__ = [
+    "GateOutput",
+    "TemporalGate",
+    "communication_cost",
+    "gate_adjacency",
+    "gate_log_prob",
+    "gate_rows",
+    "gate_senders",
+]
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,26 @@ def gate_adjacency(adjacency: Tensor, gate_open: Tensor, alive: Tensor | None = 
         sender_alive = alive.to(adjacency.dtype).unsqueeze(-2)  # (B, 1, N): one flag per sender column
         # max with I keeps every self-loop, including a dead agent's own.
         effective = effective * torch.maximum(sender_alive, eye)
+    return effective
+
+
+def gate_rows(adjacency: Tensor, receivers: Tensor, gate_open: Tensor, alive: Tensor | None = None) -> Tensor:
+    """Single rows of ``gate_adjacency``: row ``receivers[r]`` of team r's effective adjacency, without the others.
+
+    Args:
+        adjacency: (N, N) the graph (dense layout), unit diagonal.
+        receivers: (R,) int.
+        gate_open: (R,) each receiver's gate decision.
+        alive: optional (R, N), the alive flags of each receiver's team.
+
+    Returns:
+        (R, N) effective entries over the senders.
+    """
+    own = F.one_hot(receivers, adjacency.shape[-1]).to(adjacency.dtype)  # (R, N): the receivers' rows of I
+    gate = gate_open.to(adjacency.dtype).unsqueeze(-1)  # (R, 1)
+    effective = gate * adjacency[receivers] + (1.0 - gate) * own
+    if alive is not None:
+        effective = effective * torch.maximum(alive.to(adjacency.dtype), own)
     return effective
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.functional import activation as make_activation
@@ -289,6 +290,40 @@ class GraphAttention(nn.Module):
             mixed = self._gathered(qkv, senders.index, entries, senders.probes, senders.held_product)
         return self.out(mixed.reshape(b, n, d))  # (B, N, H * d_head) -> (B, N, d)
 
+    def receiver_rows(
+        self, x: Tensor, team: Tensor, receivers: Tensor, edges: Tensor, held_product: bool = False
+    ) -> Tensor:
+        """Single receivers' outputs, dense layout: row ``receivers[r]`` of ``forward(x, A)[team[r]]`` for any A whose
+        row ``receivers[r]`` in team ``team[r]`` is ``edges[r]``, without forming the other receivers' queries and
+        outputs (the critic's rerun of a receiver whose gate decision was not the greedy one, commformer/trunk.py).
+
+        Args:
+            x: (T, N, d) the teams' inputs; team: (R,) int, each receiver's team; receivers: (R,) int; edges: (R, N)
+                each receiver's entries over the N senders, with their gradient path to the graph as in ``forward``;
+                held_product: as ``Senders``.
+
+        Returns:
+            (R, d).
+        """
+        t, n, d = x.shape
+        r, heads, dh = team.shape[0], self.num_heads, self.head_dim
+        weight, bias = self.qkv.weight, self.qkv.bias  # rows [q | k | v], each head-major
+        q = F.linear(x[team, receivers], weight[:d], bias[:d]).view(r, 1, heads, dh)  # (R, 1, H, d_head)
+        k, v = F.linear(x, weight[d:], bias[d:]).view(t, n, 2, heads, dh).unbind(2)  # (T, N, H, d_head) each
+        k, v = k[team], v[team]  # (R, N, H, d_head): every team's keys and values formed once
+        r_q = self.rel_q.to(q.dtype)  # (2, H, d_head)
+        r_k = self.rel_k.to(q.dtype)
+        # The scores of ``scores`` on row receivers[r] only: "other" against every sender, "self" on the diagonal.
+        # Products and sums rather than R tiny matrix products, as the gathered layout.
+        other = ((q + r_q[OTHER_EDGE]) * (k + r_k[OTHER_EDGE])).sum(-1)  # (R, N, H)
+        k_own = k[torch.arange(r, device=x.device), receivers]  # (R, H, d_head)
+        own = ((q.squeeze(1) + r_q[SELF_EDGE]) * (k_own + r_k[SELF_EDGE])).sum(-1)  # (R, H)
+        is_self = (torch.arange(n, device=x.device) == receivers.unsqueeze(-1)).unsqueeze(-1)  # (R, N, 1)
+        scores = torch.where(is_self, own.unsqueeze(1), other).transpose(1, 2) / math.sqrt(dh)  # (R, H, N)
+        weights = masked_weights(scores, edges.to(q.dtype).unsqueeze(1), held_product)  # (R, H, N)
+        mixed = (weights.transpose(1, 2).unsqueeze(-1) * v).sum(1)  # (R, H, d_head)
+        return self.out(mixed.reshape(r, d))
+
     def _dense(self, qkv: Tensor, adjacency: Tensor, held_product: bool = False) -> Tensor:
         """The dense layout: qkv (B, N, 3, H, d_head), adjacency (B or 1, N, N) -> mixed values (B, N, H, d_head)."""
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
@@ -387,3 +422,11 @@ class CommBlock(nn.Module):
         """Args: x (B, N, d), adjacency (N, N) or (B, N, N), or ``Senders``. Returns (B, N, d)."""
         x = x + self.attn(self.norm_attn(x), adjacency)
         return x + self.mlp(self.norm_mlp(x))
+
+    def receiver_rows(
+        self, x: Tensor, team: Tensor, receivers: Tensor, edges: Tensor, held_product: bool = False
+    ) -> Tensor:
+        """Row ``receivers[r]`` of ``forward(x, A)[team[r]]``, dense layout (``GraphAttention.receiver_rows``): x (T, N,
+        d), team, receivers (R,), edges (R, N) -> (R, d)."""
+        h = x[team, receivers] + self.attn.receiver_rows(self.norm_attn(x), team, receivers, edges, held_product)
+        return h + self.mlp(self.norm_mlp(h))

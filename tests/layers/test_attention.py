@@ -330,3 +330,36 @@ def test_rejects_bad_gathered_entries_shape() -> None:
     index = torch.zeros(4, 2, dtype=torch.long)
     with pytest.raises(ValueError, match=r"adjacency has shape \(2, 4, 3\); expected \(4, 2\) or \(2, 4, 2\)"):
         attn(torch.randn(2, 4, 4), Senders(index, torch.ones(2, 4, 3)))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("held_product", [False, True])
+def test_receiver_rows_equal_the_blocks_rows_with_their_gradients(heads: int, held_product: bool) -> None:
+    """``CommBlock.receiver_rows``: one receiver's row of the block per team, against the full block's row, in value
+    and in the gradients to the inputs, the parameters and the entries (the graph's path); a control: another row
+    differs."""
+    torch.manual_seed(0)
+    block = CommBlock(6, heads, 2)
+    _randomise(block, seed=3)
+    r, n = 5, 4
+    x = torch.randn(r, n, 6, requires_grad=True)
+    adjacency = _random_adjacency(r, n, seed=4).requires_grad_(True)
+    receivers = torch.tensor([0, 3, 1, 1, 2])
+    picked = torch.arange(r)
+    upstream = torch.randn(r, 6)
+    params = [x, adjacency, *block.parameters()]
+    full = block(x, Senders(None, adjacency, held_product=held_product))[picked, receivers]  # (R, d)
+    grads_full = torch.autograd.grad((full * upstream).sum(), params)
+    edges = adjacency[picked, receivers]  # (R, N), the same leaf: gradient to the receivers' rows only
+    rows = block.receiver_rows(x, picked, receivers, edges, held_product)
+    grads_rows = torch.autograd.grad((rows * upstream).sum(), params)
+    torch.testing.assert_close(rows, full, rtol=1e-10, atol=1e-12)
+    for g_rows, g_full in zip(grads_rows, grads_full, strict=True):
+        torch.testing.assert_close(g_rows, g_full, rtol=1e-9, atol=1e-11)
+    assert grads_rows[1].abs().sum() > 0  # the entries' (graph's) gradient is there and equal
+    other = block.receiver_rows(x, picked, (receivers + 1) % n, adjacency[picked, (receivers + 1) % n], held_product)
+    assert not torch.allclose(other, rows)
+    # Two receivers of one team share its keys and values: teams (0, 0, 2) against the full block's rows.
+    team, pair = torch.tensor([0, 0, 2]), torch.tensor([1, 3, 0])
+    shared = block.receiver_rows(x[:3], team, pair, adjacency[team, pair], held_product)
+    torch.testing.assert_close(shared, block(x, Senders(None, adjacency, held_product=held_product))[team, pair])

@@ -156,3 +156,63 @@ def test_in_the_graph_warm_up_every_gate_is_open_costs_nothing_and_learns_nothin
     after = policy(obs, mask, alive, state)
     assert after.gate_logit is not None and float(after.comm_cost.detach()) > 0.0
     assert torch.equal(after.gate_open, torch.zeros(16, N))  # the greedy decisions of p_open = 0.05: closed
+
+
+@pytest.mark.parametrize("held_product", [False, True])
+def test_one_block_reruns_only_the_receivers_whose_decision_differs_with_the_same_values_and_gradients(
+    held_product: bool,
+) -> None:
+    """One block in the dense layout: the critic reruns single receivers (``CommBlock.receiver_rows``), not teams; its
+    values and every parameter's gradient (the graph logits' included) equal those of the pass acted on the greedy
+    decisions, the reference."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        embed_dim=8, num_heads=2, num_blocks=1, graph=GraphConfig(k=2, held_product=held_product), gates=CONFIG.gates
+    )
+    policy = CommFormerPolicy(config, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
+    assert policy.trunk.gate is not None
+    with torch.no_grad():
+        policy.trunk.gate.proj.weight.normal_()
+    obs, mask, alive, state = _inputs(32)
+    alive[3, 1] = 0.0
+    greedy = policy(obs, mask, alive, state).gate_open
+    torch.manual_seed(7)
+    sampled = policy.act(obs, mask, alive, sample_gates=True).gate_open
+    sampled[3, 1] = 1 - greedy[3, 1]  # a dead agent's differing decision: not rerun
+    differ = (sampled != greedy) & (alive > 0)
+    assert differ.any() and not differ.all(-1).any()
+    block = policy.trunk.blocks[0]
+    calls: list[int] = []
+    hook = block.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[0]))
+    real_rows = block.receiver_rows
+    rows_seen: list[tuple[int, int]] = []
+
+    def counting(x: torch.Tensor, team: torch.Tensor, *args: object) -> torch.Tensor:
+        rows_seen.append((x.shape[0], team.shape[0]))
+        return real_rows(x, team, *args)  # type: ignore[arg-type]
+
+    block.receiver_rows = counting  # type: ignore[method-assign]
+    try:
+        critic = policy(obs, mask, alive, state, gate_open=sampled, greedy_values=True)
+    finally:
+        hook.remove()
+        del block.receiver_rows
+    # One pass over every team, then the differing receivers alone (their teams' keys and values once each).
+    assert calls == [32] and rows_seen == [(int(differ.any(-1).sum()), int(differ.sum()))]
+    reference = policy(obs, mask, alive, state, gate_open=greedy)  # the values acted on the greedy decisions
+    live = alive > 0  # a dead agent's value is never read (the losses mask it)
+    torch.testing.assert_close(critic.values[live], reference.values[live], rtol=1e-10, atol=1e-12)
+    upstream = torch.randn(32, N) * alive
+    params = [p for p in policy.parameters() if p.requires_grad]
+    got = torch.autograd.grad((critic.values * upstream).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((reference.values * upstream).sum(), params, allow_unused=True)
+    for name_param, g, w in zip(policy.named_parameters(), got, want, strict=True):
+        if w is None:
+            assert g is None or g.abs().max() == 0, name_param[0]
+            continue
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=name_param[0])
+    graph_grad = next(w for p, w in zip(params, want, strict=True) if p is policy.trunk.graph.logits)
+    assert graph_grad is not None and graph_grad.abs().sum() > 0  # the value loss reaches the graph through the rerun
+    # Control: the actor's own values differ where decisions differ, so the equality above could fail.
+    acted = policy(obs, mask, alive, state, gate_open=sampled)
+    assert not torch.allclose(acted.values, reference.values)
