@@ -20,6 +20,7 @@ Everything here works on a flat batch B (the policy flattens the caller's batch 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -57,6 +58,10 @@ class Connection:
         if self.alive is not None:
             used = used * self.alive.to(used.dtype).unsqueeze(-1)
         return used.sum(dim=(-2, -1))
+
+
+Rerun = Literal["teams", "receivers"]
+"""How ``CommTrunk.critic_features`` reruns the decisions that were not the greedy ones."""
 
 
 @dataclass(frozen=True)
@@ -155,15 +160,16 @@ class CommTrunk(nn.Module):
             h = block(h, adjacency)
         return self.norm(h), tuple(stream)
 
-    def critic_features(self, out: TrunkOutput) -> Tensor:
+    def critic_features(self, out: TrunkOutput, rerun: Rerun | None = None) -> Tensor:
         """The features (B, N, d) of the *greedy* gate decisions, for the value head.
 
         The GAE baseline must not depend on sampled gate decisions (commformer/gates.py): where they equal the greedy
         ones (for every alive agent of a team) the actor's features are the critic's too; the other teams' blocks
-        are run again with the greedy decisions. Once the gates are confident, few teams differ. With one block in
-        the dense layout only the receivers whose decision differs run again, each alone: a receiver's features
-        there depend on its own decision only (every sender's key and value is its embedding), so the others' are
-        the actor's (early in training ~1 agent in 8 differs, in ~half of the teams of five).
+        are run again with the greedy decisions (``rerun="teams"``). Once the gates are confident, few teams differ.
+        With one block in the dense layout only the receivers whose decision differs run again, each alone
+        (``rerun="receivers"``, the default there): a receiver's features depend on its own decision only (every
+        sender's key and value is its embedding), so the others' are the actor's (early in training ~1 agent in 8
+        differs, in ~half of the teams of five). ``rerun`` picks one for a comparison (benchmarks/critic_rerun.py).
         """
         gates, alive = out.connection.gates, out.connection.alive
         if gates is None:
@@ -173,21 +179,34 @@ class CommTrunk(nn.Module):
         if alive is not None:
             differ = differ & (alive > 0)  # a dead agent's gate changes nothing anyone acts on
         graph = out.connection.graph
-        if len(self.blocks) == 1 and graph.index is None and graph.weight.dim() == 2:
-            teams, receivers = differ.nonzero(as_tuple=True)  # (R,) each: the receivers whose decision differs
-            if teams.numel() == 0:
-                return out.features
-            team_alive = None if alive is None else alive[teams]
-            edges = gate_rows(graph.weight, receivers, greedy[teams, receivers], team_alive)  # (R, N)
-            involved, team = teams.unique(return_inverse=True)  # each team's keys and values are formed once
-            block = self.blocks[0]
-            assert isinstance(block, CommBlock)
-            rows = block.receiver_rows(out.stream[0][involved], team, receivers, edges, graph.held_product)
-            return out.features.index_put((teams, receivers), self.norm(rows))  # out of place, as below
+        single = len(self.blocks) == 1 and graph.index is None and graph.weight.dim() == 2
+        if rerun == "receivers" and not single:
+            raise ValueError("rerun='receivers' needs one block in the dense layout")
+        if rerun == "receivers" or (rerun is None and single):
+            return self._rerun_receivers(out, greedy, differ)
+        return self._rerun_teams(out, greedy, differ)
+
+    def _rerun_teams(self, out: TrunkOutput, greedy: Tensor, differ: Tensor) -> Tensor:
+        """``critic_features`` by teams: every block again for the teams with a differing decision."""
         rows = differ.any(-1).nonzero().squeeze(-1)  # (B',) teams whose sampled gates are not the greedy ones
         if rows.numel() == 0:
             return out.features
+        alive = out.connection.alive
         alive = alive[rows] if alive is not None else None
         adjacency = gate_senders(out.connection.graph, greedy[rows], alive)  # entries (B', N, K)
         features, _ = self._run(out.stream[0][rows], adjacency)  # from those teams' embeddings
         return out.features.index_put((rows,), features)  # out of place: the features keep their autograd history
+
+    def _rerun_receivers(self, out: TrunkOutput, greedy: Tensor, differ: Tensor) -> Tensor:
+        """``critic_features`` by receivers (one block, dense layout): the differing receivers' rows alone."""
+        teams, receivers = differ.nonzero(as_tuple=True)  # (R,) each: the receivers whose decision differs
+        if teams.numel() == 0:
+            return out.features
+        graph, alive = out.connection.graph, out.connection.alive
+        team_alive = None if alive is None else alive[teams]
+        edges = gate_rows(graph.weight, receivers, greedy[teams, receivers], team_alive)  # (R, N)
+        involved, team = teams.unique(return_inverse=True)  # each team's keys and values are formed once
+        block = self.blocks[0]
+        assert isinstance(block, CommBlock)
+        rows = block.receiver_rows(out.stream[0][involved], team, receivers, edges, graph.held_product)
+        return out.features.index_put((teams, receivers), self.norm(rows))  # out of place, as above

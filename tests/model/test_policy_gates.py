@@ -216,3 +216,25 @@ def test_one_block_reruns_only_the_receivers_whose_decision_differs_with_the_sam
     # Control: the actor's own values differ where decisions differ, so the equality above could fail.
     acted = policy(obs, mask, alive, state, gate_open=sampled)
     assert not torch.allclose(acted.values, reference.values)
+
+
+def test_the_two_reruns_agree_and_receivers_need_one_dense_block() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(embed_dim=8, num_heads=2, num_blocks=1, graph=GraphConfig(k=2), gates=CONFIG.gates)
+    policy = CommFormerPolicy(config, n_agents=N, obs_dim=D, n_actions=A, state_dim=S)
+    assert policy.trunk.gate is not None
+    with torch.no_grad():
+        policy.trunk.gate.proj.weight.normal_()
+    obs, mask, alive, _ = _inputs(16)
+    torch.manual_seed(3)
+    sampled = policy.act(obs, mask, alive, sample_gates=True).gate_open
+    h = policy._embed(obs, None)
+    trunk = policy.trunk(h, policy.trunk.connect(h, alive, gate_open=sampled))
+    by_teams = policy.trunk.critic_features(trunk, rerun="teams")
+    torch.testing.assert_close(policy.trunk.critic_features(trunk, rerun="receivers"), by_teams, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(by_teams, trunk.features)  # some decision differed
+    two = _policy()  # two blocks: a receiver's decision reaches the others through the second
+    h = two._embed(obs, None)
+    trunk = two.trunk(h, two.trunk.connect(h, alive, gate_open=sampled))
+    with pytest.raises(ValueError, match="needs one block in the dense layout"):
+        two.trunk.critic_features(trunk, rerun="receivers")
