@@ -126,8 +126,11 @@ def test_the_proximal_logits_are_the_policy_on_the_batch_rows():
     assert torch.allclose(prox.pop(PROX_LOGITS), expected.logits.flatten(-2), atol=1e-6)
     assert expected.gate_logit is not None
     assert torch.allclose(prox.pop(PROX_GATE_LOGITS), expected.gate_logit, atol=1e-6)
-    # The values (hence the targets) do not depend on the recorded gates: the critic reads the greedy ones.
-    assert set(prox) == set(plain) and torch.equal(prox[TARGETS], plain[TARGETS])
+    # The values (hence the targets) do not depend on the recorded gates: the critic reads the greedy ones. Equal to
+    # rounding only: with one block the critic reruns single receivers (CommBlock.receiver_rows), whose products
+    # have other shapes than the team pass's.
+    assert set(prox) == set(plain)
+    torch.testing.assert_close(prox[TARGETS], plain[TARGETS], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("finalized", [False, True])
