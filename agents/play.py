@@ -85,20 +85,32 @@ def check_policy_fits(policy: CommFormerPolicy, env: TeamEnv, env_section: dict[
         )
 
 
-def greedy_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
+def greedy_actor(policy: CommFormerPolicy, use_state: bool, sample_gates: bool = False) -> Actor:
     """Argmax of the masked logits of an exported policy (batch of one team); for continuous actions the
     Gaussian's mean, which the env clips to each agent's box.
 
     A policy with a sequence encoder reads `obs["history"]`: play it on an env from `make_play_env`. With the
     autoregressive decoder the agents choose one after another (`CommFormerPolicy.act`), and the forward pass
     teacher-forced on those greedy actions gives the very logits they were the argmax of.
+
+    ``sample_gates``: draw the temporal gates' decisions as the training rollouts do (torch's generator: seed it),
+    the actions staying greedy; otherwise each gate opens iff its probability is above 0.5. A policy whose gates
+    learned to open part of the time plays differently under the two (`commformer evaluate --sample-gates`).
     """
+    if sample_gates and not policy.trunk.learns_gates:
+        raise ValueError(
+            "sample_gates draws the temporal gates' decisions, but no learned gates take this policy's decisions"
+        )
 
     @torch.no_grad()
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         x, mask, alive, state, history = _tensors(obs, use_state)
-        chosen = policy.act(x, mask, alive, history=history).actions if policy.decoder is not None else None
-        out = policy(x, action_mask=mask, alive=alive, state=state, history=history, actions=chosen)
+        chosen, gates = None, None
+        if policy.decoder is not None or sample_gates:
+            acted = policy.act(x, mask, alive, history=history, sample_gates=sample_gates)
+            chosen = acted.actions if policy.decoder is not None else None
+            gates = acted.gate_open if sample_gates else None
+        out = policy(x, action_mask=mask, alive=alive, state=state, history=history, actions=chosen, gate_open=gates)
         receivers = float(alive.sum().clamp(min=1.0))
         stats = {
             "messages": float(out.messages),

@@ -234,10 +234,10 @@ def run(
     config_path, default_steps, task_overrides = _task(task)
     steps = env_steps or default_steps
     start_run()
-    from agents.build import build_ppo_config, probe_env
+    from agents.build import build_ppo_config, env_config_dict, probe_env
     from agents.config import load_config
     from agents.env_runner import EPISODE_WIN_RATE
-    from benchmarks.smax_learning import greedy_win_rate, learner_policy
+    from benchmarks.smax_learning import learner_policy
 
     stem = f"{task}_{arm_name(arm, tag)}_seed{seed}"
     overrides = [*task_overrides, *arm_overrides(arm), *extra, f"run.seed={seed}", f"stop.env_steps={steps}"]
@@ -253,14 +253,23 @@ def run(
         }
 
     def greedy(trained: Any) -> None:
-        summary = greedy_win_rate(trained, config, eval_episodes, seed=10_000 + seed)
-        summary.update(final_graph(learner_policy(trained, config)))
-        (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
-        print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
+        evaluate(
+            learner_policy(trained, config),
+            env_config_dict(config),
+            config.env.use_state,
+            eval_episodes,
+            seed,
+            out,
+            stem,
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     return train_to_csv(algo, out / f"{stem}.csv", steps, stem, extra=columns, at_end=greedy)
 
+
+SAMPLED_GATES = "sampled_gates"
+"""The greedy JSON's entry for the evaluation with the gates' decisions drawn (`evaluate --sample-gates`), for a policy
+with learned gates: its win rate, messages per step and gate open rate."""
 
 TB_COLUMNS = {
     "gate_open_rate": "comm/gate_open_rate",
@@ -322,7 +331,6 @@ def write_trial(config: Any, run_dir: Path, stem: str, eval_episodes: int, seed:
 
     from agents.checkpoints import POLICY, latest_checkpoint
     from agents.metrics import METRICS, read_metrics
-    from agents.play import greedy_actor, make_play_env, play
     from commformer.export import load_policy
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -340,15 +348,37 @@ def write_trial(config: Any, run_dir: Path, stem: str, eval_episodes: int, seed:
             cells += [values.get(row.env_steps, math.nan) for values in comm.values()]
             writer.writerow([row.env_steps, *(f"{v:.4f}" for v in cells)])
     policy, metadata = load_policy(latest_checkpoint(run_dir) / POLICY)
-    env = make_play_env(metadata["env"], policy)
+    evaluate(policy, metadata["env"], config.env.use_state, eval_episodes, seed, out, stem)
+    return path
+
+
+def evaluate(
+    policy: Any, env_config: dict[str, Any], use_state: bool, episodes: int, seed: int, out: Path, stem: str
+) -> None:
+    """<stem>_greedy.json: `evaluate`'s summary of the trained policy over ``episodes`` greedy episodes (seeds from
+    10,000 + seed), its final graph, and with learned gates the same episodes with the gates drawn as in training
+    (`evaluate --sample-gates`, under `SAMPLED_GATES`)."""
+    import torch
+
+    from agents.play import greedy_actor, make_play_env, play
+
+    env = make_play_env(env_config, policy)
+    gated = policy.trunk.learns_gates
     try:
-        summary = play(env, greedy_actor(policy, config.env.use_state), eval_episodes, seed=10_000 + seed).summary()
+        summary = play(env, greedy_actor(policy, use_state), episodes, seed=10_000 + seed).summary()
+        if gated:
+            torch.manual_seed(10_000 + seed)
+            actor = greedy_actor(policy, use_state, sample_gates=True)
+            drawn = play(env, actor, episodes, seed=10_000 + seed).summary()
+            summary[SAMPLED_GATES] = {k: drawn[k] for k in ("win_rate", "messages_per_step", "gate_open_rate")}
     finally:
         env.close()
     summary.update(final_graph(policy))
     (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
     print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
-    return path
+    if gated:
+        drawn = summary[SAMPLED_GATES]
+        print(f"{stem} gates drawn: success {drawn['win_rate']:.3f}, messages {drawn['messages_per_step']:.2f}")
 
 
 def final_graph(policy: Any) -> dict[str, list[list[int]]]:
@@ -407,13 +437,30 @@ def summarize(tasks: list[str], out: Path, results: bool = True) -> str:
                 f"{_fmt(_mean([g['episode_len_mean'] for g in done]), 1)} "
                 f"| {_fmt(msgs)} | {share} |"
             )
-        lines += ["", *_gate_table(runs), *_graph_table(task, runs), ""]
+        lines += ["", *_gate_table(runs), *_drawn_table(runs), *_graph_table(task, runs), ""]
         _plot(task, runs, out / f"{task}_success.png")
         _plot_front(task, runs, out / f"{task}_front.png")
     text = "\n".join(lines)
     if results:
         (out / "results.md").write_text(text + "\n")
     return text
+
+
+def _drawn_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:
+    """Per arm with gates, over the seeds evaluated both ways: the greedy success, and the success and messages per
+    step with the gates' decisions drawn as in training (`SAMPLED_GATES`)."""
+    lines = []
+    for arm, group in runs.items():
+        done = [g for _, g in group if g and SAMPLED_GATES in g]
+        if done:
+            drawn = [g[SAMPLED_GATES] for g in done]
+            greedy, success = _mean([g["win_rate"] for g in done]), _mean([d["win_rate"] for d in drawn])
+            msgs = _mean([d["messages_per_step"] for d in drawn])
+            lines.append(f"| {arm} | {len(done)} | {_fmt(greedy)} | {_fmt(success)} | {_fmt(msgs)} |")
+    if not lines:
+        return []
+    header = "| arm | seeds | greedy success | success, gates drawn | messages / step, gates drawn |"
+    return [header, "|---|---|---|---|---|", *lines, ""]
 
 
 def _gate_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:

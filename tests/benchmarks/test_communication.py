@@ -95,6 +95,21 @@ def test_the_summary_pools_the_conditional_gate_rates_over_seeds_by_agent_steps(
     assert not any(line.startswith("| no_comm | 0.") and "(" in line for line in lines)  # no gates, no row
 
 
+def test_the_summary_sets_the_greedy_success_beside_the_one_with_the_gates_drawn(tmp_path: Path) -> None:
+    _write_run(tmp_path, "t_learned_seed0", [0.9], messages=1.0, win=0.6)
+    _write_run(tmp_path, "t_learned_seed1", [0.9], messages=1.0, win=0.7)
+    _write_run(tmp_path, "t_dense_seed0", [0.9], messages=6.0, win=0.9)
+    for seed, (win, msgs) in enumerate([(0.8, 1.5), (0.9, 2.5)]):
+        path = tmp_path / f"t_learned_seed{seed}_greedy.json"
+        greedy = json.loads(path.read_text())
+        greedy[comm.SAMPLED_GATES] = {"win_rate": win, "messages_per_step": msgs, "gate_open_rate": 0.5}
+        path.write_text(json.dumps(greedy))
+    lines = comm.summarize(["t"], tmp_path).splitlines()
+    assert "| arm | seeds | greedy success | success, gates drawn | messages / step, gates drawn |" in lines
+    assert "| learned | 2 | 0.65 | 0.85 | 2.00 |" in lines  # the means by hand
+    assert not any(line.startswith("| dense | 1 | 0.90 |") for line in lines)  # no gates, no row
+
+
 def test_the_sweep_plans_one_tune_trial_per_seed_of_each_arm_and_writes_each_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,3 +238,29 @@ def test_a_summary_of_some_tasks_leaves_results_md_to_the_summary_of_all(tmp_pat
     assert "### a" in both and "### b" in both and "### c_x" in both
     assert comm.main(["summarize", "--out", str(tmp_path), "--task", "b"]) == 0
     assert (tmp_path / "results.md").read_text() == both
+
+
+@pytest.mark.parametrize("gates", [True, False])
+def test_the_evaluation_plays_the_gates_drawn_too_where_the_policy_has_them(tmp_path: Path, gates: bool) -> None:
+    import torch
+
+    from agents.play import make_play_env
+    from commformer.config import GateConfig, ModelConfig
+    from commformer.policy import CommFormerPolicy
+
+    env_config = {"name": "predator_prey", "options": {"vision": 0}, "team_reward": "mean", "use_state": False}
+    env = make_play_env(env_config)
+    n, obs_dim, n_actions = env.n_agents, env.obs_dim, env.n_actions
+    env.close()
+    torch.manual_seed(0)
+    config = ModelConfig(embed_dim=8, num_heads=2, gates=GateConfig(enabled=gates, init_bias=0.0))
+    policy = CommFormerPolicy(config, n, obs_dim, n_actions)
+    comm.evaluate(policy, env_config, False, episodes=3, seed=0, out=tmp_path, stem="t_learned_seed0")
+    greedy = json.loads((tmp_path / "t_learned_seed0_greedy.json").read_text())
+    assert greedy["episodes"] == 3 and "graph" in greedy
+    if gates:
+        drawn = greedy[comm.SAMPLED_GATES]
+        assert set(drawn) == {"win_rate", "messages_per_step", "gate_open_rate"}
+        assert 0.0 < drawn["gate_open_rate"] < 1.0  # p = 0.5 at init: drawn, not all open or all closed
+    else:
+        assert comm.SAMPLED_GATES not in greedy
