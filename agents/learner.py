@@ -519,6 +519,11 @@ class CommFormerPPOLearner(MinibatchCountHook, PPOTorchLearner):
         )
         with torch.no_grad():
             self._log_loss_stats(module_id, module, batch, out, policy, value_loss, terms, exits, weight)
+            gate = module.policy.trunk.gate
+            if gate is not None and gate.budget is not None and out.gate_logit is not None:
+                # The budget's step, after the cost term took the weight it had (commformer/gates.py, `adapt`).
+                gate.adapt(float((out.gate_prob * weight).sum() / weight.sum().clamp(min=1.0)))
+                self.metrics.log_value((module_id, "gate_cost_weight"), gate.weight, window=1)
         return sum_of_terms(terms)
 
     def _value_targets(self, module: CommFormerRLModule, targets: Tensor) -> Tensor:

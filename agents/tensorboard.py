@@ -43,6 +43,7 @@ LEARNER_KEYS = (
     "value_norm_std",
     "graph_steps",
     "graph_hears_all",
+    "gate_cost_weight",
 )
 
 COMM_KEYS = (
@@ -54,6 +55,7 @@ COMM_KEYS = (
     "messages_per_step",
     "graph_steps",
     "graph_hears_all",
+    "gate_cost_weight",
 )
 """The learner metrics TensorBoard shows under `comm/`; the others go under `loss/`. `gate_open_rate` is the rate of
 the decisions the rollouts sampled, `gate_greedy_open_rate` that of the greedy decisions (evaluation's)."""

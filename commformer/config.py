@@ -167,6 +167,16 @@ class GateConfig:
     """Weight of the communication cost ``mean(p_open over alive agents)`` added to the loss."""
     init_bias: float = 2.0
     """Initial bias of the gate logit; sigmoid(2) = 0.88, so gates start open."""
+    target_open_rate: float | None = None
+    """A bandwidth budget: the open rate (mean open probability over alive receivers) the gates may use. When set,
+    the cost's weight adapts instead of staying at ``cost_weight``: it starts there and after every gradient step
+    moves by ``budget_lr * (rate - target)``, never below 0 (dual ascent on rate <= target). It grows while the gates
+    open more than the budget and falls back to 0 once they open less, so the gates close only as far as the budget
+    asks, those whose messages buy least first, and a cost too high for the task cannot close them all. None = the
+    fixed ``cost_weight``."""
+    budget_lr: float = 0.001
+    """The budget's step: the change of the cost weight per gradient step per unit of open rate above the target
+    (needs ``target_open_rate``)."""
 
     def __post_init__(self) -> None:
         require_bool("model.gates.enabled", self.enabled)
@@ -174,6 +184,16 @@ class GateConfig:
         if cost < 0.0:
             raise ConfigError(f"model.gates.cost_weight={self.cost_weight}; expected a number >= 0")
         require_float("model.gates.init_bias", self.init_bias)
+        if require_float("model.gates.budget_lr", self.budget_lr) <= 0.0:
+            raise ConfigError(f"model.gates.budget_lr={self.budget_lr}; expected a number > 0")
+        if self.target_open_rate is None:
+            if self.budget_lr != GateConfig.budget_lr:
+                raise ConfigError(
+                    f"model.gates.budget_lr={self.budget_lr} is set but model.gates.target_open_rate is not; expected "
+                    "a target_open_rate in (0, 1] for the budget to adapt towards, or budget_lr left unset"
+                )
+        elif not 0.0 < require_float("model.gates.target_open_rate", self.target_open_rate) <= 1.0:
+            raise ConfigError(f"model.gates.target_open_rate={self.target_open_rate}; expected a number in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,15 @@ class TemporalGate(nn.Module):
     def __init__(self, embed_dim: int, config: GateConfig) -> None:
         super().__init__()
         self.cost_weight = float(config.cost_weight)
+        self.target = config.target_open_rate
+        self.budget_lr = float(config.budget_lr)
+        self.budget: Tensor | None
+        if self.target is not None:
+            # The budget's adapted cost weight (``adapt``): state, saved with the weights so that a resumed run goes on
+            # from it. Only the learner's loss reads it.
+            self.register_buffer("budget", torch.tensor(self.cost_weight))
+        else:
+            self.budget = None
         self.proj = nn.Linear(embed_dim, 1)
         # Zero weights make every gate start at p = sigmoid(init_bias) whatever the embedding, i.e. open for
         # init_bias > 0; the weights still receive gradient (d logit / d w = h).
@@ -117,9 +126,23 @@ class TemporalGate(nn.Module):
             chosen = (logit.detach() > 0).to(logit.dtype)
         return GateOutput(open=chosen, logit=logit)
 
+    @property
+    def weight(self) -> float:
+        """The cost's weight now: ``cost_weight``, or the budget's adapted one (``model.gates.target_open_rate``)."""
+        return self.cost_weight if self.budget is None else float(self.budget)
+
     def cost(self, prob: Tensor, alive: Tensor | None = None) -> Tensor:
-        """Communication cost ``cost_weight * mean(prob over alive agents)``; see ``communication_cost``."""
-        return self.cost_weight * communication_cost(prob, alive)
+        """Communication cost ``weight * mean(prob over alive agents)``; see ``communication_cost``."""
+        # A copy of the budget: the product keeps its factor for the backward, and `adapt` moves the buffer before it.
+        weight = self.cost_weight if self.budget is None else self.budget.to(prob.dtype, copy=True)
+        return weight * communication_cost(prob, alive)
+
+    @torch.no_grad()
+    def adapt(self, rate: float) -> None:
+        """One step of the budget (``model.gates.target_open_rate``): ``weight += budget_lr * (rate - target)``,
+        floored at 0, for the open rate ``rate`` the gates just had; nothing without a budget."""
+        if self.budget is not None and self.target is not None:
+            self.budget.add_(self.budget_lr * (rate - self.target)).clamp_(min=0.0)
 
 
 def gate_log_prob(logit: Tensor, decision: Tensor) -> Tensor:

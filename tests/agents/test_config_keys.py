@@ -360,6 +360,12 @@ def steps(count: int, observe_step: Callable[[CommFormerPPOLearner], Any], what:
     return Probe("learner", f"{count} gradient steps: {what}", observe)
 
 
+def _gate_weight(learner: CommFormerPPOLearner) -> float:
+    gate = _module(learner).policy.trunk.gate
+    assert gate is not None
+    return gate.weight
+
+
 def batch_builder() -> Probe:
     """The learner connector that computes GAE and the proximal logits (it replaces RLlib's pipeline)."""
 
@@ -571,6 +577,11 @@ CASES: dict[str, Case] = {
     "model.gates.enabled": Case("false", parameters()),
     "model.gates.cost_weight": Case("0.5", forward("comm_cost")),
     "model.gates.init_bias": Case("-1.0", forward("gate_prob")),
+    # The budget's weight after each of three real steps: fixed at cost_weight without a target.
+    "model.gates.target_open_rate": Case("0.2", steps(3, _gate_weight, "the gates' cost weight")),
+    "model.gates.budget_lr": Case(
+        "0.1", steps(3, _gate_weight, "the gates' cost weight"), ("model.gates.target_open_rate=0.2",)
+    ),
     # model.moe (the MoE head's settings)
     "model.moe.experts": Case("3", parameters(), MOE),
     "model.moe.gate": Case("dense_to_sparse", forward("moe.policy.weights"), MOE),

@@ -156,3 +156,33 @@ def test_gate_senders_are_the_gathered_entries_of_gate_adjacency(with_alive: boo
     (grad_dense,) = torch.autograd.grad((expected * scattered).sum(), logits)
     torch.testing.assert_close(grad_gathered, grad_dense, rtol=1e-12, atol=1e-14)
     assert grad_gathered.abs().sum() > 0
+
+
+def test_the_budget_moves_the_cost_weight_towards_the_target_rate_and_never_below_zero() -> None:
+    """model.gates.target_open_rate: weight += budget_lr * (rate - target), floored at 0, by hand; the cost reads the
+    adapted weight; without a budget nothing adapts and nothing is saved."""
+    gate = TemporalGate(4, GateConfig(cost_weight=0.01, target_open_rate=0.4, budget_lr=0.05))
+    assert "budget" in gate.state_dict() and gate.weight == pytest.approx(0.01)
+    gate.adapt(0.9)  # 0.5 above the target
+    assert gate.weight == pytest.approx(0.01 + 0.05 * 0.5)
+    prob = torch.tensor([[0.9, 0.5]])
+    torch.testing.assert_close(gate.cost(prob), torch.tensor(0.035 * 0.7))
+    gate.adapt(0.0)  # 0.4 below: 0.035 - 0.02
+    assert gate.weight == pytest.approx(0.015)
+    gate.adapt(0.0)
+    assert gate.weight == 0.0  # floored: a budget that is not used costs nothing
+    plain = TemporalGate(4, GateConfig(cost_weight=0.01))
+    plain.adapt(0.9)
+    assert plain.weight == 0.01 and "budget" not in plain.state_dict()
+
+
+def test_the_cost_keeps_its_weight_for_the_backward_when_the_budget_moves() -> None:
+    gate = TemporalGate(4, GateConfig(cost_weight=0.02, target_open_rate=0.1))
+    h = torch.randn(3, 2, 4)
+    out = gate(h)
+    cost = gate.cost(out.prob)
+    gate.adapt(1.0)  # the learner steps the budget after the loss is built, before its backward
+    cost.backward()
+    expected = torch.autograd.grad(0.02 * communication_cost(gate(h).prob), gate.proj.bias)[0]
+    assert gate.proj.bias.grad is not None
+    torch.testing.assert_close(gate.proj.bias.grad, expected)
