@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from commformer.config import GateConfig
-from commformer.gates import TemporalGate, communication_cost, gate_adjacency, gate_log_prob, gate_senders
+from commformer.gates import (
+    TemporalGate,
+    communication_cost,
+    gate_adjacency,
+    gate_log_prob,
+    gate_rows,
+    gate_senders,
+)
 from commformer.graph import straight_through_senders, straight_through_topk
 from commformer.layers.attention import Senders
 
@@ -186,3 +193,19 @@ def test_the_cost_keeps_its_weight_for_the_backward_when_the_budget_moves() -> N
     expected = torch.autograd.grad(0.02 * communication_cost(gate(h).prob), gate.proj.bias)[0]
     assert gate.proj.bias.grad is not None
     torch.testing.assert_close(gate.proj.bias.grad, expected)
+
+
+def test_gate_rows_are_the_rows_of_gate_adjacency_with_its_gradient() -> None:
+    gen = torch.Generator().manual_seed(3)
+    n, b = 5, 4
+    graph = torch.maximum((torch.rand(n, n, generator=gen) < 0.5).double(), torch.eye(n)).requires_grad_(True)
+    gate_open = (torch.rand(b, n, generator=gen) < 0.5).double()
+    alive = (torch.rand(b, n, generator=gen) < 0.7).double()
+    teams, receivers = torch.tensor([0, 0, 2, 3]), torch.tensor([1, 4, 0, 2])
+    full = gate_adjacency(graph, gate_open, alive)[teams, receivers]  # (R, N)
+    rows = gate_rows(graph, receivers, gate_open[teams, receivers], alive[teams])
+    assert torch.equal(rows, full)
+    upstream = torch.randn(4, n, generator=gen)
+    (want,) = torch.autograd.grad((full * upstream).sum(), graph)
+    (got,) = torch.autograd.grad((rows * upstream).sum(), graph)
+    torch.testing.assert_close(got, want)
