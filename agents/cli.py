@@ -1,10 +1,10 @@
 """`commformer` command line: train, evaluate, rollout, envs.
 
     commformer train [CONFIG] [key=value ...] [--resume RUN_DIR [--trust-checkpoint]]
-    commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--early-exit | --sample-gates] [--json FILE]
-                        [--render FILE.gif] [--trust-env]
-    commformer rollout ENV [--checkpoint C [--early-exit | --sample-gates] [--trust-env]] [--episodes N] [--seed S]
-                       [--render FILE.gif] [option=value ...]
+    commformer evaluate RUN_DIR|CHECKPOINT [--episodes N] [--seed S] [--early-exit | --sample-gates | --sample]
+                        [--json FILE] [--render FILE.gif] [--trust-env]
+    commformer rollout ENV [--checkpoint C [--early-exit | --sample-gates | --sample] [--trust-env]] [--episodes N]
+                       [--seed S] [--render FILE.gif] [option=value ...]
 
 ENV is a name of the env table, the import path of any PettingZoo env module (pettingzoo.sisl.pursuit_v5), or
 module:callable (a factory; the options are its keyword arguments).
@@ -28,6 +28,7 @@ from typing import Any
 
 DEFAULT_CONFIG = "configs/mpe_spread.yaml"
 EARLY_EXIT_HELP = "act through the learned early exits (model.early_exit) and report depths, MACs and calibration"
+SAMPLE_HELP = "act as the training rollouts do: the actions and the gates' decisions drawn (seeded by --seed)"
 SAMPLE_GATES_HELP = (
     "draw the temporal gates' decisions as in training (seeded by --seed); the actions stay greedy. Without it a gate "
     "opens iff its probability is above 0.5"
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     evaluate.add_argument("--sample-gates", action="store_true", help=SAMPLE_GATES_HELP)
+    evaluate.add_argument("--sample", action="store_true", help=SAMPLE_HELP)
     evaluate.add_argument("--json", metavar="FILE", help="write the results as JSON")
     evaluate.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record the first episode")
     evaluate.add_argument("--trust-env", action="store_true", help=TRUST_ENV_HELP)
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--checkpoint", metavar="C", help="act with this run's / checkpoint's policy")
     rollout.add_argument("--early-exit", action="store_true", help=EARLY_EXIT_HELP)
     rollout.add_argument("--sample-gates", action="store_true", help=SAMPLE_GATES_HELP)
+    rollout.add_argument("--sample", action="store_true", help=SAMPLE_HELP)
     rollout.add_argument("--episodes", type=_positive_int, default=3)
     rollout.add_argument("--seed", type=_seed, default=0)
     rollout.add_argument("--render", metavar="FILE.gif", type=_gif_path, help="record every episode")
@@ -180,26 +183,38 @@ def _print_early_exit(report: dict[str, Any]) -> None:
     _print_table(flat)
 
 
-def _actor(policy: Any, use_state: bool, early_exit: bool, sample_gates: bool = False, seed: int = 0) -> Any:
-    """The greedy actor (drawing the gates with `--sample-gates`), or the early-exit actor (`--early-exit`); a policy
-    without exits or without learned gates is an input error, as is asking for both."""
+def _actor(policy: Any, args: argparse.Namespace, use_state: bool) -> Any:
+    """The actor `args` ask for: greedy (drawing the gates with `--sample-gates`), drawing gates and actions as the
+    training rollouts do (`--sample`), or acting through the early exits (`--early-exit`); asking for two, or for
+    exits or gates a policy lacks, is an input error."""
     import torch
 
-    from agents.play import EarlyExitActor, greedy_actor
+    from agents.play import EarlyExitActor, greedy_actor, sampling_actor
     from commformer.typed import ConfigError
 
-    if sample_gates:
-        if early_exit:
-            raise ConfigError("--sample-gates and --early-exit cannot be combined; expected one of them")
-        if not policy.trunk.learns_gates:
-            raise ConfigError(
-                "--sample-gates draws the temporal gates' decisions, but this policy has no learned gates "
-                "(model.gates.enabled was false, communication was off, or it is in its graph warm-up); "
-                "expected a gated policy"
-            )
-        torch.manual_seed(seed)  # the gates' draws, repeatable with --seed
-    if not early_exit:
-        return greedy_actor(policy, use_state=use_state, sample_gates=sample_gates)
+    chosen = [
+        flag
+        for flag, on in (
+            ("--early-exit", args.early_exit),
+            ("--sample-gates", args.sample_gates),
+            ("--sample", args.sample),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} cannot be combined; expected one of them")
+    if args.sample_gates and not policy.trunk.learns_gates:
+        raise ConfigError(
+            "--sample-gates draws the temporal gates' decisions, but this policy has no learned gates "
+            "(model.gates.enabled was false, communication was off, or it is in its graph warm-up); "
+            "expected a gated policy"
+        )
+    if args.sample or args.sample_gates:
+        torch.manual_seed(args.seed)  # the draws, repeatable with --seed
+    if args.sample:
+        return sampling_actor(policy, use_state=use_state)
+    if not args.early_exit:
+        return greedy_actor(policy, use_state=use_state, sample_gates=args.sample_gates)
     try:
         return EarlyExitActor(policy, use_state=use_state)
     except ValueError as err:
@@ -331,7 +346,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _check_output(args.json, "--json")  # before any episode: a bad path should not cost the evaluation
         _check_output(args.render, "--render")
         # Record only the first episode: a GIF of twenty episodes is too long to watch.
-        actor = _actor(policy, bool(env_section.get("use_state")), args.early_exit, args.sample_gates, args.seed)
+        actor = _actor(policy, args, bool(env_section.get("use_state")))
         stats = play(env, actor, 1, seed=args.seed, frames=frames)
         rest = play(env, actor, args.episodes - 1, seed=args.seed + 1)
     finally:
@@ -340,8 +355,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {"checkpoint": str(checkpoint), "env": env_section["name"], **stats.summary()}
     if args.early_exit:
         summary["early_exit"] = actor.report()
-    gates = ", gates drawn" if args.sample_gates else ""
-    print(f"evaluated {checkpoint} on {env_section['name']} ({args.episodes} greedy episodes{gates})")
+    how = "actions and gates drawn" if args.sample else "greedy" + (", gates drawn" if args.sample_gates else "")
+    print(f"evaluated {checkpoint} on {env_section['name']} ({args.episodes} episodes, {how})")
     _print_table({k: v for k, v in summary.items() if k not in ("checkpoint", "env", "early_exit")})
     if args.early_exit:
         _print_early_exit(summary["early_exit"])
@@ -364,6 +379,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         raise ConfigError("--early-exit acts through a trained policy's exits; expected --checkpoint C as well")
     if args.sample_gates and not args.checkpoint:
         raise ConfigError("--sample-gates draws a trained policy's gates; expected --checkpoint C as well")
+    if args.sample and not args.checkpoint:
+        raise ConfigError("--sample draws a trained policy's actions; expected --checkpoint C as well")
     if args.trust_env and not args.checkpoint:
         raise ConfigError("--trust-env applies to the env a --checkpoint's metadata names; expected --checkpoint C")
     name, factory = args.env, None
@@ -392,9 +409,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         name = metadata["env"]["name"]
         options = {**(metadata["env"].get("options") or {}), **options}
         use_state = bool(metadata["env"].get("use_state"))
-        actor = _actor(policy, use_state, args.early_exit, args.sample_gates, args.seed)
+        actor = _actor(policy, args, use_state)
         who = f"policy of {checkpoint}" + (" (early exits)" if args.early_exit else "")
-        who += " (gates drawn)" if args.sample_gates else ""
+        who += " (gates drawn)" if args.sample_gates else " (actions and gates drawn)" if args.sample else ""
     else:
         actor = None  # built with the env: a random continuous action needs the env's boxes
         who = "random policy"

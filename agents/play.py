@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from commformer.distributions import gaussian_mean
+from commformer.distributions import gaussian_mean, gaussian_sample
 from commformer.early_exit import ece, exit_macs
 from commformer.policy import CommFormerPolicy
 from envs.registry import make_team_env
@@ -94,9 +94,21 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool, sample_gates: bool =
     teacher-forced on those greedy actions gives the very logits they were the argmax of.
 
     ``sample_gates``: draw the temporal gates' decisions as the training rollouts do (torch's generator: seed it),
-    the actions staying greedy; otherwise each gate opens iff its probability is above 0.5. A policy whose gates
-    learned to open part of the time plays differently under the two (`commformer evaluate --sample-gates`).
+    the actions staying greedy; otherwise each gate opens iff its probability is above 0.5
+    (`commformer evaluate --sample-gates`).
     """
+    return _actor(policy, use_state, sample_gates, sample_actions=False)
+
+
+def sampling_actor(policy: CommFormerPolicy, use_state: bool) -> Actor:
+    """The policy as the training rollouts act: the gates' decisions and the actions drawn (torch's generator: seed
+    it); `commformer evaluate --sample`. Where its success differs from `greedy_actor`'s, the argmax is not the
+    policy that was trained."""
+    return _actor(policy, use_state, sample_gates=policy.trunk.learns_gates, sample_actions=True)
+
+
+def _actor(policy: CommFormerPolicy, use_state: bool, sample_gates: bool, sample_actions: bool) -> Actor:
+    """`greedy_actor` / `sampling_actor`: gates and actions greedy or drawn."""
     if sample_gates and not policy.trunk.learns_gates:
         raise ValueError(
             "sample_gates draws the temporal gates' decisions, but no learned gates take this policy's decisions"
@@ -107,7 +119,9 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool, sample_gates: bool =
         x, mask, alive, state, history = _tensors(obs, use_state)
         chosen, gates = None, None
         if policy.decoder is not None or sample_gates:
-            acted = policy.act(x, mask, alive, history=history, sample_gates=sample_gates)
+            acted = policy.act(
+                x, mask, alive, history=history, sample_gates=sample_gates, sample_actions=sample_actions
+            )
             chosen = acted.actions if policy.decoder is not None else None
             gates = acted.gate_open if sample_gates else None
         out = policy(x, action_mask=mask, alive=alive, state=state, history=history, actions=chosen, gate_open=gates)
@@ -117,8 +131,12 @@ def greedy_actor(policy: CommFormerPolicy, use_state: bool, sample_gates: bool =
             "gate_open_rate": float((out.gate_open * alive).sum()) / receivers,
             GATE_DECISIONS: out.gate_open.numpy(),
         }
+        if chosen is not None:  # the decoder chose them, greedy or drawn
+            return chosen.numpy(), stats
         if policy.continuous:
-            return gaussian_mean(out.logits).numpy(), stats
+            return (gaussian_sample(out.logits) if sample_actions else gaussian_mean(out.logits)).numpy(), stats
+        if sample_actions:
+            return torch.distributions.Categorical(logits=out.logits).sample().numpy(), stats
         return out.logits.argmax(-1).numpy(), stats
 
     return act

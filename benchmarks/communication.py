@@ -270,6 +270,9 @@ def run(
 SAMPLED_GATES = "sampled_gates"
 """The greedy JSON's entry for the evaluation with the gates' decisions drawn (`evaluate --sample-gates`), for a policy
 with learned gates: its win rate, messages per step and gate open rate."""
+SAMPLED = "sampled"
+"""The greedy JSON's entry for the evaluation as the training rollouts act, actions and gates drawn (`evaluate
+--sample`): its win rate, messages per step and gate open rate."""
 
 TB_COLUMNS = {
     "gate_open_rate": "comm/gate_open_rate",
@@ -356,29 +359,36 @@ def evaluate(
     policy: Any, env_config: dict[str, Any], use_state: bool, episodes: int, seed: int, out: Path, stem: str
 ) -> None:
     """<stem>_greedy.json: `evaluate`'s summary of the trained policy over ``episodes`` greedy episodes (seeds from
-    10,000 + seed), its final graph, and with learned gates the same episodes with the gates drawn as in training
-    (`evaluate --sample-gates`, under `SAMPLED_GATES`)."""
+    10,000 + seed), its final graph, the same episodes played as the training rollouts act (`evaluate --sample`,
+    under `SAMPLED`), and with learned gates with greedy actions and the gates drawn (`evaluate --sample-gates`,
+    under `SAMPLED_GATES`): where the greedy success falls short of training's, these say whether the actions' or
+    the gates' argmax is why."""
     import torch
 
-    from agents.play import greedy_actor, make_play_env, play
+    from agents.play import greedy_actor, make_play_env, play, sampling_actor
 
     env = make_play_env(env_config, policy)
     gated = policy.trunk.learns_gates
+    keys = ("win_rate", "messages_per_step", "gate_open_rate")
     try:
         summary = play(env, greedy_actor(policy, use_state), episodes, seed=10_000 + seed).summary()
+        torch.manual_seed(10_000 + seed)
+        drawn = play(env, sampling_actor(policy, use_state), episodes, seed=10_000 + seed).summary()
+        summary[SAMPLED] = {k: drawn[k] for k in keys}
         if gated:
             torch.manual_seed(10_000 + seed)
             actor = greedy_actor(policy, use_state, sample_gates=True)
             drawn = play(env, actor, episodes, seed=10_000 + seed).summary()
-            summary[SAMPLED_GATES] = {k: drawn[k] for k in ("win_rate", "messages_per_step", "gate_open_rate")}
+            summary[SAMPLED_GATES] = {k: drawn[k] for k in keys}
     finally:
         env.close()
     summary.update(final_graph(policy))
     (out / f"{stem}_greedy.json").write_text(json.dumps(summary, indent=2))
     print(f"{stem} greedy: success {summary['win_rate']:.3f}, messages {summary['messages_per_step']:.2f}")
-    if gated:
-        drawn = summary[SAMPLED_GATES]
-        print(f"{stem} gates drawn: success {drawn['win_rate']:.3f}, messages {drawn['messages_per_step']:.2f}")
+    for key, what in ((SAMPLED, "actions and gates drawn"), (SAMPLED_GATES, "gates drawn")):
+        if key in summary:
+            one = summary[key]
+            print(f"{stem} {what}: success {one['win_rate']:.3f}, messages {one['messages_per_step']:.2f}")
 
 
 def final_graph(policy: Any) -> dict[str, list[list[int]]]:
@@ -447,20 +457,25 @@ def summarize(tasks: list[str], out: Path, results: bool = True) -> str:
 
 
 def _drawn_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:
-    """Per arm with gates, over the seeds evaluated both ways: the greedy success, and the success and messages per
-    step with the gates' decisions drawn as in training (`SAMPLED_GATES`)."""
+    """Per arm, over the seeds evaluated each way: the greedy success, the success with the gates' decisions drawn
+    and greedy actions (`SAMPLED_GATES`, gated arms), and the success and messages per step acting as the training
+    rollouts do (`SAMPLED`)."""
     lines = []
     for arm, group in runs.items():
-        done = [g for _, g in group if g and SAMPLED_GATES in g]
+        done = [g for _, g in group if g and SAMPLED in g]
         if done:
-            drawn = [g[SAMPLED_GATES] for g in done]
-            greedy, success = _mean([g["win_rate"] for g in done]), _mean([d["win_rate"] for d in drawn])
-            msgs = _mean([d["messages_per_step"] for d in drawn])
-            lines.append(f"| {arm} | {len(done)} | {_fmt(greedy)} | {_fmt(success)} | {_fmt(msgs)} |")
+            greedy = _mean([g["win_rate"] for g in done])
+            gates = _mean([g[SAMPLED_GATES]["win_rate"] for g in done if SAMPLED_GATES in g])
+            sampled = _mean([g[SAMPLED]["win_rate"] for g in done])
+            msgs = _mean([g[SAMPLED]["messages_per_step"] for g in done])
+            lines.append(f"| {arm} | {len(done)} | {_fmt(greedy)} | {_fmt(gates)} | {_fmt(sampled)} | {_fmt(msgs)} |")
     if not lines:
         return []
-    header = "| arm | seeds | greedy success | success, gates drawn | messages / step, gates drawn |"
-    return [header, "|---|---|---|---|---|", *lines, ""]
+    header = (
+        "| arm | seeds | greedy success | greedy actions, gates drawn | actions and gates drawn | messages / step, "
+        "drawn |"
+    )
+    return [header, "|---|---|---|---|---|---|", *lines, ""]
 
 
 def _gate_table(runs: dict[str, list[tuple[dict[str, list[float]], dict[str, Any] | None]]]) -> list[str]:

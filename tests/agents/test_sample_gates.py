@@ -12,7 +12,7 @@ import torch
 
 from agents import checkpoints as ckpt
 from agents.cli import main
-from agents.play import GATE_DECISIONS, greedy_actor, make_play_env
+from agents.play import GATE_DECISIONS, greedy_actor, make_play_env, sampling_actor
 from commformer.config import GateConfig, ModelConfig
 from commformer.export import save_policy
 from commformer.policy import CommFormerPolicy
@@ -78,15 +78,44 @@ def test_evaluate_with_drawn_gates_is_repeatable_and_differs_from_greedy(
     assert runs["drawn"]["gate_open_rate"] != runs["greedy"]["gate_open_rate"]
     rollout = ["rollout", "mpe_spread", "--checkpoint", checkpoint, "--episodes", "1", "--sample-gates"]
     assert main(rollout) == 0
+    assert main([*rollout[:-1], "--sample"]) == 0
+
+
+def test_sample_draws_the_actions_at_their_probabilities_and_the_gates_too(
+    gated: tuple[Path, CommFormerPolicy],
+) -> None:
+    """`sampling_actor` (`--sample`): the actions of the training rollouts, drawn from the masked logits given the
+    drawn gates; over many draws each action's frequency is its probability (from the logits, by hand)."""
+    _, policy = gated
+    env = make_play_env(ENV, policy)
+    obs, _ = env.reset(seed=1)
+    env.close()
+    x, mask, state = (torch.as_tensor(obs[key])[None] for key in ("obs", "action_mask", "state"))
+    actor = sampling_actor(policy, use_state=True)
+    torch.manual_seed(2)
+    draws = [actor(obs) for _ in range(2000)]
+    decisions = np.stack([d[1][GATE_DECISIONS] for d in draws])
+    assert 0 < decisions.mean() < 1  # the gates are drawn too
+    agent0 = np.array([a[0] for a, _ in draws])
+    with torch.no_grad():  # agent 0's action probabilities given each drawn decision, averaged
+        logits = policy(
+            x.expand(2000, -1, -1),
+            mask.expand(2000, -1, -1),
+            state=state.expand(2000, -1),
+            gate_open=torch.as_tensor(decisions),
+        ).logits[:, 0]
+        probs = torch.softmax(logits, -1).mean(0)
+    freq = np.bincount(agent0, minlength=probs.shape[0]) / len(agent0)
+    np.testing.assert_allclose(freq, probs.numpy(), atol=0.04)
+    assert len(set(agent0.tolist())) > 1  # not an argmax
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (
-            ["evaluate", "{gated}", "--sample-gates", "--early-exit"],
-            "--sample-gates and --early-exit cannot be combined",
-        ),
+        (["evaluate", "{gated}", "--sample-gates", "--early-exit"], "--early-exit and --sample-gates cannot be"),
+        (["evaluate", "{gated}", "--sample", "--sample-gates"], "--sample-gates and --sample cannot be combined"),
+        (["rollout", "mpe_spread", "--sample"], "--sample draws a trained policy's actions; expected --checkpoint"),
         (["evaluate", "{plain}", "--sample-gates"], "--sample-gates draws the temporal gates' decisions, but this"),
         (["rollout", "mpe_spread", "--sample-gates"], "--sample-gates draws a trained policy's gates; expected"),
     ],

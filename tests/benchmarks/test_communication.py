@@ -95,19 +95,26 @@ def test_the_summary_pools_the_conditional_gate_rates_over_seeds_by_agent_steps(
     assert not any(line.startswith("| no_comm | 0.") and "(" in line for line in lines)  # no gates, no row
 
 
-def test_the_summary_sets_the_greedy_success_beside_the_one_with_the_gates_drawn(tmp_path: Path) -> None:
+def test_the_summary_sets_the_greedy_success_beside_the_ones_with_gates_and_actions_drawn(tmp_path: Path) -> None:
     _write_run(tmp_path, "t_learned_seed0", [0.9], messages=1.0, win=0.6)
     _write_run(tmp_path, "t_learned_seed1", [0.9], messages=1.0, win=0.7)
     _write_run(tmp_path, "t_dense_seed0", [0.9], messages=6.0, win=0.9)
-    for seed, (win, msgs) in enumerate([(0.8, 1.5), (0.9, 2.5)]):
-        path = tmp_path / f"t_learned_seed{seed}_greedy.json"
+    drawn = {
+        "t_learned_seed0": (0.8, 0.85, 1.5),
+        "t_learned_seed1": (0.9, 0.95, 2.5),
+        "t_dense_seed0": (None, 0.9, 6.0),
+    }
+    for stem, (gates, sampled, msgs) in drawn.items():
+        path = tmp_path / f"{stem}_greedy.json"
         greedy = json.loads(path.read_text())
-        greedy[comm.SAMPLED_GATES] = {"win_rate": win, "messages_per_step": msgs, "gate_open_rate": 0.5}
+        greedy[comm.SAMPLED] = {"win_rate": sampled, "messages_per_step": msgs, "gate_open_rate": 0.5}
+        if gates is not None:
+            greedy[comm.SAMPLED_GATES] = {"win_rate": gates, "messages_per_step": msgs, "gate_open_rate": 0.5}
         path.write_text(json.dumps(greedy))
     lines = comm.summarize(["t"], tmp_path).splitlines()
-    assert "| arm | seeds | greedy success | success, gates drawn | messages / step, gates drawn |" in lines
-    assert "| learned | 2 | 0.65 | 0.85 | 2.00 |" in lines  # the means by hand
-    assert not any(line.startswith("| dense | 1 | 0.90 |") for line in lines)  # no gates, no row
+    assert any(line.startswith("| arm | seeds | greedy success | greedy actions, gates drawn |") for line in lines)
+    assert "| learned | 2 | 0.65 | 0.85 | 0.90 | 2.00 |" in lines  # the means by hand
+    assert "| dense | 1 | 0.90 | - | 0.90 | 6.00 |" in lines  # no gates to draw
 
 
 def test_the_sweep_plans_one_tune_trial_per_seed_of_each_arm_and_writes_each_once(
@@ -258,9 +265,11 @@ def test_the_evaluation_plays_the_gates_drawn_too_where_the_policy_has_them(tmp_
     comm.evaluate(policy, env_config, False, episodes=3, seed=0, out=tmp_path, stem="t_learned_seed0")
     greedy = json.loads((tmp_path / "t_learned_seed0_greedy.json").read_text())
     assert greedy["episodes"] == 3 and "graph" in greedy
+    assert set(greedy[comm.SAMPLED]) == {"win_rate", "messages_per_step", "gate_open_rate"}
     if gates:
         drawn = greedy[comm.SAMPLED_GATES]
         assert set(drawn) == {"win_rate", "messages_per_step", "gate_open_rate"}
         assert 0.0 < drawn["gate_open_rate"] < 1.0  # p = 0.5 at init: drawn, not all open or all closed
+        assert 0.0 < greedy[comm.SAMPLED]["gate_open_rate"] < 1.0
     else:
         assert comm.SAMPLED_GATES not in greedy
