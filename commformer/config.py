@@ -172,7 +172,8 @@ class GateConfig:
     the cost's weight adapts instead of staying at ``cost_weight``: it starts there and after every gradient step
     moves by ``budget_lr * (rate - target)``, never below 0 (dual ascent on rate <= target). It grows while the gates
     open more than the budget and falls back to 0 once they open less, so the gates close only as far as the budget
-    asks, those whose messages buy least first, and a cost too high for the task cannot close them all. None = the
+    asks, those whose messages buy least first. The target must be one the task can meet: below the open rate the
+    task needs, the weight grows until it closes needed gates too (docs/DESIGN.md, "Temporal gates"). None = the
     fixed ``cost_weight``."""
     budget_lr: float = 0.001
     """The budget's step: the change of the cost weight per gradient step per unit of open rate above the target
